@@ -1,0 +1,51 @@
+# The two commands: `make run` (demo flow, no services) and `make test` (everything).
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WORKERS ?= 1
+
+.PHONY: run test install stack-up stack-down stack-status lint bench-nab bench-throughput clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (Python 3.11 or 3.12 is required)"; exit 1; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Run the detector flow. With no AD_* configuration it runs the built-in demo and exits.
+run: $(STAMP)
+	$(BIN)/python -m bytewax.run flows.detector -w $(WORKERS)
+
+## Install, start the local stack, run the tests, stop what this run started (even on failure).
+test: $(STAMP)
+	@started=$$(PYTHON=$(BIN)/python bash stack/stack.sh status >/dev/null 2>&1 && echo no || echo yes); \
+	PYTHON=$(BIN)/python bash stack/stack.sh up || exit 1; \
+	rc=0; $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS) || rc=$$?; \
+	if [ "$$started" = yes ] && [ -z "$$AD_KEEP_STACK" ]; then PYTHON=$(BIN)/python bash stack/stack.sh down; fi; \
+	exit $$rc
+
+stack-up: $(STAMP)
+	PYTHON=$(BIN)/python bash stack/stack.sh up
+
+stack-down:
+	PYTHON=$(BIN)/python bash stack/stack.sh down
+
+stack-status:
+	PYTHON=$(BIN)/python bash stack/stack.sh status
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench-nab: $(STAMP)
+	$(BIN)/python -m benchmarks.nab --data ../shared/data/nab-dev --out out/nab
+
+bench-throughput: $(STAMP) stack-up
+	$(BIN)/python -m benchmarks.throughput
+
+clean:
+	rm -rf .stack/run out

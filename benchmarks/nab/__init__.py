@@ -1,0 +1,1 @@
+"""NAB benchmark harness and scorer (``python -m benchmarks.nab --help``)."""

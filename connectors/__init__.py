@@ -1,0 +1,39 @@
+"""Sources and sinks by URL: one module per system, imported lazily by scheme."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from connectors.base import SourceURL, parse_url
+
+__all__ = ["make_source", "make_sink"]
+
+_SOURCES = {
+    "kafka": "connectors.kafka",
+    "kinesis": "connectors.kinesis",
+    "pubsub": "connectors.pubsub",
+    "redis": "connectors.redis_streams",
+    "file": "connectors.files",
+    "demo": "connectors.demo",
+}
+_SINKS = {**{k: v for k, v in _SOURCES.items() if k != "demo"},
+          "stdout": "connectors.files", "stderr": "connectors.files"}
+
+
+def _module(table: dict[str, str], url: SourceURL, role: str) -> Any:
+    name = table.get(url.scheme)
+    if name is None:
+        raise ValueError(f"{url.scheme}:// cannot be used as a {role} ({url.raw}); "
+                         f"{role}s: {', '.join(s + '://' for s in table)}")
+    return import_module(name)
+
+
+def make_source(raw: str, settings: Any) -> Any:
+    url = parse_url(raw)
+    return _module(_SOURCES, url, "source").source_from_url(url, settings)
+
+
+def make_sink(raw: str, settings: Any) -> Any:
+    url = parse_url(raw)
+    return _module(_SINKS, url, "sink").sink_from_url(url, settings)

@@ -1,0 +1,359 @@
+"""Kafka: a batch source with offsets in the snapshot, and an exactly-once sink.
+
+URLs: ``kafka://host:port/topic1,topic2?tail=false&start=earliest&batch=2000`` as a
+source; ``kafka://host:port/topic?partitions=4`` as a sink. Client settings (SASL,
+SSL, ...) pass through from :attr:`Settings.kafka` to every consumer and producer.
+
+Exactly-once sink, the argument in short (README, "Exactly-once"):
+
+1. Each output partition is a Bytewax sink partition owning one transactional producer
+   with a stable ``transactional.id`` (flow id, step, topic, partition). Its
+   ``init_transactions`` on (re)start fences any zombie and aborts its open transaction.
+2. Writes of an epoch go into one open transaction; ``snapshot()`` commits it, then
+   returns the offset that the partition's next write will come after. Bytewax calls
+   ``snapshot()`` after every write of that epoch and before any write of the next.
+3. On resume from epoch E, Bytewax replays the input after E's source offsets. The
+   transactions committed after E's snapshot are exactly the records after E's sink
+   offset: the partition reads them back (``read_committed``) and skips replayed records
+   whose ``id`` it finds there. Since the flow is deterministic, the replay produces
+   those same ids, so the committed output has each id once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from connectors.base import OutRecord, RawRecord, SourceURL, parse_bool
+from control import metrics
+
+__all__ = [
+    "KafkaSource",
+    "ExactlyOnceKafkaSink",
+    "client_config",
+    "ensure_topic",
+    "source_from_url",
+    "sink_from_url",
+]
+
+log = logging.getLogger(__name__)
+ID_HEADER = "ad-id"
+_IDLE = timedelta(milliseconds=5)
+
+
+def client_config(brokers: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+    """Base librdkafka config plus pass-through settings (security etc.)."""
+    conf: dict[str, Any] = {"bootstrap.servers": brokers}
+    conf.update(extra or {})
+    return conf
+
+
+def _topic_partitions(brokers: str, topic: str, extra: dict[str, str] | None) -> list[int]:
+    admin = AdminClient(client_config(brokers, extra))
+    md = admin.list_topics(topic, timeout=30)
+    t = md.topics.get(topic)
+    if t is None or t.error is not None or not t.partitions:
+        err = t.error if t is not None else "not found"
+        raise RuntimeError(f"Kafka topic {topic!r} on {brokers} is not available: {err}")
+    return sorted(t.partitions)
+
+
+def ensure_topic(brokers: str, topic: str, partitions: int,
+                 extra: dict[str, str] | None = None) -> None:
+    """Create ``topic`` with ``partitions`` partitions if it does not exist."""
+    admin = AdminClient(client_config(brokers, extra))
+    md = admin.list_topics(timeout=30)
+    if topic in md.topics and not md.topics[topic].error:
+        return
+    fut = admin.create_topics([NewTopic(topic, partitions, 1)], operation_timeout=30)[topic]
+    try:
+        fut.result()
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        t = admin.list_topics(topic, timeout=10).topics.get(topic)
+        if t is not None and t.error is None and len(t.partitions) == partitions:
+            return
+        time.sleep(0.1)
+
+
+class _KafkaSourcePartition(StatefulSourcePartition[list[RawRecord], int]):
+    def __init__(self, conf: dict[str, Any], topic: str, part: int, start: int,
+                 resume_state: int | None, tail: bool, batch_size: int) -> None:
+        self._offset = start if resume_state is None else resume_state
+        self._consumer = Consumer(conf)
+        self._consumer.assign([TopicPartition(topic, part, self._offset)])
+        self._topic = topic
+        self._part = part
+        self._source = f"kafka:{topic}"
+        self._pstr = str(part)
+        self._batch = batch_size
+        self._awake: datetime | None = None
+        self._stop_at: int | None = None
+        if not tail:
+            # the end of the data available now: stop once it has been read
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, part), timeout=30)
+            self._stop_at = high
+        self._lag = metrics.INPUT_LAG.labels(f"{topic}/{part}")
+
+    def next_batch(self) -> list[list[RawRecord]]:
+        msgs = self._consumer.consume(self._batch, 0.0)
+        out: list[RawRecord] = []
+        src, pstr = self._source, self._pstr
+        at_end = False
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    at_end = True
+                    if msg.offset() is not None and msg.offset() > self._offset:
+                        self._offset = msg.offset()
+                    continue
+                if err.retriable() or err.code() in (KafkaError._TRANSPORT,
+                                                     KafkaError._ALL_BROKERS_DOWN):
+                    log.warning("kafka source %s/%s: %s", self._topic, self._part, err)
+                    continue
+                raise RuntimeError(f"error consuming Kafka {self._topic}/{self._part}: {err}")
+            off = msg.offset()
+            out.append(RawRecord(msg.value(), src, pstr, str(off), msg.key()))
+            self._offset = off + 1
+        if self._stop_at is not None and at_end and self._offset >= self._stop_at and not out:
+            raise StopIteration
+        self._awake = None if out else datetime.now(UTC) + _IDLE
+        if out:
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self._topic, self._part), cached=True)
+            if high is not None and high >= 0:
+                self._lag.set(max(0, high - self._offset))
+            return [out]
+        return []
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def snapshot(self) -> int:
+        return self._offset
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaSource(FixedPartitionedSource[list[RawRecord], int]):
+    """Read topics in batches; one Bytewax partition per Kafka partition.
+
+    Resume state: the offset of the next record to read in that partition (an
+    ``int``). Offsets live only in Bytewax snapshots; nothing is committed to Kafka.
+    Emits one item per poll: a ``list[RawRecord]`` (up to ``batch_size`` records).
+    With ``tail=False`` each partition stops at the end offset it had when the
+    partition was built. Reads ``read_committed`` (records of aborted transactions are
+    never seen).
+    """
+
+    def __init__(self, brokers: str, topics: list[str], *, tail: bool = True,
+                 start: str = "earliest", batch_size: int = 2000,
+                 extra: dict[str, str] | None = None) -> None:
+        if not topics:
+            raise ValueError("KafkaSource needs at least one topic, e.g. kafka://host:9092/sensors")
+        self._brokers = brokers
+        self._topics = topics
+        self._tail = tail
+        self._start = OFFSET_BEGINNING if start == "earliest" else OFFSET_END
+        self._batch = batch_size
+        self._extra = dict(extra or {})
+
+    def list_parts(self) -> list[str]:
+        return [f"{t}#{p}" for t in self._topics
+                for p in _topic_partitions(self._brokers, t, self._extra)]
+
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: int | None) -> _KafkaSourcePartition:
+        topic, part = for_part.rsplit("#", 1)
+        conf = client_config(self._brokers, {
+            "group.id": "BYTEWAX_IGNORED",
+            "enable.auto.commit": "false",
+            "enable.partition.eof": "true",
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": "50",
+            "queued.min.messages": "20000",
+            **self._extra,
+        })
+        return _KafkaSourcePartition(conf, topic, int(part), self._start, resume_state,
+                                     self._tail, self._batch)
+
+
+class _TxnSinkPartition(StatefulSinkPartition[OutRecord, int]):
+    def __init__(self, brokers: str, extra: dict[str, str], topic: str, part: int,
+                 txn_id: str, resume_state: int | None, step: str) -> None:
+        self._topic = topic
+        self._part = part
+        self._step = step
+        self._producer = Producer(client_config(brokers, {
+            "transactional.id": txn_id,
+            "transaction.timeout.ms": "60000",
+            "linger.ms": "5",
+            "compression.type": "lz4",
+            **extra,
+        }))
+        self._producer.init_transactions(60)  # fences zombies, aborts their open txn
+        self._in_txn = False
+        self._delivered = -1
+        self._errors: list[str] = []
+        self._skip, self._offset = self._read_back(brokers, extra, resume_state)
+
+    def _read_back(self, brokers: str, extra: dict[str, str],
+                   resume_state: int | None) -> tuple[set[str], int]:
+        """Ids committed after ``resume_state`` (all of them when never snapshotted)."""
+        c = Consumer(client_config(brokers, {
+            "group.id": "BYTEWAX_IGNORED", "enable.auto.commit": "false",
+            "isolation.level": "read_committed", "enable.partition.eof": "true", **extra,
+        }))
+        tp = TopicPartition(self._topic, self._part)
+        low, high = c.get_watermark_offsets(tp, timeout=30)
+        start = low if resume_state is None else max(resume_state, low)
+        ids: set[str] = set()
+        if start < high:
+            c.assign([TopicPartition(self._topic, self._part, start)])
+            done = False
+            while not done:
+                for msg in c.consume(5000, 1.0):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            done = True
+                            continue
+                        raise RuntimeError(f"read-back of {self._topic}/{self._part}: {err}")
+                    for k, v in msg.headers() or ():
+                        if k == ID_HEADER:
+                            ids.add(v.decode())
+                    if msg.offset() + 1 >= high:
+                        done = True
+        c.close()
+        if ids:
+            log.info("sink %s/%s resumes after offset %s: %d committed ids to skip",
+                     self._topic, self._part, start, len(ids))
+        return ids, high
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+        elif msg.offset() > self._delivered:
+            self._delivered = msg.offset()
+
+    def write_batch(self, values: list[OutRecord]) -> None:
+        if not self._in_txn:
+            self._producer.begin_transaction()
+            self._in_txn = True
+        skip = self._skip
+        produce = self._producer.produce
+        for rec in values:
+            if skip and rec.id in skip:
+                continue
+            while True:
+                try:
+                    produce(self._topic, rec.value, rec.key.encode(), partition=self._part,
+                            headers=[(ID_HEADER, rec.id.encode())],
+                            on_delivery=self._on_delivery)
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def snapshot(self) -> int:
+        if self._in_txn:
+            t0 = time.perf_counter()
+            self._commit()
+            metrics.CHECKPOINT_SECONDS.labels(self._step).observe(time.perf_counter() - t0)
+            metrics.LAST_CHECKPOINT.set(time.time())
+        return self._offset
+
+    def _commit(self) -> None:
+        while True:
+            try:
+                self._producer.commit_transaction(60)
+                break
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable():
+                    log.warning("commit of %s/%s retrying: %s", self._topic, self._part, err)
+                    time.sleep(0.5)
+                    continue
+                # abortable or fatal: this epoch's output cannot be committed; crash so
+                # the restart replays it from the last snapshot (nothing is lost)
+                raise RuntimeError(f"transaction on {self._topic}/{self._part} failed: {err}")
+        if self._errors:
+            raise RuntimeError(f"delivery to {self._topic}/{self._part} failed: {self._errors}")
+        self._in_txn = False
+        if self._delivered >= 0:
+            self._offset = max(self._offset, self._delivered + 1)
+
+    def close(self) -> None:
+        if self._in_txn:
+            self._commit()
+        self._producer.flush(30)
+
+
+class ExactlyOnceKafkaSink(FixedPartitionedSink[OutRecord, int]):
+    """Write ``(key, OutRecord)`` pairs to a topic in transactions, exactly once.
+
+    One Bytewax partition per topic partition; ``part_fn`` is crc32 of the key, so a
+    key always lands in the same partition. Resume state: the topic offset after the
+    last record committed before that snapshot (an ``int``); on resume the partition
+    reads the committed records after it and skips replayed records with those ids.
+    Each record carries its id in the ``ad-id`` header and its key as the Kafka key.
+    """
+
+    def __init__(self, brokers: str, topic: str, flow_id: str, *, partitions: int = 4,
+                 extra: dict[str, str] | None = None) -> None:
+        self._brokers = brokers
+        self._topic = topic
+        self._flow_id = flow_id
+        self._partitions = partitions
+        self._extra = dict(extra or {})
+
+    def list_parts(self) -> list[str]:
+        ensure_topic(self._brokers, self._topic, self._partitions, self._extra)
+        return [f"{p:05d}" for p in _topic_partitions(self._brokers, self._topic, self._extra)]
+
+    def part_fn(self, item_key: str) -> int:
+        return zlib.crc32(item_key.encode())
+
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: int | None) -> _TxnSinkPartition:
+        part = int(for_part)
+        txn_id = f"{self._flow_id}.{step_id}.{self._topic}.{part}"
+        return _TxnSinkPartition(self._brokers, self._extra, self._topic, part, txn_id,
+                                 resume_state, step_id)
+
+
+def source_from_url(url: SourceURL, settings: Any) -> KafkaSource:
+    return KafkaSource(url.hostport, url.names, tail=parse_bool(url.param("tail"), True),
+                       start=url.param("start", "earliest") or "earliest",
+                       batch_size=int(url.param("batch", "2000") or 2000), extra=settings.kafka)
+
+
+def sink_from_url(url: SourceURL, settings: Any) -> ExactlyOnceKafkaSink:
+    if len(url.names) != 1:
+        raise ValueError(f"a Kafka sink URL names one topic, e.g. kafka://host:9092/alerts; "
+                         f"got {url.raw!r}")
+    return ExactlyOnceKafkaSink(url.hostport, url.names[0], settings.flow_id,
+                                partitions=int(url.param("partitions", "4") or 4),
+                                extra=settings.kafka)

@@ -1,0 +1,41 @@
+"""Prometheus metrics served by every flow process (prometheus-client).
+
+The flow increments these; ``start_metrics_server`` serves them on
+``AD_METRICS_PORT + process_id`` so several processes on one host do not collide.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+RECORDS_IN = Counter("ad_records_in_total", "Input records decoded", ["source"])
+ALERTS_OUT = Counter("ad_alerts_total", "Alerts emitted", ["detector"])
+WINDOWS_OUT = Counter("ad_windows_scored_total", "Windows scored")
+DEAD_LETTERS = Counter("ad_dead_letters_total", "Records sent to the dead-letter sink", ["reason"])
+INPUT_LAG = Gauge("ad_input_lag", "Records behind the end of the input partition", ["partition"])
+WINDOW_CLOSE_LATENCY = Histogram(
+    "ad_window_close_latency_seconds",
+    "Wall time from the newest record of a window arriving to the window being scored",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CHECKPOINT_SECONDS = Histogram(
+    "ad_checkpoint_duration_seconds", "Time for a sink snapshot (flush + commit)", ["sink"]
+)
+LAST_CHECKPOINT = Gauge("ad_last_checkpoint_timestamp_seconds", "Unix time of the last sink commit")
+MODEL_VERSION = Gauge(
+    "ad_model_version_info", "Model version in use (value 1)", ["detector", "version"]
+)
+
+_started = False
+
+
+def start_metrics_server(port: int) -> None:
+    """Serve metrics once per process on ``port + BYTEWAX_PROCESS_ID`` (0 disables)."""
+    global _started
+    if _started or port <= 0:
+        return
+    offset = int(os.environ.get("AD_PROCESS_ID", "0"))
+    start_http_server(port + offset, addr=os.environ.get("AD_METRICS_ADDR", "127.0.0.1"))
+    _started = True

@@ -1,0 +1,230 @@
+"""Decode and validate a batch of raw records (JSON, Avro, Protobuf).
+
+``Decoder.decode_batch`` turns a list of :class:`RawRecord` into valid
+:class:`Reading` objects, :class:`Control` markers, and dead letters with a reason.
+It never raises on data.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+import urllib.request
+from collections.abc import Callable
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from connectors.base import OutRecord, RawRecord
+from flows.records import Control, Reading, dead_letter
+from schemas import AVRO_IDS, DEFAULT_AVRO, DEFAULT_PROTO, HERE
+
+__all__ = ["Decoder", "CONTROL_PREFIX", "parse_timestamp"]
+
+#: Input values starting with these bytes are control markers (see control/).
+CONTROL_PREFIX = b"#ADCTL"
+_MIN_TS = 0.0  # 1970-01-01
+_MAX_TS = 7258118400000.0  # 2200-01-01, in ms
+_STD_FIELDS = ("sensor_id", "timestamp", "value", "tenant_id")
+
+
+class BadRecord(Exception):
+    """A record that goes to the dead-letter sink with ``reason``."""
+
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(error)
+        self.reason = reason
+
+
+def parse_timestamp(ts: Any) -> int:
+    """RFC 3339 string or epoch milliseconds (int/float) to epoch milliseconds."""
+    if isinstance(ts, bool):
+        raise BadRecord("bad_type", "timestamp must be an RFC 3339 string or epoch milliseconds")
+    if isinstance(ts, (int, float)):
+        out = float(ts)
+    elif isinstance(ts, str):
+        try:
+            dt = datetime.fromisoformat(ts)
+        except ValueError:
+            raise BadRecord("bad_timestamp", f"unparseable timestamp {ts[:64]!r}") from None
+        if dt.tzinfo is None:
+            raise BadRecord("bad_timestamp", f"timestamp {ts[:64]!r} has no UTC offset")
+        out = dt.timestamp() * 1000.0
+    else:
+        raise BadRecord("bad_type", f"timestamp has type {type(ts).__name__}")
+    if not (_MIN_TS <= out < _MAX_TS):  # also false for NaN
+        raise BadRecord("bad_timestamp", f"timestamp {ts!r} outside 1970..2200")
+    return round(out)
+
+
+def _validate(obj: Any, raw: RawRecord) -> Reading:
+    """Check a decoded mapping and build a Reading."""
+    if not isinstance(obj, dict):
+        raise BadRecord("schema_mismatch", f"expected an object, got {type(obj).__name__}")
+    sensor = obj.get("sensor_id")
+    ts = obj.get("timestamp")
+    value = obj.get("value")
+    for name, v in (("sensor_id", sensor), ("timestamp", ts), ("value", value)):
+        if v is None:
+            raise BadRecord("missing_field", f"missing required field {name!r}")
+    if not isinstance(sensor, str) or not sensor:
+        raise BadRecord("bad_type", "sensor_id must be a non-empty string")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRecord("bad_type", f"value must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise BadRecord("non_finite", f"value is {value}")
+    tenant = obj.get("tenant_id")
+    if tenant is not None and not isinstance(tenant, str):
+        raise BadRecord("bad_type", "tenant_id must be a string")
+    extra: dict[str, float] | None = None
+    if len(obj) > 3:
+        extra = obj.get("extra") if isinstance(obj.get("extra"), dict) else None
+        for k, v in obj.items():
+            if k not in _STD_FIELDS and k != "extra" and isinstance(v, (int, float)) \
+                    and not isinstance(v, bool):
+                extra = dict(extra or {})
+                extra[k] = float(v)
+    return Reading(sensor, parse_timestamp(ts), value, tenant, extra or None, raw)
+
+
+def _json_loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadRecord("undecodable", f"invalid JSON: {exc}") from None
+
+
+class _Avro:
+    """Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro body."""
+
+    def __init__(self, reader_schema: str, registry: str) -> None:
+        import fastavro
+
+        self._fastavro = fastavro
+        self._reader = fastavro.parse_schema(_load_json(reader_schema or DEFAULT_AVRO))
+        self._registry = registry.rstrip("/")
+        self._writers: dict[int, Any] = {}
+
+    def _writer(self, schema_id: int) -> Any:
+        if schema_id not in self._writers:
+            if self._registry:
+                url = f"{self._registry}/schemas/ids/{schema_id}"
+                try:
+                    with urllib.request.urlopen(url, timeout=10) as resp:
+                        schema = json.loads(json.loads(resp.read())["schema"])
+                except Exception as exc:  # noqa: BLE001 - the registry is external
+                    raise RuntimeError(f"schema registry {url}: {exc}") from exc
+            elif schema_id in AVRO_IDS:
+                schema = _load_json(AVRO_IDS[schema_id])
+            else:
+                raise BadRecord("schema_mismatch", f"unknown Avro schema id {schema_id}")
+            self._writers[schema_id] = self._fastavro.parse_schema(schema)
+        return self._writers[schema_id]
+
+    def __call__(self, data: bytes) -> Any:
+        if len(data) < 5 or data[0] != 0:
+            raise BadRecord("undecodable", "not Confluent Avro wire format (magic byte 0)")
+        (schema_id,) = struct.unpack(">I", data[1:5])
+        writer = self._writer(schema_id)
+        try:
+            obj = self._fastavro.schemaless_reader(io.BytesIO(data[5:]), writer, self._reader)
+        except Exception as exc:  # noqa: BLE001 - fastavro raises many types on bad bytes
+            raise BadRecord("schema_mismatch", f"Avro decode failed: {exc}") from None
+        extra = obj.get("extra")
+        if extra:
+            obj = {**obj, **{k: v for k, v in extra.items() if k not in _STD_FIELDS}}
+        obj.pop("extra", None)
+        return obj
+
+
+class _Protobuf:
+    """Protobuf ``SensorReading`` (schemas/sensor_reading_v*.proto)."""
+
+    def __init__(self, schema: str) -> None:
+        from google.protobuf.message import DecodeError
+
+        name = Path(schema or DEFAULT_PROTO).stem
+        try:
+            module = __import__(f"schemas.{name}_pb2", fromlist=["SensorReading"])
+        except ImportError as exc:
+            raise ValueError(f"no compiled Protobuf module for {schema!r}: {exc}") from exc
+        self._cls = module.SensorReading
+        self._error = DecodeError
+
+    def __call__(self, data: bytes) -> Any:
+        msg = self._cls()
+        try:
+            msg.ParseFromString(data)
+        except (self._error, RuntimeWarning) as exc:
+            raise BadRecord("undecodable", f"Protobuf decode failed: {exc}") from None
+        which = msg.WhichOneof("time")
+        obj: dict[str, Any] = {
+            "sensor_id": msg.sensor_id or None,
+            "timestamp": getattr(msg, which) if which else None,
+            "value": msg.value if msg.HasField("value") else None,
+            "tenant_id": msg.tenant_id if msg.HasField("tenant_id") else None,
+        }
+        for k, v in msg.extra.items():
+            obj.setdefault(k, v)
+        return obj
+
+
+@lru_cache(maxsize=16)
+def _load_json(name: str) -> Any:
+    path = Path(name)
+    if not path.is_file():
+        path = HERE / name
+    return json.loads(path.read_text())
+
+
+class Decoder:
+    """Decode + validate batches; counts nothing itself (the flow does metrics)."""
+
+    def __init__(
+        self, fmt: str, schema: str = "", registry: str = "", max_bytes: int = 1 << 20,
+        flow_id: str = "anomaly-detector",
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.flow_id = flow_id
+        self._decode: Callable[[bytes], Any]
+        if fmt == "json":
+            self._decode = _json_loads
+        elif fmt == "avro":
+            self._decode = _Avro(schema, registry)
+        elif fmt == "protobuf":
+            self._decode = _Protobuf(schema)
+        else:
+            raise ValueError(f"unknown format {fmt!r}")
+
+    def decode_one(self, raw: RawRecord) -> Reading | Control:
+        data = raw.value
+        if data is None:
+            raise BadRecord("undecodable", "empty record (tombstone)")
+        if len(data) > self.max_bytes:
+            raise BadRecord("oversize", f"{len(data)} bytes > max {self.max_bytes}")
+        if data[:6] == CONTROL_PREFIX:
+            body = _json_loads(data[6:])
+            if not isinstance(body, dict) or "type" not in body:
+                raise BadRecord("bad_control", "control marker without a type")
+            return Control(body, raw)
+        return _validate(self._decode(data), raw)
+
+    def decode_batch(
+        self, batch: list[RawRecord]
+    ) -> tuple[list[Reading | Control], list[tuple[str, OutRecord]]]:
+        """Split a batch into decoded items (input order kept) and dead letters."""
+        good: list[Reading | Control] = []
+        bad: list[tuple[str, OutRecord]] = []
+        decode = self.decode_one
+        for raw in batch:
+            try:
+                good.append(decode(raw))
+            except BadRecord as exc:
+                bad.append(dead_letter(raw, exc.reason, str(exc), self.flow_id))
+        return good, bad

@@ -1,0 +1,97 @@
+"""The detector dataflow: ``python -m bytewax.run flows.detector``.
+
+read -> decode (per batch) -> group by key group -> detect (windows + detector, per
+sensor) -> alerts sink; bad records and late data -> dead-letter sink. Configured by
+``AD_*`` variables / ``AD_CONFIG`` (flows.settings); with none it runs the demo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
+
+from connectors import make_sink, make_source
+from connectors.base import OutRecord, RawRecord
+from control import metrics
+from flows.decode import Decoder
+from flows.logic import ALERT, DLQ, KeyGroupLogic, Models, key_group
+from flows.records import Control, Reading
+from flows.settings import Settings, load_settings
+
+__all__ = ["build_flow", "flow"]
+
+
+class _Detect(KeyGroupLogic, StatefulBatchLogic):
+    """KeyGroupLogic as a Bytewax ``StatefulBatchLogic``."""
+
+
+def _decode_step(settings: Settings) -> Any:
+    decoder = Decoder(settings.format, settings.schema, settings.schema_registry,
+                      settings.max_record_bytes, settings.flow_id)
+    groups = settings.key_groups
+    cache: dict[str, str] = {}
+
+    def decode(batch: list[RawRecord]) -> Iterable[tuple[str, Any]]:
+        """One input batch -> (key group, ordered sub-batch) items + dead letters."""
+        good, bad = decoder.decode_batch(batch)
+        if batch:
+            metrics.RECORDS_IN.labels(batch[0].source).inc(len(batch))
+        out: list[tuple[str, Any]] = [(DLQ, b) for b in bad]
+        for _k, rec in bad:
+            metrics.DEAD_LETTERS.labels(rec_reason(rec)).inc()
+        by_group: dict[str, list[Reading | Control]] = {}
+        for item in good:
+            if type(item) is Reading:
+                g = cache.get(item.sensor_id)
+                if g is None:
+                    g = cache[item.sensor_id] = key_group(item.sensor_id, groups)
+                    if len(cache) > 1_000_000:
+                        cache.clear()
+                sub = by_group.get(g)
+                if sub is None:
+                    sub = by_group[g] = []
+                sub.append(item)
+            else:  # a control marker reaches every key group, in position
+                for g in map(str, range(groups)):
+                    by_group.setdefault(g, []).append(item)
+        out.extend(by_group.items())
+        return out
+
+    return decode
+
+
+def rec_reason(rec: OutRecord) -> str:
+    """The reason of a dead-letter record (for metrics)."""
+    import orjson
+
+    return str(orjson.loads(rec.value).get("reason", "unknown"))
+
+
+def build_flow(settings: Settings | None = None) -> Dataflow:
+    """The dataflow for ``settings`` (default: from the environment)."""
+    s = settings or load_settings()
+    metrics.start_metrics_server(s.metrics_port)
+    models = Models(s.detector, s.detector_params)
+    models.get("builtin", "")  # fail fast on a bad detector name or parameters
+
+    flow = Dataflow(s.flow_id)
+    batches = op.input("read", flow, make_source(s.source, s))
+    decoded = op.flat_map("decode", batches, _decode_step(s))
+    split = op.branch("split-bad", decoded, lambda kv: kv[0] != DLQ)
+    bad_in = op.map("bad-input", split.falses, lambda kv: kv[1])
+    scored = op.stateful_batch("detect", split.trues,
+                               lambda resume: _Detect(s, models, resume))
+    results = op.map("unkey", scored, lambda kv: kv[1])
+    is_alert = op.branch("split-alerts", results, lambda tr: tr[0] == ALERT)
+    alerts = op.map("alerts", is_alert.trues, lambda tr: tr[1])
+    late = op.map("late", is_alert.falses, lambda tr: tr[1])
+    op.output("alerts-out", alerts, make_sink(s.sink, s))
+    op.output("dead-letters-out", op.merge("dead-letters", bad_in, late), make_sink(s.dlq, s))
+    return flow
+
+
+flow = build_flow()

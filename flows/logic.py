@@ -1,0 +1,216 @@
+"""The stateful heart of the flow: windows + detector per sensor, grouped in key groups.
+
+Records are routed to one of ``AD_KEY_GROUPS`` key groups (crc32 of ``sensor_id``), so
+the stateful step receives whole sub-batches, not single records: per-item overhead
+is paid per (batch, key group), and the per-sensor work runs on numpy arrays. Each
+key group's state (every sensor's windows, watermark, detector state and model
+version) is snapshotted by Bytewax, so a restart resumes exactly.
+
+Determinism: a sensor's records arrive in input-partition order (the same on every
+replay), windows close on event time only, and the detector is deterministic, so the
+same input gives the same alerts with the same ``alert_id``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import orjson
+
+from connectors.base import OutRecord
+from control import metrics
+from detectors import get_detector
+from flows.records import Control, Reading, dead_letter, iso, stable_id
+from flows.windows import Closed, WindowSpec, WindowState
+
+__all__ = ["KeyGroupLogic", "key_group", "ALERT", "DLQ", "BUILTIN"]
+
+ALERT = "alert"
+DLQ = "dlq"
+BUILTIN = "builtin"
+
+
+def key_group(sensor_id: str, groups: int) -> str:
+    """Stable key group of a sensor (crc32, the same in every process)."""
+    return str(zlib.crc32(sensor_id.encode()) % groups)
+
+
+class Sensor:
+    """Per-sensor state: windows, detector state, model version, origin partition."""
+
+    __slots__ = ("win", "det", "model", "tenant")
+
+    def __init__(self, det_state: Any, model: tuple[str, str], tenant: str | None) -> None:
+        self.win = WindowState()
+        self.det = det_state
+        self.model = model  # (version, model ref)
+        self.tenant = tenant
+
+    def __getstate__(self) -> tuple:
+        return (self.win, self.det, self.model, self.tenant)
+
+    def __setstate__(self, st: tuple) -> None:
+        self.win, self.det, self.model, self.tenant = st
+
+
+class Models:
+    """Detector instances per model version (derived, never snapshotted).
+
+    Artifacts are immutable per version, so re-fetching after a restart gives the same
+    detector. ``BUILTIN`` is the configured detector with its configured parameters.
+    """
+
+    def __init__(self, name: str, params: dict[str, Any]) -> None:
+        self.name = name
+        self.params = params
+        self._cache: dict[str, Any] = {}
+
+    def get(self, version: str, ref: str | None) -> Any:
+        det = self._cache.get(version)
+        if det is None:
+            det = get_detector(self.name, self.params)
+            if ref:
+                from state.model_store import fetch
+
+                det.load_model(fetch(ref))
+                det.model_version = version
+            self._cache[version] = det
+        return det
+
+
+class KeyGroupLogic:
+    """``StatefulBatchLogic`` for one key group (subclassed in flows.detector)."""
+
+    def __init__(self, settings: Any, models: Models, resume: bytes | None) -> None:
+        self.s = settings
+        self.spec = WindowSpec.from_settings(settings)
+        self.models = models
+        self.emit_all = settings.emit == "all"
+        self.threshold = settings.threshold
+        self.flow_id = settings.flow_id
+        if resume is None:
+            self.sensors: dict[str, Sensor] = {}
+            # origin partition -> (model version, model ref) announced by a control marker
+            self.switches: dict[str, tuple[str, str]] = {}
+        else:
+            self.sensors, self.switches = pickle.loads(resume)
+
+    # -- Bytewax hooks -------------------------------------------------------------
+    def on_batch(self, values: list[list[Reading | Control]]) -> tuple[Iterable, bool]:
+        out: list[tuple[str, tuple[str, OutRecord]]] = []
+        pending: dict[str, list[Closed]] = {}
+        for sub in values:
+            for item in sub:
+                if type(item) is Reading:
+                    self._add(item, pending, out)
+                else:
+                    self._control(item, pending, out)
+        self._score(pending, out)
+        return out, False
+
+    def on_eof(self) -> tuple[Iterable, bool]:
+        """End of finite input: close every open window, in order."""
+        out: list[tuple[str, tuple[str, OutRecord]]] = []
+        pending: dict[str, list[Closed]] = {}
+        for sid, sensor in self.sensors.items():
+            closed: list[Closed] = []
+            sensor.win.close(self.spec, None, closed)
+            if closed:
+                pending[sid] = closed
+        self._score(pending, out)
+        return out, False
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps((self.sensors, self.switches), protocol=pickle.HIGHEST_PROTOCOL)
+
+    # -- internals -----------------------------------------------------------------
+    def _origin(self, item: Reading | Control) -> str:
+        return f"{item.raw.source}/{item.raw.partition}"
+
+    def _add(self, r: Reading, pending: dict[str, list[Closed]], out: list) -> None:
+        sensor = self.sensors.get(r.sensor_id)
+        origin = self._origin(r)
+        if sensor is None:
+            model = self.switches.get(origin, (BUILTIN, ""))
+            sensor = Sensor(self.models.get(*model).init_state(), model, r.tenant_id)
+            self.sensors[r.sensor_id] = sensor
+        elif r.tenant_id is not None:
+            sensor.tenant = r.tenant_id
+        switch = self.switches.get(origin)
+        if switch is not None and switch != sensor.model:
+            # a model switch reached this sensor's partition: score windows that close
+            # from here on with the new model (state restarts from the new model)
+            self._score_one(r.sensor_id, sensor, pending.pop(r.sensor_id, None), out)
+            sensor.model = switch
+            sensor.det = self.models.get(*switch).init_state()
+        closed = pending.get(r.sensor_id)
+        if closed is None:
+            closed = pending[r.sensor_id] = []
+        rejected = sensor.win.add(self.spec, r.ts, r.value, closed)
+        if rejected is not None:
+            wm = sensor.win.watermark(self.spec)
+            out.append((DLQ, dead_letter(
+                r.raw, rejected,
+                f"event time {iso(r.ts)} vs watermark {iso(wm) if wm is not None else '-'}",
+                self.flow_id)))
+            metrics.DEAD_LETTERS.labels(rejected).inc()
+
+    def _control(self, c: Control, pending: dict[str, list[Closed]], out: list) -> None:
+        body = c.body
+        if body.get("type") != "model" or "version" not in body:
+            out.append((DLQ, dead_letter(c.raw, "bad_control", f"unknown control {body}",
+                                         self.flow_id)))
+            return
+        version, ref = str(body["version"]), str(body.get("model_ref", ""))
+        try:
+            self.models.get(version, ref)
+        except Exception as exc:  # noqa: BLE001 - a bad artifact must not stop the flow
+            out.append((DLQ, dead_letter(c.raw, "bad_control", f"model {ref}: {exc}",
+                                         self.flow_id)))
+            return
+        self.switches[self._origin(c)] = (version, ref)
+        metrics.MODEL_VERSION.labels(self.models.name, version).set(1)
+
+    def _score(self, pending: dict[str, list[Closed]], out: list) -> None:
+        for sid, closed in pending.items():
+            if closed:
+                self._score_one(sid, self.sensors[sid], closed, out)
+
+    def _score_one(self, sid: str, sensor: Sensor, closed: list[Closed] | None,
+                   out: list) -> None:
+        if not closed:
+            return
+        det = self.models.get(*sensor.model)
+        values = np.fromiter((w.mean for w in closed), np.float64, len(closed))
+        ends = np.fromiter((w.end / 1000.0 for w in closed), np.float64, len(closed))
+        sensor.det, scores = det.score(sensor.det, values, ends)
+        metrics.WINDOWS_OUT.inc(len(closed))
+        now = time.time()
+        metrics.WINDOW_CLOSE_LATENCY.observe(max(0.0, now - closed[-1].end / 1000.0))
+        name = det.name
+        for w, score in zip(closed, scores.tolist(), strict=True):
+            if score < self.threshold and not self.emit_all:
+                continue
+            alert_id = stable_id(sid, w.start, w.end, name)
+            body = {
+                "alert_id": alert_id,
+                "sensor_id": sid,
+                "tenant_id": sensor.tenant,
+                "window_start": iso(w.start),
+                "window_end": iso(w.end),
+                "score": round(score, 6),
+                "is_anomaly": score >= self.threshold,
+                "value": w.mean,
+                "features": {"count": w.count, "mean": w.mean, "min": w.min, "max": w.max,
+                             "last": w.last},
+                "detector": name,
+                "model_version": det.model_version,
+            }
+            out.append((ALERT, (sid, OutRecord(alert_id, sid, orjson.dumps(body)))))
+            if score >= self.threshold:
+                metrics.ALERTS_OUT.labels(name).inc()

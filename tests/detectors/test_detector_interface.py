@@ -1,0 +1,105 @@
+"""Contract tests every registered detector must pass."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+import detectors
+from detectors.base import BUILTIN_VERSION
+
+NAMES = list(detectors.DETECTORS)
+
+
+def _run(det, v: np.ndarray, t: np.ndarray, sizes: list[int]) -> tuple[object, np.ndarray]:
+    state, out, i, k = det.init_state(), [], 0, 0
+    while i < len(v):
+        n = sizes[k % len(sizes)]
+        state, s = det.score(state, v[i:i + n], t[i:i + n])
+        assert s.shape == (len(v[i:i + n]),)
+        out.append(s)
+        i, k = i + n, k + 1
+    return state, np.concatenate(out)
+
+
+def test_registry_has_required_names() -> None:
+    assert {"mad", "ensemble"} <= set(detectors.DETECTORS)
+    with pytest.raises(ValueError):
+        detectors.get_detector("nope")
+    with pytest.raises(ValueError):
+        detectors.get_detector("mad", {"no_such_param": 1})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scores_in_unit_interval_and_flag_spike(name: str, series) -> None:
+    v, t = series
+    det = detectors.get_detector(name)
+    assert det.name == name and det.version and det.model_version == BUILTIN_VERSION
+    _, s = _run(det, v, t, [len(v)])
+    assert np.all(np.isfinite(s)) and s.min() >= 0.0 and s.max() <= 1.0
+    spike = len(v) // 2
+    assert s[spike] > np.quantile(s[200:spike], 0.99)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_split_invariance(name: str, series) -> None:
+    v, t = series
+    det = detectors.get_detector(name)
+    _, whole = _run(det, v, t, [len(v)])
+    for sizes in ([1], [7, 1, 20, 3], [50, 13]):
+        _, split = _run(det, v, t, sizes)
+        np.testing.assert_array_equal(split, whole)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_look_ahead(name: str, series) -> None:
+    v, t = series
+    det = detectors.get_detector(name)
+    _, full = _run(det, v, t, [64])
+    cut = 900
+    v2 = v.copy()
+    v2[cut:] = np.random.default_rng(5).normal(1e3, 1e2, len(v) - cut)
+    _, other = _run(det, v2, t, [64])
+    np.testing.assert_array_equal(full[:cut], other[:cut])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_pickles_resumes_and_is_small(name: str, series) -> None:
+    v, t = series
+    det = detectors.get_detector(name)
+    _, whole = _run(det, v, t, [len(v)])
+    state, first = det.score(det.init_state(), v[:1000], t[:1000])
+    blob = pickle.dumps(state)
+    assert len(blob) < 8192, len(blob)
+    _, rest = det.score(pickle.loads(blob), v[1000:], t[1000:])
+    np.testing.assert_array_equal(np.concatenate([first, rest]), whole)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_finite_values_score_zero_and_are_skipped(name: str, series) -> None:
+    v, t = series
+    det = detectors.get_detector(name)
+    v2 = np.insert(v[:600], 300, [np.nan, np.inf])
+    t2 = np.insert(t[:600], 300, [t[299] + 1, t[299] + 2])
+    _, s2 = det.score(det.init_state(), v2, t2)
+    _, s = det.score(det.init_state(), v[:600], t[:600])
+    assert s2[300] == 0.0 and s2[301] == 0.0
+    np.testing.assert_array_equal(np.delete(s2, [300, 301]), s)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fit_returns_json_model_that_loads(name: str, series) -> None:
+    v, t = series
+    model = detectors.fit(name, v, t)
+    model = json.loads(json.dumps(model))
+    assert model["detector"] == name
+    det = detectors.get_detector(name)
+    det.load_model(model)
+    assert det.model_version == model["version"] != BUILTIN_VERSION
+    _, s = det.score(det.init_state(), v, t)
+    assert np.all((s >= 0) & (s <= 1))
+    with pytest.raises(ValueError):
+        det.load_model({"detector": "other-detector", "params": {}})
