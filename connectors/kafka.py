@@ -66,7 +66,7 @@ def client_config(brokers: str, extra: dict[str, str] | None = None) -> dict[str
 
 def _topic_partitions(brokers: str, topic: str, extra: dict[str, str] | None) -> list[int]:
     admin = AdminClient(client_config(brokers, extra))
-    md = admin.list_topics(topic, timeout=30)
+    md = admin.list_topics(timeout=30)  # all topics: asking for one may auto-create it
     t = md.topics.get(topic)
     if t is None or t.error is not None or not t.partitions:
         err = t.error if t is not None else "not found"
@@ -98,8 +98,12 @@ def ensure_topic(brokers: str, topic: str, partitions: int,
 class _KafkaSourcePartition(StatefulSourcePartition[list[RawRecord], int]):
     def __init__(self, conf: dict[str, Any], topic: str, part: int, start: int,
                  resume_state: int | None, tail: bool, batch_size: int) -> None:
-        self._offset = start if resume_state is None else resume_state
         self._consumer = Consumer(conf)
+        low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, part), timeout=30)
+        if resume_state is not None:
+            self._offset = resume_state
+        else:  # resolve the logical start now, so the first snapshot is a real offset
+            self._offset = low if start == OFFSET_BEGINNING else high
         self._consumer.assign([TopicPartition(topic, part, self._offset)])
         self._topic = topic
         self._part = part
@@ -107,24 +111,18 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[RawRecord], int]):
         self._pstr = str(part)
         self._batch = batch_size
         self._awake: datetime | None = None
-        self._stop_at: int | None = None
-        if not tail:
-            # the end of the data available now: stop once it has been read
-            _low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(topic, part), timeout=30)
-            self._stop_at = high
+        # tail=False: the end of the data available now; stop once it has been read
+        self._stop_at: int | None = None if tail else high
         self._lag = metrics.INPUT_LAG.labels(f"{topic}/{part}")
 
     def next_batch(self) -> list[list[RawRecord]]:
         msgs = self._consumer.consume(self._batch, 0.0)
         out: list[RawRecord] = []
         src, pstr = self._source, self._pstr
-        at_end = False
         for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    at_end = True
                     if msg.offset() is not None and msg.offset() > self._offset:
                         self._offset = msg.offset()
                     continue
@@ -136,7 +134,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[RawRecord], int]):
             off = msg.offset()
             out.append(RawRecord(msg.value(), src, pstr, str(off), msg.key()))
             self._offset = off + 1
-        if self._stop_at is not None and at_end and self._offset >= self._stop_at and not out:
+        if self._stop_at is not None and not out and self._offset >= self._stop_at:
             raise StopIteration
         self._awake = None if out else datetime.now(UTC) + _IDLE
         if out:
@@ -298,7 +296,8 @@ class _TxnSinkPartition(StatefulSinkPartition[OutRecord, int]):
                     continue
                 # abortable or fatal: this epoch's output cannot be committed; crash so
                 # the restart replays it from the last snapshot (nothing is lost)
-                raise RuntimeError(f"transaction on {self._topic}/{self._part} failed: {err}")
+                raise RuntimeError(
+                    f"transaction on {self._topic}/{self._part} failed: {err}") from exc
         if self._errors:
             raise RuntimeError(f"delivery to {self._topic}/{self._part} failed: {self._errors}")
         self._in_txn = False

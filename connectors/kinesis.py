@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -140,6 +141,7 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
     ) -> None:
         self._client = client
         self._stream = stream
+        self._source = f"kinesis:{stream}"
         self._shard_id: str = shard["ShardId"]
         self._parents = parents
         self._seq = state["seq"]
@@ -234,7 +236,7 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
         self._failures = 0
         records = resp.get("Records", [])
         batch = [
-            RawRecord(r["Data"], self._stream, self._shard_id, r["SequenceNumber"],
+            RawRecord(r["Data"], self._source, self._shard_id, r["SequenceNumber"],
                       r["PartitionKey"].encode())
             for r in records
         ]
@@ -271,6 +273,8 @@ def _parse_at(text: str | None) -> float | None:
         return float(text)
     except ValueError:
         pass
+    # A literal "+" in a URL query decodes to a space: "...00 00:00" means "+00:00".
+    text = re.sub(r" (\d\d:?\d\d)$", r"+\1", text)
     dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)

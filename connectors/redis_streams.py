@@ -24,6 +24,8 @@ from datetime import UTC, datetime, timedelta
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from connectors.base import OutRecord, RawRecord, SourceURL, parse_bool, parse_duration
 
@@ -48,6 +50,9 @@ def _client(host: str, port: int, db: int, password: str | None) -> redis.Redis:
         socket_connect_timeout=0.5,
         socket_timeout=2.0,
         health_check_interval=0,
+        # No client-side retries (redis-py 6+ retries with sleeps by default): the source
+        # backs off through next_awake and the sink has its own loop.
+        retry=Retry(NoBackoff(), 0),
     )
 
 
@@ -66,6 +71,7 @@ class _RedisStreamPartition(StatefulSourcePartition[list[RawRecord], str]):
     ) -> None:
         self._client = client
         self._stream = stream
+        self._source = f"redis:{stream}"
         self._last_id = last_id
         self._end = _parse_id(end_id) if end_id is not None else None
         self._count = count
@@ -110,7 +116,7 @@ class _RedisStreamPartition(StatefulSourcePartition[list[RawRecord], str]):
                         for k, v in fields.items()}
                 value = json.dumps(text).encode()
             key = fields.get(b"key")
-            batch.append(RawRecord(value, self._stream, self._stream, sid, key))
+            batch.append(RawRecord(value, self._source, self._stream, sid, key))
             self._last_id = sid
         return [batch] if batch else []
 
@@ -189,7 +195,7 @@ if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[2])) then
   return false
 end
 if tonumber(ARGV[5]) > 0 then
-  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*',
+  return redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*',
                     'id', ARGV[1], 'key', ARGV[3], 'value', ARGV[4])
 end
 return redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'key', ARGV[3], 'value', ARGV[4])

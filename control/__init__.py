@@ -1,0 +1,1 @@
+"""Control plane: ``adctl`` (retrain on Dask, live model updates, run/scale, status)."""

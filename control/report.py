@@ -61,7 +61,7 @@ def plot_report(
     sensor: str,
     out: str | Path,
     *,
-    fields: Fields = Fields(),
+    fields: Fields | None = None,
     since: float | None = None,
     until: float | None = None,
     kafka_conf: dict[str, str] | None = None,
@@ -73,6 +73,7 @@ def plot_report(
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
+    fields = fields or Fields()
     series = load_series(input_sources, fields=fields, since=since, until=until,
                          keys={sensor}, kafka_conf=kafka_conf).get(sensor)
     alerts = load_alerts(alert_sources, sensor, fields.key, since, until, kafka_conf) \

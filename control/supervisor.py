@@ -111,6 +111,28 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _group_alive(pgid: int) -> bool:
+    """True if any process of process group ``pgid`` still exists (zombies aside)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for d in proc.iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                return True
+    return False
+
+
 def _alive(pid: int) -> bool:
     """True if ``pid`` runs and is not a zombie (reaping our own children on the way)."""
     try:
@@ -188,7 +210,8 @@ class Supervisor:
             if rc_file.is_file():
                 info = json.loads(rc_file.read_text())
                 rc, interrupted = int(info["rc"]), bool(info.get("signal"))
-            out.append(ProcState(i, pid, _alive(pid), rc, interrupted))
+            # the shim leads its own process group: the flow may outlive a dead shim
+            out.append(ProcState(i, pid, _alive(pid) or _group_alive(pid), rc, interrupted))
         return out
 
     def running(self) -> bool:
@@ -209,8 +232,9 @@ class Supervisor:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         init_recovery(Path(spec.recovery_dir), spec.recovery_parts, spec.python)
-        for old in list(self.run_dir.glob("flow-*.pid")) + list(self.run_dir.glob("flow-*.rc")):
-            old.unlink()
+        for pattern in ("flow-*.pid", "flow-*.rc", "flow-*.rc.ready"):
+            for old in self.run_dir.glob(pattern):
+                old.unlink()
         ports = ([spec.base_port + i for i in range(spec.processes)] if spec.base_port
                  else _free_ports(spec.processes))
         addresses = [f"127.0.0.1:{p}" for p in ports]
@@ -237,7 +261,21 @@ class Supervisor:
             (self.run_dir / f"flow-{i}.pid").write_text(str(proc.pid))
             pids.append(proc.pid)
         self._save(spec, pids, addresses)
+        self._wait_ready(spec.processes)
         return pids
+
+    def _wait_ready(self, n: int, timeout: float = 60.0) -> None:
+        """Wait until every shim has its signal handlers and its flow process running."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = sum((self.run_dir / f"flow-{i}.rc.ready").exists() for i in range(n))
+            if ready == n:
+                return
+            ended = [p for p in self.processes() if not p.alive]
+            if ended or time.monotonic() > deadline:
+                logs = ", ".join(str(self.log_path(p.index)) for p in ended) or str(self.log_dir)
+                raise SupervisorError(f"flow process(es) did not start; see {logs}")
+            time.sleep(0.05)
 
     # ---------------------------------------------------------------- stop
     def signal_all(self, sig: int, group: bool = False) -> None:
@@ -245,8 +283,8 @@ class Supervisor:
         for p in self.processes():
             if p.alive:
                 try:
-                    if group:
-                        os.killpg(p.pid, sig)
+                    if group or not _alive(p.pid):
+                        os.killpg(p.pid, sig)  # the whole group, or orphans of a dead shim
                     else:
                         os.kill(p.pid, sig)
                 except ProcessLookupError:
@@ -316,19 +354,27 @@ def _shim(argv: list[str]) -> int:
     if sep != "--" or not cmd:
         print("usage: python -m control.supervisor shim RC_FILE -- CMD...", file=sys.stderr)
         return 2
-    child = subprocess.Popen(cmd)
     received: list[str] = []
+    child: subprocess.Popen[bytes] | None = None
 
     def forward(signum: int, _frame: Any) -> None:
         received.append(signal.Signals(signum).name)
-        try:
-            child.send_signal(signum)
-        except ProcessLookupError:
-            pass
+        if child is not None:
+            try:
+                # SIGTERM (e.g. from Kubernetes) becomes the flow's clean SIGINT
+                child.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                pass
 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, forward)
-    while True:
+    rc = 130
+    if not received:
+        child = subprocess.Popen(cmd)
+        if received:  # a signal came while the child was being started
+            child.send_signal(signal.SIGINT)
+        Path(rc_file + ".ready").write_text(str(child.pid))
+    while child is not None:
         try:
             rc = child.wait()
             break

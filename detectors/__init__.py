@@ -12,22 +12,16 @@ from typing import Any
 import numpy as np
 
 from detectors.base import BUILTIN_VERSION, BaseDetector, Detector
+from detectors.ensemble import EnsembleDetector, fit_ensemble
 from detectors.mad import MadDetector, fit_mad
-
-
-class _EnsemblePlaceholder(MadDetector):
-    """Temporary stand-in until the real ensemble lands (same behaviour as ``mad``)."""
-
-    name = "ensemble"
-
 
 _REGISTRY: dict[str, type[BaseDetector]] = {
     MadDetector.name: MadDetector,
-    _EnsemblePlaceholder.name: _EnsemblePlaceholder,
+    EnsembleDetector.name: EnsembleDetector,
 }
 _FITTERS: dict[str, Callable[..., dict[str, Any]]] = {
     MadDetector.name: fit_mad,
-    "ensemble": lambda v, t, params=None: {**fit_mad(v, t, params=params), "detector": "ensemble"},
+    EnsembleDetector.name: fit_ensemble,
 }
 
 DETECTORS: tuple[str, ...] = tuple(_REGISTRY)

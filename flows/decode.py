@@ -97,7 +97,12 @@ def _json_loads(data: bytes) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise BadRecord("undecodable", f"invalid JSON: {exc}") from None
+        # orjson rejects NaN / Infinity / 1e999; the stdlib reads them, so they end as
+        # "non_finite" rather than "undecodable" (slow path, bad records only)
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRecord("undecodable", f"invalid JSON: {exc}") from None
 
 
 class _Avro:

@@ -75,7 +75,7 @@ def stable_id(*parts: object) -> str:
 
 def dead_letter(raw: RawRecord, reason: str, error: str, flow_id: str) -> tuple[str, OutRecord]:
     """The dead-letter output for ``raw``: original bytes, reason and origin."""
-    dlq_id = stable_id("dlq", flow_id, raw.source, raw.partition, raw.offset)
+    dlq_id = stable_id("dlq", raw.source, raw.partition, raw.offset)
     body = {
         "dlq_id": dlq_id,
         "reason": reason,

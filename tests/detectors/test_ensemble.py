@@ -1,0 +1,84 @@
+"""Behaviour of the default ensemble detector."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+
+import detectors
+from detectors.ensemble import EnsembleDetector
+
+T0 = 1.4e9
+
+
+def _noise(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return 10 + rng.normal(0, 1, n), T0 + 300.0 * np.arange(n)
+
+
+def test_quiet_during_warm_up_then_flags_a_huge_spike() -> None:
+    v, t = _noise(2000)
+    v[1500] += 40.0
+    det = detectors.get_detector("ensemble")
+    _, s = det.score(det.init_state(), v, t)
+    assert np.all(s[:200] == 0.0)  # warm + cal_warm records are only learned
+    assert s[1500] == s.max() or s[1500] > np.quantile(s, 0.999)
+
+
+def test_level_shift_and_missing_daily_pattern_are_flagged() -> None:
+    n = 288 * 14
+    t = T0 - T0 % 86400 + 300.0 * np.arange(n)
+    rng = np.random.default_rng(1)
+    high = ((t % 86400) >= 36000) & ((t % 86400) < 64800)
+    v = np.where(high, 80.0, 20.0) + rng.normal(0, 1, n)
+    day = slice(288 * 10, 288 * 11)
+    v[day] = 20.0 + rng.normal(0, 1, 288)  # the daily "high" phase never comes
+    det = detectors.get_detector("ensemble")
+    _, s = det.score(det.init_state(), v, t)
+    normal = s[288 * 3:288 * 10]
+    assert s[day].max() > normal.max()
+    v2 = v.copy()
+    v2[288 * 12:] += 100.0
+    _, s2 = det.score(det.init_state(), v2, t)
+    assert s2[288 * 12:288 * 12 + 20].max() > s2[288 * 3:288 * 12].max()
+
+
+def test_recurring_spikes_stop_being_alarming() -> None:
+    v, t = _noise(6000, seed=2)
+    spikes = np.arange(600, 6000, 250)
+    v[spikes] += 30.0
+    det = detectors.get_detector("ensemble", {"suppress_blocks": 0})
+    _, s = det.score(det.init_state(), v, t)
+    assert s[spikes[0]] > s[spikes[-5:]].max()
+
+
+def test_suppression_keeps_only_new_peaks() -> None:
+    v, t = _noise(1500, seed=3)
+    v[1000:1010] += np.linspace(20, 25, 10)
+    on = detectors.get_detector("ensemble")
+    off = detectors.get_detector("ensemble", {"suppress_blocks": 0})
+    _, s_on = on.score(on.init_state(), v, t)
+    _, s_off = off.score(off.init_state(), v, t)
+    alarms = lambda s: int(np.sum(s[1000:1010] > 0.3))  # noqa: E731
+    assert alarms(s_on) < alarms(s_off)
+    assert s_on[1000] == s_off[1000] > 0.3
+
+
+def test_fit_seed_warm_starts_exactly() -> None:
+    v, t = _noise(3000, seed=4)
+    full = detectors.get_detector("ensemble")
+    _, s_full = full.score(full.init_state(), v, t)
+    model = json.loads(json.dumps(detectors.fit("ensemble", v[:2000], t[:2000])))
+    det = detectors.get_detector("ensemble")
+    det.load_model(model)
+    _, s_rest = det.score(det.init_state(), v[2000:], t[2000:])
+    np.testing.assert_array_equal(s_rest, s_full[2000:])
+
+
+def test_default_state_size_is_a_few_kb() -> None:
+    v, t = _noise(3000)
+    det = EnsembleDetector()
+    state, _ = det.score(det.init_state(), v, t)
+    assert len(pickle.dumps(state)) < 7000

@@ -1,0 +1,167 @@
+"""Helpers to run the real flow as processes, crash it, and build test input.
+
+Used by the whole-flow tests of every connector: ``python -m bytewax.run flows.detector``
+with a recovery store, killed with SIGKILL at random points and restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+#: One bad record per class, with the dead-letter reason it must get.
+BAD_RECORDS: list[tuple[bytes, str]] = [
+    (b"\xff\xfe not json at all", "undecodable"),
+    (b"[1, 2, 3]", "schema_mismatch"),
+    (b'{"timestamp": 1767225600000, "value": 1.0}', "missing_field"),
+    (b'{"sensor_id": "s", "timestamp": 1767225600000}', "missing_field"),
+    (b'{"sensor_id": 42, "timestamp": 1767225600000, "value": 1.0}', "bad_type"),
+    (b'{"sensor_id": "s", "timestamp": 1767225600000, "value": "high"}', "bad_type"),
+    (b'{"sensor_id": "s", "timestamp": 1767225600000, "value": NaN}', "non_finite"),
+    (b'{"sensor_id": "s", "timestamp": 1767225600000, "value": 1e999}', "non_finite"),
+    (b'{"sensor_id": "s", "timestamp": "yesterday", "value": 1.0}', "bad_timestamp"),
+    (b'{"sensor_id": "s", "timestamp": -5, "value": 1.0}', "bad_timestamp"),
+    (b'{"sensor_id": "s", "timestamp": "2026-01-01T00:00:00", "value": 1.0}', "bad_timestamp"),
+]
+
+
+def flow_env(**overrides: str) -> dict[str, str]:
+    """The environment for a flow subprocess: no stray AD_* settings, plus overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AD_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(overrides)
+    return env
+
+
+def init_recovery(path: Path, parts: int = 2) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run([PY, "-m", "bytewax.recovery", str(path), str(parts)], check=True,
+                   cwd=ROOT, capture_output=True)
+    return path
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class FlowProcs:
+    """One flow execution: ``processes`` OS processes with ``workers`` workers each."""
+
+    def __init__(self, env: dict[str, str], recovery: Path | None, workers: int = 1,
+                 processes: int = 1, log: Path | None = None, snapshot_s: int = 1) -> None:
+        base = [PY, "-m", "bytewax.run", "flows.detector", "-w", str(workers)]
+        if recovery is not None:
+            base += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
+        self.procs: list[subprocess.Popen] = []
+        addrs = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
+        for i in range(processes):
+            cmd = base + (["-i", str(i), "-a", addrs] if processes > 1 else [])
+            out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+            self.procs.append(subprocess.Popen(
+                cmd, cwd=ROOT, env={**env, "AD_PROCESS_ID": str(i)}, stdout=out,
+                stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+                start_new_session=True))
+
+    def running(self) -> bool:
+        return any(p.poll() is None for p in self.procs)
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        for p in self.procs:
+            p.wait()
+
+    def wait(self, timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
+        return [p.returncode for p in self.procs]
+
+
+def run_to_completion(env: dict[str, str], recovery: Path | None, workers: int = 1,
+                      processes: int = 1, log: Path | None = None,
+                      timeout: float = 300) -> None:
+    procs = FlowProcs(env, recovery, workers, processes, log)
+    codes = procs.wait(timeout)
+    if any(codes):
+        tail = log.read_text()[-4000:] if log and log.exists() else ""
+        raise AssertionError(f"flow exited with {codes}\n{tail}")
+
+
+def crash_run(env: dict[str, str], recovery: Path, *, kills: int = 5, workers: int = 1,
+              processes: int = 1, log: Path | None = None, seed: int = 0,
+              min_s: float = 1.0, max_s: float = 4.0, timeout: float = 600,
+              between: Callable[[int], None] | None = None) -> int:
+    """Run, SIGKILL at random moments ``kills`` times (only counting kills that hit a
+    running flow), then run to completion. Returns the number of kills made."""
+    rng = random.Random(seed)
+    made = 0
+    attempts = 0
+    while made < kills and attempts < kills * 4:
+        attempts += 1
+        procs = FlowProcs(env, recovery, workers, processes, log)
+        time.sleep(rng.uniform(min_s, max_s))
+        if procs.running():
+            procs.kill()
+            made += 1
+            if between is not None:
+                between(made)
+        else:
+            codes = procs.wait(10)
+            if any(codes):
+                tail = log.read_text()[-4000:] if log and log.exists() else ""
+                raise AssertionError(f"flow failed with {codes} before being killed\n{tail}")
+            break  # finished before the kill: nothing left to crash
+    run_to_completion(env, recovery, workers, processes, log, timeout)
+    return made
+
+
+def make_readings(sensors: int = 50, per_sensor: int = 2000, bad_every: int = 100,
+                  seed: int = 1, step_ms: int = 10_000) -> list[tuple[str, bytes]]:
+    """Keyed JSON readings, time-ordered per sensor, with injected spikes and level
+    shifts and one bad record of a rotating class every ``bad_every`` records."""
+    rng = random.Random(seed)
+    out: list[tuple[str, bytes]] = []
+    anomalies = {s: rng.sample(range(200, per_sensor), 3) for s in range(sensors)}
+    shift_at = {s: rng.randrange(per_sensor // 2, per_sensor) for s in range(0, sensors, 5)}
+    bad_i = 0
+    for i in range(per_sensor):
+        for s in range(sensors):
+            v = 20 + s + 5 * math.sin(i / 90.0 + s) + rng.gauss(0, 0.5)
+            if i in anomalies[s]:
+                v += rng.choice((-1, 1)) * 30
+            if s in shift_at and i >= shift_at[s]:
+                v += 15
+            sid = f"sensor-{s:03d}"
+            out.append((sid, json.dumps({"sensor_id": sid, "timestamp": START_MS + i * step_ms,
+                                         "value": round(v, 4), "tenant_id": "t1"}).encode()))
+            if len(out) % bad_every == 0:
+                raw, _reason = BAD_RECORDS[bad_i % len(BAD_RECORDS)]
+                bad_i += 1
+                out.append((sid, raw))
+    return out
