@@ -1,6 +1,6 @@
 """The built-in demo stream: deterministic, several sensors, anomalies injected.
 
-``demo://?sensors=8&hours=24&step=15&seed=7`` — each sensor reads a daily seasonal
+``demo://?sensors=8&hours=168&step=60&seed=7`` — each sensor reads a daily seasonal
 signal plus noise every ``step`` seconds of event time, starting 2026-01-01T00:00Z.
 Injected: spikes (sensor-01), a level shift (sensor-03), a drift (sensor-05), a
 stuck-then-burst pattern (sensor-07), and three malformed records for the dead-letter
@@ -94,7 +94,7 @@ class _DemoPartition(StatefulSourcePartition[list[RawRecord], int]):
 class DemoSource(FixedPartitionedSource[list[RawRecord], int]):
     """The demo stream in ``parts`` partitions. Resume state: index of the next record."""
 
-    def __init__(self, sensors: int = 8, hours: float = 24, step_s: int = 15, seed: int = 7,
+    def __init__(self, sensors: int = 8, hours: float = 168, step_s: int = 60, seed: int = 7,
                  parts: int = 2, batch: int = 1000) -> None:
         self._args = (sensors, hours, step_s, seed)
         self._parts = parts
@@ -110,6 +110,6 @@ class DemoSource(FixedPartitionedSource[list[RawRecord], int]):
 
 def source_from_url(url: SourceURL, settings: Any) -> DemoSource:
     return DemoSource(sensors=int(url.param("sensors", "8") or 8),
-                      hours=float(url.param("hours", "24") or 24),
-                      step_s=int(url.param("step", "15") or 15),
+                      hours=float(url.param("hours", "168") or 168),
+                      step_s=int(url.param("step", "60") or 60),
                       seed=int(url.param("seed", "7") or 7))

@@ -71,15 +71,18 @@ def rec_reason(rec: OutRecord) -> str:
     return str(orjson.loads(rec.value).get("reason", "unknown"))
 
 
-def build_flow(settings: Settings | None = None) -> Dataflow:
-    """The dataflow for ``settings`` (default: from the environment)."""
+def build_flow(settings: Settings | None = None, *, source: Any = None, sink: Any = None,
+               dlq: Any = None) -> Dataflow:
+    """The dataflow for ``settings`` (default: from the environment). ``source``,
+    ``sink`` and ``dlq`` replace the configured connectors (tests use Bytewax's
+    ``TestingSource``/``TestingSink``)."""
     s = settings or load_settings()
     metrics.start_metrics_server(s.metrics_port)
     models = Models(s.detector, s.detector_params)
     models.get("builtin", "")  # fail fast on a bad detector name or parameters
 
     flow = Dataflow(s.flow_id)
-    batches = op.input("read", flow, make_source(s.source, s))
+    batches = op.input("read", flow, source or make_source(s.source, s))
     decoded = op.flat_map("decode", batches, _decode_step(s))
     split = op.branch("split-bad", decoded, lambda kv: kv[0] != DLQ)
     bad_in = op.map("bad-input", split.falses, lambda kv: kv[1])
@@ -89,8 +92,9 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     is_alert = op.branch("split-alerts", results, lambda tr: tr[0] == ALERT)
     alerts = op.map("alerts", is_alert.trues, lambda tr: tr[1])
     late = op.map("late", is_alert.falses, lambda tr: tr[1])
-    op.output("alerts-out", alerts, make_sink(s.sink, s))
-    op.output("dead-letters-out", op.merge("dead-letters", bad_in, late), make_sink(s.dlq, s))
+    op.output("alerts-out", alerts, sink or make_sink(s.sink, s))
+    op.output("dead-letters-out", op.merge("dead-letters", bad_in, late),
+              dlq or make_sink(s.dlq, s))
     return flow
 
 

@@ -203,7 +203,7 @@ class KeyGroupLogic:
                 "tenant_id": sensor.tenant,
                 "window_start": iso(w.start),
                 "window_end": iso(w.end),
-                "score": round(score, 6),
+                "score": score,
                 "is_anomaly": score >= self.threshold,
                 "value": w.mean,
                 "features": {"count": w.count, "mean": w.mean, "min": w.min, "max": w.max,

@@ -46,9 +46,9 @@ class Settings:
     session_gap: float = 300.0
     allowed_lateness: float = 0.0
     max_future: float = 86400.0
-    detector: str = "mad"
+    detector: str = "ensemble"
     detector_params: dict[str, Any] = field(default_factory=dict)
-    threshold: float = 0.8
+    threshold: float = 0.475  # the ensemble's NAB-optimised threshold (standard profile)
     emit: str = "alerts"
     key_groups: int = 64
     max_record_bytes: int = 1 << 20

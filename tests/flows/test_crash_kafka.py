@@ -181,6 +181,7 @@ def test_every_bad_record_class_reaches_the_dead_letter_topic(
         AD_SOURCE=f"kafka://{kafka_brokers}/{src}?tail=false",
         AD_SINK=f"kafka://{kafka_brokers}/{alerts}", AD_DLQ=f"kafka://{kafka_brokers}/{dlq}",
         AD_WINDOW="none", AD_MAX_RECORD_BYTES="4096", AD_MAX_FUTURE="1d",
+        AD_DETECTOR="mad", AD_THRESHOLD="0.8",
         AD_FLOW_ID=f"bad-{uuid.uuid4().hex[:6]}",
     )
     run_to_completion(env, init_recovery(tmp_path / "rec"), log=tmp_path / "flow.log")
