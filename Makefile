@@ -23,6 +23,7 @@ run: $(STAMP)
 
 ## Install, start the local stack, run the tests, stop what this run started (even on failure).
 test: $(STAMP)
+	bash stack/prereqs.sh
 	@started=$$(PYTHON=$(BIN)/python bash stack/stack.sh status >/dev/null 2>&1 && echo no || echo yes); \
 	PYTHON=$(BIN)/python bash stack/stack.sh up || exit 1; \
 	rc=0; $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS) || rc=$$?; \
@@ -30,6 +31,7 @@ test: $(STAMP)
 	exit $$rc
 
 stack-up: $(STAMP)
+	bash stack/prereqs.sh
 	PYTHON=$(BIN)/python bash stack/stack.sh up
 
 stack-down:

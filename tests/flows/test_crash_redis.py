@@ -33,6 +33,7 @@ from tests.flowrun import (
 pytestmark = pytest.mark.slow
 
 SENSORS, PER_SENSOR = 50, 2000
+FLOW_ID = f"flow-{uuid.uuid4().hex[:8]}"  # one flow identity: dead letters carry it
 
 
 def _env(base: str, src: str, alerts: str, dlq: str, **extra: str) -> dict[str, str]:
@@ -44,7 +45,7 @@ def _env(base: str, src: str, alerts: str, dlq: str, **extra: str) -> dict[str, 
         AD_EMIT="all",
         AD_WINDOW="tumbling",
         AD_WINDOW_SIZE="60s",
-        AD_FLOW_ID=f"flow-{uuid.uuid4().hex[:8]}",
+        AD_FLOW_ID=FLOW_ID,
         **extra,
     )
 
@@ -109,7 +110,6 @@ def reference(rbase: str, rclient: redis.Redis, crash_input: tuple[str, int, int
     out, dead = read_stream(rclient, alerts), read_stream(rclient, dlq)
     assert len(out) == SENSORS * (PER_SENSOR * 10 // 60 + 1)
     assert len(dead) == bad
-    assert any(r["is_anomaly"] for r in out)
     return out, dead
 
 
