@@ -1,0 +1,183 @@
+"""The whole flow over Kinesis (kinesalite): SIGKILL at random points, bad input.
+
+Kinesis source (replayable by sequence number) + Kinesis sink (after a resume, ids
+already written after the snapshotted sequence numbers are skipped): the output of a
+crashed-and-restarted run must equal a crash-free run's, without duplicates.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.kinesis import list_shards, make_client
+from tests.flowrun import (
+    BAD_RECORDS,
+    START_MS,
+    crash_run,
+    flow_env,
+    init_recovery,
+    make_readings,
+    run_to_completion,
+)
+
+pytestmark = pytest.mark.slow
+
+SENSORS, PER_SENSOR = 50, 2000
+FLOW_ID = f"flow-{uuid.uuid4().hex[:8]}"
+
+
+class Streams:
+    """Creates uniquely named streams and deletes them at teardown."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.client = make_client(endpoint, "us-east-1")
+        self.made: list[str] = []
+
+    def make(self, prefix: str, shards: int = 1) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.client.create_stream(StreamName=name, ShardCount=shards)
+        self.client.get_waiter("stream_exists").wait(
+            StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 150})
+        self.made.append(name)
+        return name
+
+    def url(self, name: str, query: str = "") -> str:
+        return f"kinesis://{name}?endpoint={self.endpoint}&region=us-east-1{query}"
+
+    def put(self, stream: str, records: list[tuple[str, bytes]]) -> dict[str, bytes]:
+        """Write keyed records in order; returns sequence number -> data."""
+        by_seq: dict[str, bytes] = {}
+        for i in range(0, len(records), 500):
+            chunk = records[i : i + 500]
+            resp = self.client.put_records(StreamName=stream, Records=[
+                {"Data": v, "PartitionKey": k} for k, v in chunk])
+            assert resp["FailedRecordCount"] == 0
+            for (_k, v), r in zip(chunk, resp["Records"], strict=True):
+                by_seq[r["SequenceNumber"]] = v
+        return by_seq
+
+    def read(self, stream: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for shard in list_shards(self.client, stream):
+            it = self.client.get_shard_iterator(
+                StreamName=stream, ShardId=shard["ShardId"],
+                ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+            while it:
+                resp = self.client.get_records(ShardIterator=it, Limit=10000)
+                out += [json.loads(r["Data"]) for r in resp["Records"]]
+                if not resp["Records"] and resp.get("MillisBehindLatest", 0) == 0:
+                    break
+                it = resp.get("NextShardIterator")
+        return out
+
+    def cleanup(self) -> None:
+        for name in self.made:
+            try:
+                self.client.delete_stream(StreamName=name)
+            except Exception:  # noqa: BLE001 - best-effort cleanup
+                pass
+
+
+@pytest.fixture(scope="module")
+def streams(kinesis_endpoint: str) -> Iterator[Streams]:
+    s = Streams(kinesis_endpoint)
+    yield s
+    s.cleanup()
+
+
+def _env(streams: Streams, src: str, alerts: str, dlq: str) -> dict[str, str]:
+    return flow_env(
+        AD_SOURCE=streams.url(src, "&tail=false&batch=500&poll=50ms"),
+        AD_SINK=streams.url(alerts),
+        AD_DLQ=streams.url(dlq),
+        AD_FORMAT="json",
+        AD_EMIT="all",
+        AD_WINDOW="tumbling",
+        AD_WINDOW_SIZE="60s",
+        AD_FLOW_ID=FLOW_ID,
+    )
+
+
+def _by_id(rows: list[dict[str, Any]], id_field: str) -> dict[str, dict[str, Any]]:
+    counts = Counter(r[id_field] for r in rows)
+    dups = {k: n for k, n in counts.items() if n > 1}
+    assert not dups, f"{len(dups)} duplicated {id_field}s, e.g. {list(dups.items())[:3]}"
+    return {r[id_field]: r for r in rows}
+
+
+def assert_same(ref: list[dict], got: list[dict], id_field: str) -> None:
+    a, b = _by_id(ref, id_field), _by_id(got, id_field)
+    missing, extra = a.keys() - b.keys(), b.keys() - a.keys()
+    assert not missing and not extra, f"{len(missing)} lost, {len(extra)} unexpected"
+    diff = [(k, {f: (a[k].get(f), b[k].get(f)) for f in a[k].keys() | b[k].keys()
+                 if a[k].get(f) != b[k].get(f)}) for k in a if a[k] != b[k]]
+    assert not diff, f"{len(diff)} records differ, e.g. {diff[:2]}"
+
+
+@pytest.fixture(scope="module")
+def crash_input(streams: Streams) -> tuple[str, int]:
+    src = streams.make("crash-in", shards=2)
+    records = make_readings(sensors=SENSORS, per_sensor=PER_SENSOR, bad_every=100)
+    streams.put(src, records)
+    bad = sum(1 for _k, v in records if not v.startswith(b'{"sensor_id": "sensor-'))
+    return src, bad
+
+
+@pytest.fixture(scope="module")
+def reference(streams: Streams, crash_input: tuple[str, int],
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict]]:
+    src, bad = crash_input
+    alerts, dlq = streams.make("ref-alerts"), streams.make("ref-dlq")
+    tmp = tmp_path_factory.mktemp("ref")
+    run_to_completion(_env(streams, src, alerts, dlq), init_recovery(tmp / "rec"),
+                      log=tmp / "flow.log")
+    out, dead = streams.read(alerts), streams.read(dlq)
+    assert len(out) == SENSORS * (PER_SENSOR * 10 // 60 + 1)
+    assert len(dead) == bad
+    return out, dead
+
+
+def test_sigkill_restarts_give_the_reference_output_once(
+    streams: Streams, crash_input: tuple[str, int],
+    reference: tuple[list[dict], list[dict]], tmp_path: Path,
+) -> None:
+    src, _bad = crash_input
+    alerts, dlq = streams.make("alerts"), streams.make("dlq")
+    env = _env(streams, src, alerts, dlq)
+    kills = crash_run(env, init_recovery(tmp_path / "rec"), kills=4, log=tmp_path / "flow.log",
+                      seed=5, min_s=1.0, max_s=3.0)
+    assert kills >= 3, f"only {kills} kills hit a running flow"
+    assert_same(reference[0], streams.read(alerts), "alert_id")
+    assert_same(reference[1], streams.read(dlq), "dlq_id")
+
+
+def test_every_bad_record_class_reaches_the_dead_letter_stream(
+    streams: Streams, tmp_path: Path
+) -> None:
+    src, alerts, dlq = streams.make("bad-in"), streams.make("bad-al"), streams.make("bad-dlq")
+    good = [json.dumps({"sensor_id": "pump-1", "timestamp": START_MS + i * 60_000,
+                        "value": 10.0 + (i % 7) * 0.1}).encode() for i in range(100)]
+    records = good[:50] + [b for b, _r in BAD_RECORDS] + good[50:]
+    by_seq = streams.put(src, [("pump-1", r) for r in records])
+    run_to_completion(_env(streams, src, alerts, dlq), init_recovery(tmp_path / "rec"),
+                      log=tmp_path / "flow.log")
+    dead = streams.read(dlq)
+    assert len(dead) == len(BAD_RECORDS)
+    shard = list_shards(streams.client, src)[0]["ShardId"]
+    by_value = {base64.b64decode(d["value_b64"]): d for d in dead}
+    for raw, reason in BAD_RECORDS:
+        d = by_value[raw]
+        assert d["reason"] == reason, (raw[:60], d["reason"], d["error"])
+        assert d["source"] == f"kinesis:{src}" and d["partition"] == shard
+        assert by_seq[d["offset"]] == raw  # the offset is the record's sequence number
+    out = streams.read(alerts)
+    assert len(out) == 100 and {a["sensor_id"] for a in out} == {"pump-1"}
