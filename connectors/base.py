@@ -75,7 +75,8 @@ def parse_url(raw: str) -> SourceURL:
     try:
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"bad port in {raw!r}: {exc}; e.g. kafka://127.0.0.1:9092/sensors") from exc
+        raise ValueError(
+            f"bad port in {raw!r}: {exc}; e.g. kafka://127.0.0.1:9092/sensors") from exc
     params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     path = parts.path
     if parts.scheme in ("kinesis", "pubsub"):

@@ -65,7 +65,8 @@ class Control:
 
 def iso(ts_ms: int) -> str:
     """Epoch milliseconds to RFC 3339 with milliseconds, UTC."""
-    return datetime.fromtimestamp(ts_ms / 1000.0, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    dt = datetime.fromtimestamp(ts_ms / 1000.0, UTC)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def stable_id(*parts: object) -> str:
