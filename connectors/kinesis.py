@@ -420,8 +420,9 @@ class _KinesisSinkPartition(StatefulSinkPartition[OutRecord, SinkState]):
             since = state["ts"] - 60.0
             found, self._seqs = read_back(client, stream, state["seqs"], since, retry_for)
             self._skip = found | set(state["skip"])
-            log.info("kinesis sink %s: %d ids already written after the snapshot", stream,
-                     len(found))
+            if found:
+                log.warning("kinesis sink %s: %d records were already written after the "
+                            "snapshot; their replays will be skipped", stream, len(found))
 
     def _chunks(self, recs: list[OutRecord]) -> list[list[tuple[str, dict]]]:
         chunks: list[list[tuple[str, dict]]] = []

@@ -11,6 +11,8 @@ import io
 import json
 import math
 import struct
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from datetime import datetime
@@ -119,18 +121,31 @@ class _Avro:
     def _writer(self, schema_id: int) -> Any:
         if schema_id not in self._writers:
             if self._registry:
-                url = f"{self._registry}/schemas/ids/{schema_id}"
-                try:
-                    with urllib.request.urlopen(url, timeout=10) as resp:
-                        schema = json.loads(json.loads(resp.read())["schema"])
-                except Exception as exc:  # noqa: BLE001 - the registry is external
-                    raise RuntimeError(f"schema registry {url}: {exc}") from exc
+                schema = self._fetch(schema_id)
             elif schema_id in AVRO_IDS:
                 schema = _load_json(AVRO_IDS[schema_id])
             else:
                 raise BadRecord("schema_mismatch", f"unknown Avro schema id {schema_id}")
             self._writers[schema_id] = self._fastavro.parse_schema(schema)
         return self._writers[schema_id]
+
+    def _fetch(self, schema_id: int) -> Any:
+        """Writer schema from the registry; 404 is bad data, other failures retry."""
+        url = f"{self._registry}/schemas/ids/{schema_id}"
+        for attempt in range(5):
+            try:
+                with urllib.request.urlopen(url, timeout=10) as resp:
+                    return json.loads(json.loads(resp.read())["schema"])
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    raise BadRecord("schema_mismatch",
+                                    f"schema id {schema_id} not in the registry") from None
+                err: Exception = exc
+            except (OSError, ValueError, KeyError) as exc:
+                err = exc
+            time.sleep(0.2 * 2**attempt)
+        # the registry is down: stop rather than dead-letter good data; a restart resumes
+        raise RuntimeError(f"schema registry {url} unavailable: {err}")
 
     def __call__(self, data: bytes) -> Any:
         if len(data) < 5 or data[0] != 0:
