@@ -38,7 +38,7 @@ wait_for() { # name timeout_s command...
 
 # ---------------------------------------------------------------- health checks
 health_kafka() { "$PY" "$ROOT/stack/kafka_health.py" "127.0.0.1:$KAFKA_PORT" 2>/dev/null; }
-health_redis() { redis-cli -p "$REDIS_PORT" ping | grep -q PONG; }
+health_redis() { redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
 health_pubsub() { curl -sf "http://127.0.0.1:$PUBSUB_PORT/v1/projects/health-check/topics" >/dev/null; }
 health_kinesis() {
   curl -sf -X POST "http://127.0.0.1:$KINESIS_PORT/" \
