@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from flows.settings import Settings
+
 __all__ = ["main", "build_parser", "flow_env"]
 
 #: adctl's own AD_* variables (filled in as the parser is built).
@@ -500,7 +502,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _common_store(p: argparse.ArgumentParser) -> None:
     opt(p, "--model-store", env="AD_MODEL_STORE", default=DEFAULT_STORE,
         help="model store URL: redis://host:port[/prefix], file:///dir or s3://bucket/prefix")
-    opt(p, "--detector", env="AD_DETECTOR", default="mad", help="detector name")
+    opt(p, "--detector", env="AD_DETECTOR", default=Settings().detector,
+        help="detector name (the flow's default)")
 
 
 def _common_publish(p: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import pickle
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -63,23 +64,47 @@ class Models:
 
     Artifacts are immutable per version, so re-fetching after a restart gives the same
     detector. ``BUILTIN`` is the configured detector with its configured parameters.
+    An artifact may hold per-key models (``keys[sensor_id]``, from ``adctl retrain``):
+    a sensor with one gets a detector of its own (LRU-cached), the others the
+    artifact's pooled top-level model.
     """
 
-    def __init__(self, name: str, params: dict[str, Any]) -> None:
+    def __init__(self, name: str, params: dict[str, Any], per_key_cache: int = 50_000) -> None:
         self.name = name
         self.params = params
         self._cache: dict[str, Any] = {}
+        self._artifacts: dict[str, dict[str, Any]] = {}
+        self._per_key: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._per_key_max = per_key_cache
 
-    def get(self, version: str, ref: str | None) -> Any:
-        det = self._cache.get(version)
-        if det is None:
-            det = get_detector(self.name, self.params)
-            if ref:
+    def _build(self, version: str, model: dict[str, Any] | None) -> Any:
+        det = get_detector(self.name, self.params)
+        if model is not None:
+            det.load_model(model)
+            det.model_version = version
+        return det
+
+    def get(self, version: str, ref: str | None, key: str | None = None) -> Any:
+        artifact = None
+        if ref:
+            artifact = self._artifacts.get(version)
+            if artifact is None:
                 from state.model_store import fetch
 
-                det.load_model(fetch(ref))
-                det.model_version = version
-            self._cache[version] = det
+                artifact = self._artifacts[version] = fetch(ref)
+        keyed = (artifact or {}).get("keys") or {}
+        if key is not None and key in keyed:
+            det = self._per_key.get((version, key))
+            if det is None:
+                det = self._per_key[(version, key)] = self._build(version, keyed[key])
+                if len(self._per_key) > self._per_key_max:
+                    self._per_key.popitem(last=False)
+            else:
+                self._per_key.move_to_end((version, key))
+            return det
+        det = self._cache.get(version)
+        if det is None:
+            det = self._cache[version] = self._build(version, artifact)
         return det
 
 
@@ -137,7 +162,8 @@ class KeyGroupLogic:
         origin = self._origin(r)
         if sensor is None:
             model = self.switches.get(origin, (BUILTIN, ""))
-            sensor = Sensor(self.models.get(*model).init_state(), model, r.tenant_id)
+            det = self.models.get(*model, r.sensor_id)
+            sensor = Sensor(det.init_state(), model, r.tenant_id)
             self.sensors[r.sensor_id] = sensor
         elif r.tenant_id is not None:
             sensor.tenant = r.tenant_id
@@ -147,7 +173,7 @@ class KeyGroupLogic:
             # from here on with the new model (state restarts from the new model)
             self._score_one(r.sensor_id, sensor, pending.pop(r.sensor_id, None), out)
             sensor.model = switch
-            sensor.det = self.models.get(*switch).init_state()
+            sensor.det = self.models.get(*switch, r.sensor_id).init_state()
         closed = pending.get(r.sensor_id)
         if closed is None:
             closed = pending[r.sensor_id] = []
@@ -185,7 +211,7 @@ class KeyGroupLogic:
                    out: list) -> None:
         if not closed:
             return
-        det = self.models.get(*sensor.model)
+        det = self.models.get(*sensor.model, sid)
         values = np.fromiter((w.mean for w in closed), np.float64, len(closed))
         ends = np.fromiter((w.end / 1000.0 for w in closed), np.float64, len(closed))
         sensor.det, scores = det.score(sensor.det, values, ends)

@@ -1,0 +1,210 @@
+"""Kafka side of the throughput benchmark: input data, the raw consume->produce ceiling,
+paced producing, and a read_committed watcher of the output topic.
+
+``python -m benchmarks.bench_kafka ceiling BROKERS IN OUT BATCH`` runs the ceiling in its
+own process and prints one JSON line (used by benchmarks.throughput).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+WINDOW_MS = 60_000
+
+
+def sensor_id(i: int) -> str:
+    return f"sensor-{i:07d}"
+
+
+def reading(i: int, k: int, interval_ms: int, phase_ms: int = 0) -> bytes:
+    """The k-th JSON reading of sensor ``i`` (deterministic, a noisy sine per sensor)."""
+    v = 20.0 + (i % 50) + 5.0 * math.sin(k / 90.0 + i) + ((k * 7919 + i * 104729) % 1000) / 1000.0
+    return orjson.dumps({"sensor_id": sensor_id(i), "timestamp": START_MS + phase_ms + k * interval_ms,
+                         "value": round(v, 4), "tenant_id": f"t{i % 10}"})
+
+
+def dataset(records: int, sensors: int, interval_ms: int) -> Iterator[tuple[bytes, bytes]]:
+    """``records`` readings over ``sensors`` sensors in event-time order (round robin)."""
+    n = 0
+    k = 0
+    while n < records:
+        for i in range(sensors):
+            if n >= records:
+                return
+            yield sensor_id(i).encode(), reading(i, k, interval_ms)
+            n += 1
+        k += 1
+
+
+def producer(brokers: str, **extra: Any) -> Producer:
+    conf = {"bootstrap.servers": brokers, "linger.ms": 20, "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 500000, "enable.idempotence": True}
+    conf.update(extra)
+    return Producer(conf)
+
+
+def produce_all(brokers: str, topic: str, items: Any, partition: int | None = None) -> int:
+    """Produce (key, value) pairs; returns the count. Raises if any delivery fails."""
+    p = producer(brokers)
+    errors: list[str] = []
+
+    def cb(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    n = 0
+    kw = {} if partition is None else {"partition": partition}
+    for key, value in items:
+        while True:
+            try:
+                p.produce(topic, value, key, on_delivery=cb, **kw)
+                break
+            except BufferError:
+                p.poll(0.05)
+        n += 1
+        if n % 10000 == 0:
+            p.poll(0)
+    if p.flush(120) != 0 or errors:
+        raise RuntimeError(f"producing to {topic} failed: {errors[:3]}")
+    return n
+
+
+def partitions(brokers: str, topic: str) -> list[int]:
+    md = AdminClient({"bootstrap.servers": brokers}).list_topics(timeout=30)
+    return sorted(md.topics[topic].partitions)
+
+
+def delete_topics(brokers: str, topics: list[str]) -> None:
+    if not topics:
+        return
+    admin = AdminClient({"bootstrap.servers": brokers})
+    for fut in admin.delete_topics(topics, operation_timeout=30).values():
+        try:
+            fut.result()
+        except Exception:  # noqa: BLE001 - best-effort cleanup
+            pass
+
+
+def ceiling(brokers: str, src: str, dst: str, batch: int) -> dict[str, Any]:
+    """Raw consume -> produce of every record of ``src`` (batch consume, no processing),
+    with the flow source's consumer settings and the flow sink's producer settings
+    (less transactions). Timed from the first record read to the last one delivered."""
+    c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-ceiling",
+                  "enable.auto.commit": "false", "enable.partition.eof": "true",
+                  "isolation.level": "read_committed", "fetch.wait.max.ms": "50",
+                  "queued.min.messages": "20000"})
+    parts = partitions(brokers, src)
+    c.assign([TopicPartition(src, p, 0) for p in parts])
+    p = Producer({"bootstrap.servers": brokers, "linger.ms": 5, "compression.type": "lz4"})
+    left = set(parts)
+    n = 0
+    first = None
+    produce = p.produce
+    while left:
+        msgs = c.consume(batch, 0.1)
+        for m in msgs:
+            if m.error() is not None:
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    left.discard(m.partition())
+                    continue
+                raise RuntimeError(m.error())
+            if first is None:
+                first = time.time()
+            while True:
+                try:
+                    produce(dst, m.value(), m.key())
+                    break
+                except BufferError:
+                    p.poll(0.05)
+            n += 1
+        p.poll(0)
+    if p.flush(120) != 0:
+        raise RuntimeError("ceiling: undelivered records")
+    end = time.time()
+    c.close()
+    return {"records": n, "seconds": end - (first or end)}
+
+
+class Watcher(threading.Thread):
+    """Reads ``topic`` read_committed from the beginning and timestamps every record
+    when it becomes visible: ``seen`` is a list of (wall time, parsed JSON body)."""
+
+    def __init__(self, brokers: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-watch",
+                           "enable.auto.commit": "false", "isolation.level": "read_committed",
+                           "fetch.wait.max.ms": "10"})
+        self.c.assign([TopicPartition(topic, p, 0) for p in partitions(brokers, topic)])
+        self.seen: list[tuple[float, bytes]] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            msgs = self.c.consume(1000, 0.05)
+            now = time.time()
+            got = [(now, m.value()) for m in msgs if m.error() is None]
+            if got:
+                with self.lock:
+                    self.seen.extend(got)
+        self.c.close()
+
+    def bodies(self) -> list[tuple[float, dict[str, Any]]]:
+        with self.lock:
+            return [(t, orjson.loads(v)) for t, v in self.seen]
+
+
+def iso_ms(text: str) -> int:
+    return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def paced_produce(brokers: str, topic: str, payloads: list[tuple[bytes, bytes]], rate: float,
+                  times: list[float], tick: float = 0.01) -> None:
+    """Produce ``payloads`` at ``rate`` records/s in ticks; ``times[i]`` gets the wall time
+    at which record ``i`` was handed to the producer (to within one tick's work)."""
+    p = producer(brokers, **{"linger.ms": 5, "enable.idempotence": False})
+    per_tick = max(1, int(rate * tick))
+    t0 = time.time()
+    i = 0
+    n = len(payloads)
+    produce = p.produce
+    while i < n:
+        due = t0 + (i / rate)
+        delay = due - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        now = time.time()
+        j = min(n, i + per_tick)
+        for k in range(i, j):
+            key, value = payloads[k]
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:
+                    p.poll(0.01)
+            times[k] = now
+        p.poll(0)
+        i = j
+    p.flush(60)
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    if cmd == "ceiling":
+        brokers, src, dst, batch = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+        print(json.dumps(ceiling(brokers, src, dst, batch)))
+    else:
+        raise SystemExit(f"unknown command {cmd!r}")
