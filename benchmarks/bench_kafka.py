@@ -99,12 +99,13 @@ def delete_topics(brokers: str, topics: list[str]) -> None:
 
 def ceiling(brokers: str, src: str, dst: str, batch: int) -> dict[str, Any]:
     """Raw consume -> produce of every record of ``src`` (batch consume, no processing),
-    with the flow source's consumer settings and the flow sink's producer settings
-    (less transactions). Timed from the first record read to the last one delivered."""
+    with the flow source's consumer settings (one consumer for all partitions) and the
+    flow sink's producer settings (less transactions). Timed from the first record read to the last one delivered."""
     c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-ceiling",
                   "enable.auto.commit": "false", "enable.partition.eof": "true",
                   "isolation.level": "read_committed", "fetch.wait.max.ms": "50",
-                  "queued.min.messages": "20000"})
+                  "queued.min.messages": "20000",
+                  "fetch.queue.backoff.ms": "10"})
     parts = partitions(brokers, src)
     c.assign([TopicPartition(src, p, 0) for p in parts])
     p = Producer({"bootstrap.servers": brokers, "linger.ms": 5, "compression.type": "lz4"})

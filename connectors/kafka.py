@@ -118,10 +118,15 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[RawRecord], int]):
     def next_batch(self) -> list[list[RawRecord]]:
         msgs = self._consumer.consume(self._batch, 0.0)
         out: list[RawRecord] = []
+        append = out.append
         src, pstr = self._source, self._pstr
+        last = -1  # offset of the last record appended and not yet in self._offset
         for msg in msgs:
             err = msg.error()
             if err is not None:
+                if last >= 0:
+                    self._offset = last + 1
+                    last = -1
                 if err.code() == KafkaError._PARTITION_EOF:
                     if msg.offset() is not None and msg.offset() > self._offset:
                         self._offset = msg.offset()
@@ -131,9 +136,10 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[RawRecord], int]):
                     log.warning("kafka source %s/%s: %s", self._topic, self._part, err)
                     continue
                 raise RuntimeError(f"error consuming Kafka {self._topic}/{self._part}: {err}")
-            off = msg.offset()
-            out.append(RawRecord(msg.value(), src, pstr, str(off), msg.key()))
-            self._offset = off + 1
+            last = msg.offset()
+            append(RawRecord(msg.value(), src, pstr, str(last), msg.key()))
+        if last >= 0:
+            self._offset = last + 1
         if self._stop_at is not None and not out and self._offset >= self._stop_at:
             raise StopIteration
         self._awake = None if out else datetime.now(UTC) + _IDLE
@@ -192,6 +198,11 @@ class KafkaSource(FixedPartitionedSource[list[RawRecord], int]):
             "isolation.level": "read_committed",
             "fetch.wait.max.ms": "50",
             "queued.min.messages": "20000",
+            # once a partition's queue passes queued.min.messages, librdkafka pauses its
+            # fetching for fetch.queue.backoff.ms (default 1000): with the default a
+            # partition reads ~25k records/s at most; 10 ms keeps the queue bound and
+            # refills it as soon as it drains (benchmarks/RESULTS.md)
+            "fetch.queue.backoff.ms": "10",
             **self._extra,
         })
         return _KafkaSourcePartition(conf, topic, int(part), self._start, resume_state,

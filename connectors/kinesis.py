@@ -9,9 +9,10 @@ Source
     flow starts, closed ones included (they are drained first). Resume state per shard is
     ``{"seq": <last sequence number emitted or None>, "at": <epoch seconds or None>,
     "done": <bool>}``; reading resumes with ``AFTER_SEQUENCE_NUMBER``. ``at`` pins where a
-    shard that emitted nothing yet started (so ``LATEST`` does not skip data after a
-    restart: it resumes ``AT_TIMESTAMP`` of the first start). ``done`` marks a closed shard
-    read to its end.
+    shard that emitted nothing yet starts: ``LATEST`` means ``AT_TIMESTAMP`` of the time
+    the partition was first built (local clock), so a restart does not skip what arrived
+    meanwhile (unless the flow died before its first snapshot, which stores nothing).
+    ``done`` marks a closed shard read to its end.
 
     Resharding: a child shard does not read until its parent shards are drained. Partitions
     tell each other through a per-process registry, so the order parent-before-child holds
@@ -24,7 +25,7 @@ Source
     parent is done (a warning is logged when a drained shard has unknown children).
 
     ``next_batch`` never waits: each call makes at most one ``GetShardIterator`` and one
-    ``GetRecords`` request (boto3 with no client retries, 1s connect / 5s read timeout).
+    ``GetRecords`` request (boto3 with no client retries, 1s connect / 2s read timeout).
     Empty reads, throttling (``ProvisionedThroughputExceededException``,
     ``LimitExceededException``) and connection errors back off through ``next_awake``;
     an expired iterator is re-created from the last sequence number.
@@ -87,7 +88,7 @@ def make_client(endpoint: str | None, region: str) -> Any:
     cfg = Config(
         retries={"max_attempts": 1, "mode": "standard"},
         connect_timeout=1,
-        read_timeout=5,
+        read_timeout=2,
     )
     kwargs: dict[str, Any] = {"region_name": region, "config": cfg}
     if endpoint:
@@ -138,6 +139,7 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
         batch: int,
         poll: float,
         parent_wait: float,
+        fresh: bool,
     ) -> None:
         self._client = client
         self._stream = stream
@@ -146,6 +148,7 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
         self._parents = parents
         self._seq = state["seq"]
         self._at = state["at"]
+        self._fresh_latest = fresh and start == "LATEST"
         self._done = state["done"]
         self._start = start
         self._tail = tail
@@ -192,15 +195,26 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
         if self._seq is not None:
             args.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER",
                         StartingSequenceNumber=self._seq)
+        elif self._fresh_latest:
+            # First start at LATEST; ``at`` (build time) is what a resume will use.
+            args.update(ShardIteratorType="LATEST")
         elif self._at is not None:
             args.update(ShardIteratorType="AT_TIMESTAMP",
                         Timestamp=datetime.fromtimestamp(self._at, UTC))
-        elif self._start == "LATEST":
-            self._at = time.time()  # pin it: a resume continues from here, not from "now"
-            args.update(ShardIteratorType="LATEST")
         else:
             args.update(ShardIteratorType="TRIM_HORIZON")
-        return str(self._client.get_shard_iterator(**args)["ShardIterator"])
+        try:
+            return str(self._client.get_shard_iterator(**args)["ShardIterator"])
+        except bexc.ClientError as exc:
+            if args["ShardIteratorType"] != "AT_TIMESTAMP" or _code(exc) != (
+                    "InvalidArgumentException"):
+                raise
+            # A timestamp ahead of the server's clock: nothing is newer, start at the tip.
+            log.warning("kinesis %s/%s: %s; reading from LATEST", self._stream,
+                        self._shard_id, exc)
+            args = {"StreamName": self._stream, "ShardId": self._shard_id,
+                    "ShardIteratorType": "LATEST"}
+            return str(self._client.get_shard_iterator(**args)["ShardIterator"])
 
     def _mark_drained(self) -> None:
         self._done = True
@@ -337,12 +351,14 @@ class KinesisSource(FixedPartitionedSource[list[RawRecord], ShardState]):
             p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId"))
             if p and p in shards
         ]
+        fresh = resume_state is None
         if resume_state is None:
-            at = self._at if self._start == "AT_TIMESTAMP" else None
+            # LATEST is pinned to the build time, so a resume continues from there.
+            at = {"AT_TIMESTAMP": self._at, "LATEST": time.time()}.get(self._start)
             resume_state = {"seq": None, "at": at, "done": False}
         return _KinesisShardPartition(
             client, step_id, self._stream, shard, parents, resume_state, self._start,
-            self._tail, self._batch, self._poll, self._parent_wait,
+            self._tail, self._batch, self._poll, self._parent_wait, fresh,
         )
 
 
@@ -368,6 +384,24 @@ def ids_in(data: bytes, fields: tuple[str, ...] = ID_FIELDS) -> list[str]:
     return [v for k in fields if isinstance(v := obj.get(k), str)]
 
 
+def _iterator_since(client: Any, stream: str, shard: str, since: float) -> tuple[str, float]:
+    """An iterator at ``since``; returns (iterator, arrival time to filter from).
+
+    kinesalite never answers ``AT_TIMESTAMP`` when no record is that recent (the request
+    times out); then read from ``TRIM_HORIZON`` and filter by arrival time instead.
+    """
+    args = {"StreamName": stream, "ShardId": shard}
+    try:
+        it = client.get_shard_iterator(ShardIteratorType="AT_TIMESTAMP",
+                                       Timestamp=datetime.fromtimestamp(since, UTC), **args)
+        return str(it["ShardIterator"]), 0.0
+    except (bexc.ReadTimeoutError, bexc.ClientError) as exc:
+        if isinstance(exc, bexc.ClientError) and _code(exc) != "InvalidArgumentException":
+            raise
+    it = client.get_shard_iterator(ShardIteratorType="TRIM_HORIZON", **args)
+    return str(it["ShardIterator"]), since
+
+
 def read_back(client: Any, stream: str, seqs: dict[str, str], since: float | None,
               retry_for: float = 60.0) -> tuple[set[str], dict[str, str]]:
     """Ids of records on every shard after ``seqs`` (or after ``since``), and the new tails."""
@@ -376,16 +410,16 @@ def read_back(client: Any, stream: str, seqs: dict[str, str], since: float | Non
     deadline = time.monotonic() + retry_for
     for shard in list_shards(client, stream):
         sid = shard["ShardId"]
-        args: dict[str, Any] = {"StreamName": stream, "ShardId": sid}
+        not_before = 0.0
         if sid in seqs:
-            args.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER",
-                        StartingSequenceNumber=seqs[sid])
+            it: str | None = client.get_shard_iterator(
+                StreamName=stream, ShardId=sid, ShardIteratorType="AFTER_SEQUENCE_NUMBER",
+                StartingSequenceNumber=seqs[sid])["ShardIterator"]
         elif since is not None:
-            args.update(ShardIteratorType="AT_TIMESTAMP",
-                        Timestamp=datetime.fromtimestamp(since, UTC))
+            it, not_before = _iterator_since(client, stream, sid, since)
         else:
-            args.update(ShardIteratorType="TRIM_HORIZON")
-        it: str | None = client.get_shard_iterator(**args)["ShardIterator"]
+            it = client.get_shard_iterator(StreamName=stream, ShardId=sid,
+                                           ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
         delay = 0.05
         while it is not None:
             try:
@@ -397,8 +431,9 @@ def read_back(client: Any, stream: str, seqs: dict[str, str], since: float | Non
                 delay = min(delay * 2, 2.0)
                 continue
             for r in resp["Records"]:
-                found.update(ids_in(r["Data"]))
                 tails[sid] = r["SequenceNumber"]
+                if r["ApproximateArrivalTimestamp"].timestamp() >= not_before:
+                    found.update(ids_in(r["Data"]))
             it = resp.get("NextShardIterator")
             if not resp["Records"] and resp.get("MillisBehindLatest", 0) == 0:
                 break

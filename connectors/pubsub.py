@@ -8,7 +8,7 @@ Source
     Pub/Sub has no replayable position, so the source never acks a message before the
     recovery store holds an epoch that covers it:
 
-    * A background thread does the (blocking, 1 s long-poll) unary ``Pull`` calls without
+    * A background thread does the unary ``Pull`` calls (1 s deadline) without
       auto-ack, extends the ack deadline of every message it holds (``lease``, default
       60 s, renewed every third of it) and performs the acks. ``next_batch`` only drains
       its queue: it never waits.
@@ -17,12 +17,15 @@ Source
       writes an epoch's snapshots and commits the epoch right after the epoch closes (we
       measured ~0.1 s after ``snapshot()`` with 1 s epochs), so by then the group's epoch is
       committed: a crash can no longer resume before it. ``ack_lag=1`` is the minimum.
+      This rests on that measured behaviour, not on a Bytewax API promise (a source is
+      not told when an epoch is committed); a larger ``ack_lag`` widens the margin at the
+      cost of longer leases.
     * Resume state ``{"pending": [message keys emitted, not yet acked],
       "acked": {message key: ack time}}`` (acked keys are kept ``dedup`` seconds, default
-      60); a message key is ``<message id>@<publish time>``. After a crash, Pub/Sub
-      redelivers the unacked messages: the ones in the resume state were already
-      processed before the snapshot and are dropped (and acked); the others are
-      processed. A redelivery of a key still in memory is dropped as well.
+      60, at least ``lease``); a message key is ``<message id>@<publish time>``. After
+      a crash, Pub/Sub redelivers the unacked messages: the ones in the resume state
+      were already processed before the snapshot and are dropped (and acked); the
+      others are processed. A redelivery of a key still in memory is dropped as well.
     * One partition per subscription (a redelivery may go to any puller, so the dedup set
       must be in one place). Ordering keys: messages are emitted in the order pulled, which
       Pub/Sub keeps per ordering key on subscriptions with message ordering enabled. Such
@@ -249,8 +252,9 @@ class _PubSubPartition(StatefulSourcePartition[list[RawRecord], PubSubState]):
         self._seen: dict[str, float | None] = {}
         if state is not None:
             for mid in state["pending"]:
-                # Processed before the resume snapshot: its epoch is committed now.
-                self._seen[mid] = now
+                # Processed before the resume snapshot (its epoch is committed now) and not
+                # acked: it comes back within a lease; keep it a lease longer than the rest.
+                self._seen[mid] = now + lease
             self._seen.update(state["acked"])
         self._group: list[tuple[str, str]] = []  # (message id, ack id) since last snapshot
         self._groups: deque[list[tuple[str, str]]] = deque()
@@ -327,8 +331,8 @@ class PubSubSource(FixedPartitionedSource[list[RawRecord], PubSubState]):
         self._emulator = emulator
         self._batch = batch
         self._ack_lag = ack_lag
-        self._dedup = dedup
         self._lease = min(max(lease, 10.0), 600.0)
+        self._dedup = max(dedup, self._lease)
         self._idle_exit = idle_exit
         self._max = max_outstanding
 

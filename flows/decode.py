@@ -66,6 +66,20 @@ def parse_timestamp(ts: Any) -> int:
 
 def _validate(obj: Any, raw: RawRecord) -> Reading:
     """Check a decoded mapping and build a Reading."""
+    if type(obj) is dict:
+        # fast path, the common record: exact types, no extra fields (same result as below)
+        sensor = obj.get("sensor_id")
+        ts = obj.get("timestamp")
+        value = obj.get("value")
+        n = len(obj)
+        if type(sensor) is str and sensor and type(ts) is int and type(value) is float \
+                and _MIN_TS <= ts < _MAX_TS and math.isfinite(value):
+            if n == 3:
+                return Reading(sensor, ts, value, None, None, raw)
+            if n == 4:
+                tenant = obj.get("tenant_id")
+                if type(tenant) is str:
+                    return Reading(sensor, ts, value, tenant, None, raw)
     if not isinstance(obj, dict):
         raise BadRecord("schema_mismatch", f"expected an object, got {type(obj).__name__}")
     sensor = obj.get("sensor_id")
@@ -85,7 +99,7 @@ def _validate(obj: Any, raw: RawRecord) -> Reading:
     if tenant is not None and not isinstance(tenant, str):
         raise BadRecord("bad_type", "tenant_id must be a string")
     extra: dict[str, float] | None = None
-    if len(obj) > 3:
+    if len(obj) > 3 and (len(obj) > 4 or "tenant_id" not in obj):  # not just the std fields
         extra = obj.get("extra") if isinstance(obj.get("extra"), dict) else None
         for k, v in obj.items():
             if k not in _STD_FIELDS and k != "extra" and isinstance(v, (int, float)) \

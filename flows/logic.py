@@ -41,8 +41,32 @@ def key_group(sensor_id: str, groups: int) -> str:
     return str(zlib.crc32(sensor_id.encode()) % groups)
 
 
+class PackedState(bytes):
+    """A detector state at rest: its pickle, zlib-compressed (level 1).
+
+    Snapshots pack the states that changed since the previous snapshot and keep them
+    packed until the sensor is scored again, so a snapshot re-serialises only what
+    changed, and idle sensors hold ~0.6 KB instead of ~7 KB (ensemble) in memory and in
+    the recovery store. A pickle round trip is exact, so scores are unchanged.
+    """
+
+    __slots__ = ()
+
+
+def pack_state(state: Any) -> PackedState:
+    return PackedState(zlib.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), 1))
+
+
+def unpack_state(packed: PackedState) -> Any:
+    return pickle.loads(zlib.decompress(packed))
+
+
 class Sensor:
-    """Per-sensor state: windows, detector state, model version, origin partition."""
+    """Per-sensor state: windows, detector state, model version, origin partition.
+
+    ``det`` is the live detector state, a :class:`PackedState`, or ``None`` for the
+    model's initial state (created when the sensor's first window is scored).
+    """
 
     __slots__ = ("win", "det", "model", "tenant")
 
@@ -124,6 +148,9 @@ class KeyGroupLogic:
             self.switches: dict[str, tuple[str, str]] = {}
         else:
             self.sensors, self.switches = pickle.loads(resume)
+        # sensors whose detector state is live (changed since the last snapshot)
+        self._live: set[str] = {sid for sid, s in self.sensors.items()
+                                if s.det is not None and type(s.det) is not PackedState}
 
     # -- Bytewax hooks -------------------------------------------------------------
     def on_batch(self, values: list[list[Reading | Control]]) -> tuple[Iterable, bool]:
@@ -151,7 +178,13 @@ class KeyGroupLogic:
         return out, False
 
     def snapshot(self) -> bytes:
-        return pickle.dumps((self.sensors, self.switches), protocol=pickle.HIGHEST_PROTOCOL)
+        sensors = self.sensors
+        for sid in self._live:
+            sensor = sensors[sid]
+            if sensor.det is not None and type(sensor.det) is not PackedState:
+                sensor.det = pack_state(sensor.det)
+        self._live.clear()
+        return pickle.dumps((sensors, self.switches), protocol=pickle.HIGHEST_PROTOCOL)
 
     # -- internals -----------------------------------------------------------------
     def _origin(self, item: Reading | Control) -> str:
@@ -159,21 +192,23 @@ class KeyGroupLogic:
 
     def _add(self, r: Reading, pending: dict[str, list[Closed]], out: list) -> None:
         sensor = self.sensors.get(r.sensor_id)
-        origin = self._origin(r)
+        switches = self.switches
+        origin = self._origin(r) if switches else ""
         if sensor is None:
-            model = self.switches.get(origin, (BUILTIN, ""))
-            det = self.models.get(*model, r.sensor_id)
-            sensor = Sensor(det.init_state(), model, r.tenant_id)
+            model = switches.get(origin, (BUILTIN, ""))
+            self.models.get(*model, r.sensor_id)  # fetch (and fail) now, not at scoring
+            sensor = Sensor(None, model, r.tenant_id)  # initial state: created when scored
             self.sensors[r.sensor_id] = sensor
         elif r.tenant_id is not None:
             sensor.tenant = r.tenant_id
-        switch = self.switches.get(origin)
+        switch = switches.get(origin) if switches else None
         if switch is not None and switch != sensor.model:
             # a model switch reached this sensor's partition: score windows that close
             # from here on with the new model (state restarts from the new model)
             self._score_one(r.sensor_id, sensor, pending.pop(r.sensor_id, None), out)
             sensor.model = switch
-            sensor.det = self.models.get(*switch, r.sensor_id).init_state()
+            self.models.get(*switch, r.sensor_id)
+            sensor.det = None
         closed = pending.get(r.sensor_id)
         if closed is None:
             closed = pending[r.sensor_id] = []
@@ -214,7 +249,13 @@ class KeyGroupLogic:
         det = self.models.get(*sensor.model, sid)
         values = np.fromiter((w.mean for w in closed), np.float64, len(closed))
         ends = np.fromiter((w.end / 1000.0 for w in closed), np.float64, len(closed))
-        sensor.det, scores = det.score(sensor.det, values, ends)
+        state = sensor.det
+        if state is None:
+            state = det.init_state()
+        elif type(state) is PackedState:
+            state = unpack_state(state)
+        sensor.det, scores = det.score(state, values, ends)
+        self._live.add(sid)
         metrics.WINDOWS_OUT.inc(len(closed))
         now = time.time()
         metrics.WINDOW_CLOSE_LATENCY.observe(max(0.0, now - closed[-1].end / 1000.0))

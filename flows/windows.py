@@ -157,6 +157,11 @@ class WindowState:
             if not self.open:
                 return
             size = spec.size
+            if len(self.open) == 1:  # the common case: only the current window is open
+                s = next(iter(self.open))
+                if wm is None or s + size <= wm:
+                    out.append(Closed(s, s + size, self.open.pop(s)))
+                return
             ready = sorted(s for s in self.open if wm is None or s + size <= wm)
             for s in ready:
                 out.append(Closed(s, s + size, self.open.pop(s)))

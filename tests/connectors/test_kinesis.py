@@ -373,6 +373,24 @@ def test_sink_dedup_after_rebuild_from_older_snapshot(kclient, kinesis_endpoint,
     assert sorted(got) == sorted(f"a{i}" for i in range(25)) and len(got) == 25
 
 
+def test_sink_dedup_from_a_snapshot_without_positions(kclient, kinesis_endpoint, make_stream):
+    """Shards the partition never wrote to are read back from the snapshot time (on
+    kinesalite, through the TRIM_HORIZON fallback: it never answers AT_TIMESTAMP when
+    no record is that recent)."""
+    stream = make_stream(3)
+    sink = KinesisSink(stream, endpoint=kinesis_endpoint)
+    part = sink.build_part("o", "0", None)
+    old = part.snapshot()  # nothing written yet: only the time
+    assert old["seqs"] == {}
+    recs = [OutRecord(f"b{i}", "one-sensor", json.dumps({"alert_id": f"b{i}"}).encode())
+            for i in range(10)]
+    part.write_batch(recs[:6])
+    part2 = sink.build_part("o", "0", old)
+    part2.write_batch(recs)
+    got = stream_alert_ids(kclient, stream)
+    assert sorted(got) == sorted(f"b{i}" for i in range(10)) and len(got) == 10
+
+
 def test_sink_new_execution_without_state_writes_everything(kclient, kinesis_endpoint,
                                                             make_stream):
     stream = make_stream(1)

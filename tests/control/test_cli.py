@@ -71,7 +71,7 @@ def test_bad_env_values_and_args_are_clear_errors(tmp_path: Path) -> None:
     res = _adctl("--state-dir", str(tmp_path), "status")
     assert res.returncode == 2 and "no metrics endpoints" in res.stderr
     res = _adctl("push-model", "--model-store", tmp_path.as_uri())
-    assert res.returncode == 2 and "no versions of 'mad'" in res.stderr
+    assert res.returncode == 2 and "no versions of 'ensemble'" in res.stderr
     res = _adctl("--state-dir", str(tmp_path), "run", "--env-file",
                  str(tmp_path / "missing.env"))
     assert res.returncode == 2 and "does not exist" in res.stderr

@@ -141,7 +141,7 @@ def reference(streams: Streams, crash_input: tuple[str, int],
     run_to_completion(_env(streams, src, alerts, dlq), init_recovery(tmp / "rec"),
                       log=tmp / "flow.log")
     out, dead = streams.read(alerts), streams.read(dlq)
-    assert len(out) == SENSORS * (PER_SENSOR * 10 // 60 + 1)
+    assert len(out) == SENSORS * ((PER_SENSOR - 1) * 10 // 60 + 1)
     assert len(dead) == bad
     return out, dead
 

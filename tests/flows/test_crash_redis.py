@@ -108,7 +108,7 @@ def reference(rbase: str, rclient: redis.Redis, crash_input: tuple[str, int, int
     run_to_completion(_env(rbase, src, alerts, dlq), init_recovery(tmp / "rec"),
                       log=tmp / "flow.log")
     out, dead = read_stream(rclient, alerts), read_stream(rclient, dlq)
-    assert len(out) == SENSORS * (PER_SENSOR * 10 // 60 + 1)
+    assert len(out) == SENSORS * ((PER_SENSOR - 1) * 10 // 60 + 1)
     assert len(dead) == bad
     return out, dead
 

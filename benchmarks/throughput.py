@@ -1,0 +1,650 @@
+"""Throughput, latency, recovery and state-scale benchmark, side by side with the ceiling.
+
+    python -m benchmarks.throughput                # full size (about 10-20 minutes)
+    python -m benchmarks.throughput --quick        # small sizes, a minute or two
+
+Needs the local Kafka (``bash stack/stack.sh up kafka``; ``AD_STACK_KAFKA_PORT``,
+default 19092). Everything runs in one invocation so the ratios hold on a noisy machine:
+
+1. ceiling   raw confluent-kafka consume -> produce of every record (no processing)
+2. baseline  naive per-item Bytewax pipeline (Bytewax KafkaSource -> json.loads -> key
+             -> stateful_map -> filter -> Bytewax KafkaSink), at-least-once
+3. flow      the detector flow (flows.detector), exactly-once sink, 1 and 2 workers
+             (and the ``mad`` detector with ``--mad``)
+4. latency   at a fraction (default 50%) of the 1-worker flow's throughput: produce time
+             of the record that closes a window -> its output visible read_committed
+5. recovery  the flow holding ``--recovery-keys`` keys is SIGKILLed and restarted: time
+             from restart until it has caught up (output of a record produced at restart
+             visible)
+6. state     resident memory per key, snapshot size/duration at each ``--state-keys``
+             (benchmarks.bench_state, in-process)
+
+Prints a table and writes JSON (``--out``). Throughput is records read / (time from the
+first record read to the process exit, i.e. all output delivered / committed); process
+start-up is excluded. Benchmarks are commands, never timed tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+from benchmarks import bench_kafka as bk
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+SECTIONS = ("ceiling", "baseline", "flow", "latency", "recovery", "state")
+
+
+# -- processes -----------------------------------------------------------------------
+def clean_env(**overrides: str) -> dict[str, str]:
+    """The environment of a flow process: no stray AD_* settings, plus ``overrides``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AD_", "BENCH_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(overrides)
+    return env
+
+
+def init_recovery(path: Path, parts: int = 2) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run([PY, "-m", "bytewax.recovery", str(path), str(parts)], check=True,
+                   cwd=ROOT, capture_output=True)
+    return path
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Flow:
+    """A ``python -m bytewax.run`` execution: ``processes`` processes x ``workers`` workers.
+
+    After ``wait``: ``ended`` (last exit), ``cpu_s`` (user+sys of all processes) and
+    ``peak_rss`` (sum of each process's peak RSS)."""
+
+    def __init__(self, target: str, env: dict[str, str], workers: int, recovery: Path | None,
+                 snapshot_s: int, log: Path, marks: Path, processes: int = 1) -> None:
+        cmd = [PY, "-m", "bytewax.run", target, "-w", str(workers)]
+        if recovery is not None:
+            cmd += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
+        addrs = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
+        self.marks = marks
+        self.log = log
+        self.started = time.time()
+        self.procs: list[subprocess.Popen] = []
+        with open(log, "ab") as out:
+            for i in range(processes):
+                extra = ["-i", str(i), "-a", addrs] if processes > 1 else []
+                self.procs.append(subprocess.Popen(
+                    cmd + extra, cwd=ROOT,
+                    env={**env, "BENCH_MARKS": str(marks), "AD_PROCESS_ID": str(i)},
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        self.pid = self.procs[0].pid
+        self._done: dict[int, tuple[float, int, Any]] = {}
+        self.ended: float | None = None
+        self.code: int | None = None
+        self.cpu_s = 0.0
+        self.peak_rss = 0
+
+    def poll(self) -> bool:
+        """True once every process has exited (records exit time, CPU and peak RSS)."""
+        if self.code is not None:
+            return True
+        for p in self.procs:
+            if p.pid in self._done:
+                continue
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid != 0:
+                code = os.waitstatus_to_exitcode(status)
+                p.returncode = code
+                self._done[p.pid] = (time.time(), code, ru)
+        if len(self._done) < len(self.procs):
+            return False
+        done = self._done.values()
+        self.ended = max(t for t, _c, _r in done)
+        self.code = next((c for _t, c, _r in done if c != 0), 0)
+        self.cpu_s = sum(r.ru_utime + r.ru_stime for _t, _c, r in done)
+        self.peak_rss = sum(r.ru_maxrss * 1024 for _t, _c, r in done)
+        return True
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.poll():
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"flow ran over {timeout:.0f} s; log {self.log}")
+            time.sleep(0.02)
+        if self.code != 0:
+            raise RuntimeError(f"flow exited with {self.code}:\n{self.tail()}")
+
+    def kill(self) -> None:
+        if self.code is None:
+            for p in self.procs:
+                if p.pid not in self._done:
+                    try:
+                        os.killpg(p.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            while not self.poll():
+                time.sleep(0.01)
+
+    def rss(self) -> int:
+        try:
+            p = psutil.Process(self.pid)
+            return p.memory_info().rss + sum(c.memory_info().rss for c in p.children(True))
+        except psutil.Error:
+            return 0
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    def read_marks(self) -> dict[str, Any]:
+        first: list[float] = []
+        built: list[float] = []
+        records = 0
+        ends = 0
+        if self.marks.exists():
+            for line in self.marks.read_text().splitlines():
+                kind, _part, t, *rest = line.split()
+                if kind == "first":
+                    first.append(float(t))
+                elif kind == "built":
+                    built.append(float(t))
+                elif kind == "end":
+                    ends += 1
+                    records += int(rest[0]) if rest else 0
+        return {"first": min(first) if first else None, "built": len(built),
+                "built_last": max(built) if built else None, "records": records, "ends": ends}
+
+
+def timed_run(target: str, env: dict[str, str], workers: int, recovery: Path | None,
+              snapshot_s: int, work: Path, name: str, timeout: float,
+              processes: int = 1) -> dict[str, Any]:
+    flow = Flow(target, env, workers, recovery, snapshot_s, work / f"{name}.log",
+                work / f"{name}.marks", processes)
+    flow.wait(timeout)
+    m = flow.read_marks()
+    if m["first"] is None or flow.ended is None:
+        raise RuntimeError(f"{name}: no record was read\n{flow.tail()}")
+    secs = flow.ended - m["first"]
+    return {"records": m["records"], "seconds": secs, "events_per_s": m["records"] / secs,
+            "startup_s": m["first"] - flow.started, "cpu_s": flow.cpu_s,
+            "peak_rss_bytes": flow.peak_rss}
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> float:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+    return time.time()
+
+
+# -- the sections ----------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.a = args
+        self.brokers = args.brokers
+        self.topics: list[str] = []
+        self.work = Path(tempfile.mkdtemp(prefix="ad-bench-"))
+        self.results: dict[str, Any] = {}
+
+    def topic(self, prefix: str, partitions: int) -> str:
+        from connectors.kafka import ensure_topic
+
+        name = f"bench-{prefix}-{uuid.uuid4().hex[:8]}"
+        ensure_topic(self.brokers, name, partitions)
+        self.topics.append(name)
+        return name
+
+    def flow_env(self, src: str, tail: bool, **extra: str) -> tuple[dict[str, str], str]:
+        flow_id = f"bench-{uuid.uuid4().hex[:10]}"
+        alerts = self.topic("alerts", 4)
+        dlq = self.topic("dlq", 1)
+        settings = {
+            "AD_SOURCE": f"kafka://{self.brokers}/{src}?tail={'true' if tail else 'false'}"
+                         f"&batch={self.a.batch}",
+            "AD_SINK": f"kafka://{self.brokers}/{alerts}",
+            "AD_DLQ": f"kafka://{self.brokers}/{dlq}?partitions=1",
+            "AD_FLOW_ID": flow_id, "AD_DETECTOR": self.a.detector}
+        settings.update(extra)
+        env = clean_env(**settings)
+        return env, alerts
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    # 1-3 -------------------------------------------------------------------------------
+    def throughput(self) -> None:
+        a = self.a
+        src = self.topic("in", a.partitions)
+        t = time.perf_counter()
+        n = bk.produce_all(self.brokers, src, bk.dataset(a.records, a.sensors, a.interval_ms))
+        self.log(f"produced {n} records over {a.sensors} sensors, {a.partitions} partitions "
+                 f"in {time.perf_counter() - t:.1f} s")
+        rows = self.results.setdefault("throughput", {})
+        timeout = max(120.0, a.records / 5000)
+        if "ceiling" in a.sections:
+            out = self.topic("ceiling-out", 4)
+            proc = subprocess.run([PY, "-m", "benchmarks.bench_kafka", "ceiling", self.brokers,
+                                   src, out, str(a.batch)], cwd=ROOT, env=clean_env(),
+                                  capture_output=True, text=True, timeout=timeout, check=True)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r["events_per_s"] = r["records"] / r["seconds"]
+            rows["ceiling"] = r
+            self.log(f"ceiling: {r['events_per_s']:,.0f} events/s")
+        if "baseline" in a.sections:
+            out = self.topic("baseline-out", 4)
+            env = clean_env(BENCH_BROKERS=self.brokers, BENCH_IN=src, BENCH_OUT=out)
+            rec = init_recovery(self.work / f"rec-baseline-{uuid.uuid4().hex[:6]}")
+            r = timed_run("benchmarks.bench_flows:baseline_flow()", env, 1, rec, a.snapshot_s,
+                          self.work, "baseline", timeout)
+            rows["baseline"] = r
+            self.log(f"baseline: {r['events_per_s']:,.0f} events/s")
+        if "flow" in a.sections:
+            # (detector, workers per process, processes); 2 workers as 2 threads of one
+            # process (-w 2) and as 2 processes (-i/-a): threads share one GIL
+            variants = [(a.detector, 1, 1), (a.detector, 2, 1), (a.detector, 1, 2)]
+            if a.mad and a.detector != "mad":
+                variants.append(("mad", 1, 1))
+            for det, workers, procs in variants:
+                env, _alerts = self.flow_env(src, tail=False, AD_DETECTOR=det)
+                name = f"flow_{det}_w{workers}" + (f"x{procs}p" if procs > 1 else "")
+                rec = init_recovery(self.work / f"rec-{name}-{uuid.uuid4().hex[:6]}")
+                r = timed_run("benchmarks.bench_flows:detector_flow()", env, workers, rec,
+                              a.snapshot_s, self.work, name, timeout, procs)
+                r.update(detector=det, workers=workers * procs, processes=procs)
+                rows[name] = r
+                self.log(f"{name}: {r['events_per_s']:,.0f} events/s")
+                if r["records"] != a.records:
+                    raise RuntimeError(f"{name} read {r['records']} records, not {a.records}")
+
+    # 4 ---------------------------------------------------------------------------------
+    def latency(self) -> None:
+        a = self.a
+        flow_rate = self.results.get("throughput", {}).get(
+            f"flow_{a.detector}_w1", {}).get("events_per_s")
+        rate = a.latency_rate or (a.latency_load * flow_rate if flow_rate else 20000.0)
+        out: list[dict[str, Any]] = []
+        for snap in a.latency_snapshots:
+            out.append(self._latency_run(rate, snap, flow_rate))
+        self.results["latency"] = out
+
+    def _latency_run(self, rate: float, snapshot_s: int, flow_rate: float | None) -> dict:
+        a = self.a
+        src = self.topic("live", a.partitions)
+        warm, dur = a.latency_warmup, a.latency_seconds
+        total = int(rate * (warm + dur))
+        sensors = a.sensors
+        # sensor i's k-th reading is interval_ms after its previous one; phases spread
+        # the window boundaries over the sensors, so windows close all the time
+        payloads: list[tuple[bytes, bytes]] = []
+        closes: dict[tuple[str, int], int] = {}
+        k = 0
+        while len(payloads) < total:
+            for i in range(sensors):
+                if len(payloads) >= total:
+                    break
+                phase = (i * bk.WINDOW_MS) // sensors
+                off = phase + k * a.interval_ms
+                if k > 0 and off // bk.WINDOW_MS > (off - a.interval_ms) // bk.WINDOW_MS:
+                    end = bk.START_MS + (off // bk.WINDOW_MS) * bk.WINDOW_MS
+                    closes[(bk.sensor_id(i), end)] = len(payloads)
+                payloads.append((bk.sensor_id(i).encode(), bk.reading(i, k, a.interval_ms, phase)))
+            k += 1
+        env, alerts = self.flow_env(src, tail=True, AD_EMIT="all")
+        watcher = bk.Watcher(self.brokers, alerts)
+        watcher.start()
+        rec = init_recovery(self.work / f"rec-lat-{uuid.uuid4().hex[:6]}")
+        flow = Flow("benchmarks.bench_flows:detector_flow()", env, 1, rec, snapshot_s,
+                    self.work / f"latency-s{snapshot_s}.log", self.work / f"lat-{snapshot_s}.marks")
+        times = [0.0] * len(payloads)
+        try:
+            wait_for(lambda: flow.poll() or flow.read_marks()["built"] >= a.partitions, 120,
+                     "the flow to start")
+            if flow.code is not None:
+                raise RuntimeError(f"latency flow exited early:\n{flow.tail()}")
+            time.sleep(1.0)  # sink partitions initialise after the source partitions
+            self.log(f"latency: producing {total} records at {rate:,.0f}/s "
+                     f"(snapshot {snapshot_s} s)")
+            t0 = time.time()
+            bk.paced_produce(self.brokers, src, payloads, rate, times)
+            achieved = len(payloads) / (time.time() - t0)
+            time.sleep(2 * snapshot_s + 2.0)
+            cpu = psutil.Process(flow.pid).cpu_times()
+        finally:
+            flow.kill()
+            watcher.stop.set()
+            watcher.join(5)
+        seen: dict[tuple[str, int], float] = {}
+        for t, body in watcher.bodies():
+            key = (body["sensor_id"], bk.iso_ms(body["window_end"]))
+            seen.setdefault(key, t)
+        lat = []
+        expected = 0
+        for key, idx in closes.items():
+            if times[idx] < t0 + warm:
+                continue
+            expected += 1
+            if key in seen:
+                lat.append(seen[key] - times[idx])
+        lat.sort()
+
+        def q(p: float) -> float | None:
+            return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else None
+
+        r = {"snapshot_s": snapshot_s, "rate": rate, "achieved_rate": achieved,
+             "load_vs_flow_max": rate / flow_rate if flow_rate else None,
+             "samples": len(lat), "expected": expected, "p50_ms": q(0.50), "p90_ms": q(0.90),
+             "p99_ms": q(0.99), "max_ms": lat[-1] * 1000 if lat else None,
+             "target_ms": snapshot_s * 1000 + 250,
+             "flow_cpu_s": cpu.user + cpu.system, "window_closes_per_s": expected / dur}
+        self.log(f"latency (s={snapshot_s}): p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
+                 f"{len(lat)}/{expected} samples")
+        return r
+
+    # 5 ---------------------------------------------------------------------------------
+    def recovery(self) -> None:
+        a = self.a
+        keys = a.recovery_keys
+        src = self.topic("state", a.partitions)
+        parts = bk.partitions(self.brokers, src)
+        env, alerts = self.flow_env(src, tail=True, AD_EMIT="all")
+        snap = a.snapshot_s
+
+        def probes(k: int) -> list[tuple[int, tuple[bytes, bytes]]]:
+            return [(p, (f"probe-{p}".encode(), orjson.dumps({
+                "sensor_id": f"probe-{p}", "timestamp": bk.START_MS + k * bk.WINDOW_MS,
+                "value": 1.0}))) for p in parts]
+
+        def send_probes(k: int) -> None:
+            for p, kv in probes(k):
+                bk.produce_all(self.brokers, src, [kv], partition=p)
+
+        def probe_outputs(end_k: int) -> int:
+            end = bk.START_MS + end_k * bk.WINDOW_MS
+            return sum(1 for _t, b in watcher.bodies() if b["sensor_id"].startswith("probe-")
+                       and bk.iso_ms(b["window_end"]) == end)
+
+        send_probes(0)
+        t = time.perf_counter()
+        bk.produce_all(self.brokers, src, ((bk.sensor_id(i).encode(), bk.reading(i, 0, 1000))
+                                           for i in range(keys)))
+        send_probes(1)  # closes the probes' first window: its output marks "caught up"
+        self.log(f"recovery: produced {keys} keys in {time.perf_counter() - t:.1f} s")
+        watcher = bk.Watcher(self.brokers, alerts)
+        watcher.start()
+        rec = init_recovery(self.work / f"rec-recovery-{uuid.uuid4().hex[:6]}")
+        flow = Flow("benchmarks.bench_flows:detector_flow()", env, 1, rec, snap,
+                    self.work / "recovery.log", self.work / "recovery.marks")
+        try:
+            t_load = wait_for(lambda: flow.poll() or probe_outputs(1) >= len(parts),
+                              a.recovery_timeout, "the initial load")
+            if flow.code is not None:
+                raise RuntimeError(f"recovery flow exited:\n{flow.tail()}")
+            m = flow.read_marks()
+            load_s = t_load - (m["first"] or flow.started)
+            time.sleep(2 * snap + 1.0)  # a snapshot that holds every key
+            rss = flow.rss()
+            rec_bytes = sum(f.stat().st_size for f in rec.iterdir())
+            # more input for existing keys, then SIGKILL while the flow works on it
+            tail_n = min(keys, max(1000, keys // 10))
+            bk.produce_all(self.brokers, src, ((bk.sensor_id(i).encode(),
+                                                bk.reading(i, 1, 1000)) for i in range(tail_n)))
+            flow.kill()
+            t_kill = time.time()
+            flow = Flow("benchmarks.bench_flows:detector_flow()", env, 1, rec, snap,
+                        self.work / "recovery.log", self.work / "recovery2.marks")
+            t_restart = flow.started
+            send_probes(2)
+            t_done = wait_for(lambda: flow.poll() or probe_outputs(2) >= len(parts),
+                              a.recovery_timeout, "recovery")
+            if flow.code is not None:
+                raise RuntimeError(f"restarted flow exited:\n{flow.tail()}")
+            m2 = flow.read_marks()
+            rss2 = flow.rss()
+        finally:
+            flow.kill()
+            watcher.stop.set()
+            watcher.join(5)
+        r = {"keys": keys, "detector": a.detector, "snapshot_s": snap,
+             "initial_load_s": load_s, "initial_load_keys_per_s": keys / load_s,
+             "rss_bytes": rss, "rss_bytes_per_key": rss / keys, "recovery_store_bytes": rec_bytes,
+             "records_after_last_catch_up": tail_n, "kill_to_restart_s": t_restart - t_kill,
+             "recovery_s": t_done - t_restart,
+             "restart_to_first_read_s": (m2["first"] - t_restart) if m2["first"] else None,
+             "rss_after_recovery_bytes": rss2}
+        self.results["recovery"] = r
+        self.log(f"recovery: {keys} keys, restart -> caught up {r['recovery_s']:.1f} s, "
+                 f"RSS {rss / 2**30:.2f} GiB")
+
+    # 6 ---------------------------------------------------------------------------------
+    def state(self) -> None:
+        a = self.a
+        rows: list[dict[str, Any]] = []
+        dets = [a.detector] + (["mad"] if a.mad and a.detector != "mad" else [])
+        for det in dets:
+            for mode in ("packed", "live"):
+                self._state_curve(det, mode, rows)
+        self.results["state"] = rows
+
+    def _state_curve(self, det: str, mode: str, rows: list[dict[str, Any]]) -> None:
+        a = self.a
+        per_key = None
+        for keys in a.state_keys:
+            avail = psutil.virtual_memory().available
+            need = keys * per_key * 1.5 if per_key else 0.0
+            if need > avail - a.state_spare_gib * 2**30:
+                rows.append({"keys": keys, "detector": det, "mode": mode, "skipped":
+                             f"needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB free"})
+                self.log(f"state {det} {mode} {keys}: skipped (memory)")
+                continue
+            proc = subprocess.run([PY, "-m", "benchmarks.bench_state", str(keys), det, mode],
+                                  cwd=ROOT, env=clean_env(), capture_output=True, text=True,
+                                  timeout=3600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench_state {keys} {det}:\n{proc.stderr[-3000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            per_key = max(r["rss_bytes_per_key"], r["snapshot_bytes_per_key"])
+            rows.append(r)
+            self.log(f"state {det} {mode} {keys}: {r['rss_bytes_per_key']:.0f} B/key "
+                     f"resident, snapshot {r['snapshot_bytes'] / 2**20:.1f} MiB "
+                     f"in {r['snapshot_s']:.2f} s")
+
+    def cleanup(self) -> None:
+        if not self.a.keep:
+            bk.delete_topics(self.brokers, self.topics)
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+# -- report ----------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    load = os.getloadavg()
+    return {"host": platform.node(), "cpus": os.cpu_count(), "cpu_model": _cpu_model(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "loadavg_at_start": [round(x, 2) for x in load]}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _f(x: Any, fmt: str = "{:,.0f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def table(res: dict[str, Any]) -> str:
+    """The results as a markdown table (printed and written to RESULTS.md)."""
+    lines = []
+    tp = res.get("throughput", {})
+    ceiling = tp.get("ceiling", {}).get("events_per_s")
+    base = tp.get("baseline", {}).get("events_per_s")
+    if tp:
+        lines += ["| run | events/s | vs ceiling | vs baseline | seconds | CPU s | peak RSS MiB |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, r in tp.items():
+            eps = r["events_per_s"]
+            lines.append(
+                f"| {name} | {eps:,.0f} | {_f(eps / ceiling if ceiling else None, '{:.2f}')} | "
+                f"{_f(eps / base if base else None, '{:.2f}')} | {r['seconds']:.2f} | "
+                f"{_f(r.get('cpu_s'), '{:.1f}')} | "
+                f"{_f(r.get('peak_rss_bytes', 0) / 2**20 if r.get('peak_rss_bytes') else None)} |")
+    if res.get("latency"):
+        lines += ["", "| latency: snapshot s | load events/s (vs flow max) | samples | p50 ms | "
+                  "p90 ms | p99 ms | max ms | target p99 ms |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in res["latency"]:
+            lines.append(
+                f"| {r['snapshot_s']} | {r['achieved_rate']:,.0f} "
+                f"({_f(r['load_vs_flow_max'], '{:.0%}')}) | {r['samples']}/{r['expected']} | "
+                f"{_f(r['p50_ms'])} | {_f(r['p90_ms'])} | {_f(r['p99_ms'])} | "
+                f"{_f(r['max_ms'])} | {r['target_ms']} |")
+    if res.get("recovery"):
+        r = res["recovery"]
+        lines += ["", "| recovery: keys | detector | initial load s | RSS MiB (B/key) | "
+                  "recovery store MiB | restart -> caught up s |", "|---:|---|---:|---:|---:|---:|",
+                  f"| {r['keys']:,} | {r['detector']} | {r['initial_load_s']:.1f} | "
+                  f"{r['rss_bytes'] / 2**20:,.0f} ({r['rss_bytes_per_key']:,.0f}) | "
+                  f"{r['recovery_store_bytes'] / 2**20:,.0f} | {r['recovery_s']:.1f} |"]
+    if res.get("state"):
+        lines += ["", "| state: keys | detector | detector states | resident B/key | "
+                  "resident MiB | snapshot MiB | snapshot s | SQLite write s | restore s |",
+                  "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in res["state"]:
+            if "skipped" in r:
+                lines.append(f"| {r['keys']:,} | {r['detector']} | {r['mode']} | skipped: "
+                             f"{r['skipped']} | | | | | |")
+                continue
+            lines.append(
+                f"| {r['keys']:,} | {r['detector']} | {r['mode']} | "
+                f"{r['rss_bytes_per_key']:,.0f} | "
+                f"{r['rss_bytes_per_key'] * r['keys'] / 2**20:,.0f} | "
+                f"{r['snapshot_bytes'] / 2**20:,.1f} | {r['snapshot_s']:.2f} | "
+                f"{r['store_s']:.2f} | {r['restore_s']:.2f} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    port = os.environ.get("AD_STACK_KAFKA_PORT", "19092")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--brokers", default=f"127.0.0.1:{port}")
+    p.add_argument("--records", type=int, default=1_000_000)
+    p.add_argument("--sensors", type=int, default=10_000)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--interval-ms", type=int, default=1000,
+                   help="event-time step between a sensor's readings (default 1 s)")
+    p.add_argument("--batch", type=int, default=2000, help="source batch size (the flow's default)")
+    p.add_argument("--snapshot-s", type=int, default=1, help="Bytewax -s (epoch = snapshot)")
+    p.add_argument("--detector", default="ensemble")
+    p.add_argument("--mad", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the mad detector")
+    p.add_argument("--latency-load", type=float, default=0.5,
+                   help="latency load as a fraction of the 1-worker flow's throughput")
+    p.add_argument("--latency-rate", type=float, default=0.0, help="absolute rate (overrides)")
+    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--latency-warmup", type=float, default=3.0)
+    p.add_argument("--latency-snapshots", default="1", help="snapshot intervals, e.g. 1,2")
+    p.add_argument("--recovery-keys", type=int, default=1_000_000)
+    p.add_argument("--recovery-timeout", type=float, default=1800.0)
+    p.add_argument("--state-keys", default="10000,100000,1000000")
+    p.add_argument("--state-spare-gib", type=float, default=6.0,
+                   help="skip a state size that would leave less memory than this free")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated subset of {', '.join(SECTIONS)}")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes: 50k records, 1k sensors, 20k recovery keys, 5 s latency")
+    p.add_argument("--out", default="", help="JSON path (default benchmarks/results/<time>.json)")
+    p.add_argument("--keep", action="store_true", help="keep topics and the work directory")
+    a = p.parse_args(argv)
+    if a.quick:
+        given = set(argv or sys.argv[1:])
+
+        def dflt(flag: str, attr: str, value: Any) -> None:
+            if not any(g == flag or g.startswith(flag + "=") for g in given):
+                setattr(a, attr, value)
+
+        dflt("--records", "records", 50_000)
+        dflt("--sensors", "sensors", 1_000)
+        dflt("--recovery-keys", "recovery_keys", 20_000)
+        dflt("--state-keys", "state_keys", "1000,10000")
+        dflt("--latency-seconds", "latency_seconds", 5.0)
+        dflt("--latency-warmup", "latency_warmup", 2.0)
+    a.sections = [s for s in a.sections.split(",") if s]
+    bad = set(a.sections) - set(SECTIONS)
+    if bad:
+        p.error(f"unknown sections {sorted(bad)}")
+    a.state_keys = [int(x) for x in str(a.state_keys).split(",") if x]
+    a.latency_snapshots = [int(x) for x in str(a.latency_snapshots).split(",") if x]
+    return a
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    a = parse_args(argv)
+    cmd = "python -m benchmarks.throughput " + " ".join(argv if argv is not None else sys.argv[1:])
+    res: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": cmd.strip(), "machine": machine(),
+        "config": {k: v for k, v in vars(a).items() if k not in ("out",)},
+    }
+    b = Bench(a)
+    b.results = res
+    try:
+        if {"ceiling", "baseline", "flow"} & set(a.sections):
+            b.throughput()
+        if "latency" in a.sections:
+            b.latency()
+        if "recovery" in a.sections:
+            b.recovery()
+        if "state" in a.sections:
+            b.state()
+    finally:
+        b.cleanup()
+    res["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    res["table"] = table(res)
+    out = Path(a.out) if a.out else (
+        ROOT / "benchmarks" / "results" / f"throughput-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print()
+    print(res["table"])
+    print(f"\nJSON: {out}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
