@@ -30,8 +30,9 @@ def sensor_id(i: int) -> str:
 
 def reading(i: int, k: int, interval_ms: int, phase_ms: int = 0) -> bytes:
     """The k-th JSON reading of sensor ``i`` (deterministic, a noisy sine per sensor)."""
-    v = 20.0 + (i % 50) + 5.0 * math.sin(k / 90.0 + i) + ((k * 7919 + i * 104729) % 1000) / 1000.0
-    return orjson.dumps({"sensor_id": sensor_id(i), "timestamp": START_MS + phase_ms + k * interval_ms,
+    v = 20.0 + (i % 50) + 5.0 * math.sin(k / 90.0 + i) + ((k * 7919 + i * 104729) % 1000) / 1e3
+    return orjson.dumps({"sensor_id": sensor_id(i),
+                         "timestamp": START_MS + phase_ms + k * interval_ms,
                          "value": round(v, 4), "tenant_id": f"t{i % 10}"})
 
 
@@ -100,7 +101,8 @@ def delete_topics(brokers: str, topics: list[str]) -> None:
 def ceiling(brokers: str, src: str, dst: str, batch: int) -> dict[str, Any]:
     """Raw consume -> produce of every record of ``src`` (batch consume, no processing),
     with the flow source's consumer settings (one consumer for all partitions) and the
-    flow sink's producer settings (less transactions). Timed from the first record read to the last one delivered."""
+    flow sink's producer settings (less transactions). Timed from the first record read
+    to the last one delivered."""
     c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-ceiling",
                   "enable.auto.commit": "false", "enable.partition.eof": "true",
                   "isolation.level": "read_committed", "fetch.wait.max.ms": "50",

@@ -28,7 +28,10 @@ Source
     ``GetRecords`` request (boto3 with no client retries, 1s connect / 2s read timeout).
     Empty reads, throttling (``ProvisionedThroughputExceededException``,
     ``LimitExceededException``) and connection errors back off through ``next_awake``;
-    an expired iterator is re-created from the last sequence number.
+    an expired iterator is re-created from the last sequence number. kinesalite never
+    answers an ``AT_TIMESTAMP`` request when no record is that recent; after that one
+    timeout the shard is read from ``TRIM_HORIZON`` with records older than the
+    timestamp dropped (same result, used only when ``AT_TIMESTAMP`` fails).
 
 Sink
     ``PutRecords`` in chunks of at most 500 records and 5 MiB; only the entries that failed
@@ -149,6 +152,7 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
         self._seq = state["seq"]
         self._at = state["at"]
         self._fresh_latest = fresh and start == "LATEST"
+        self._not_before = 0.0  # arrival-time filter when AT_TIMESTAMP had to be emulated
         self._done = state["done"]
         self._start = start
         self._tail = tail
@@ -199,22 +203,12 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
             # First start at LATEST; ``at`` (build time) is what a resume will use.
             args.update(ShardIteratorType="LATEST")
         elif self._at is not None:
-            args.update(ShardIteratorType="AT_TIMESTAMP",
-                        Timestamp=datetime.fromtimestamp(self._at, UTC))
+            it, self._not_before = _iterator_since(self._client, self._stream,
+                                                   self._shard_id, self._at)
+            return it
         else:
             args.update(ShardIteratorType="TRIM_HORIZON")
-        try:
-            return str(self._client.get_shard_iterator(**args)["ShardIterator"])
-        except bexc.ClientError as exc:
-            if args["ShardIteratorType"] != "AT_TIMESTAMP" or _code(exc) != (
-                    "InvalidArgumentException"):
-                raise
-            # A timestamp ahead of the server's clock: nothing is newer, start at the tip.
-            log.warning("kinesis %s/%s: %s; reading from LATEST", self._stream,
-                        self._shard_id, exc)
-            args = {"StreamName": self._stream, "ShardId": self._shard_id,
-                    "ShardIteratorType": "LATEST"}
-            return str(self._client.get_shard_iterator(**args)["ShardIterator"])
+        return str(self._client.get_shard_iterator(**args)["ShardIterator"])
 
     def _mark_drained(self) -> None:
         self._done = True
@@ -249,6 +243,13 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
             return self._backoff(type(exc).__name__)
         self._failures = 0
         records = resp.get("Records", [])
+        if self._not_before and records:
+            # Reading from TRIM_HORIZON in place of AT_TIMESTAMP: drop what is older.
+            self._seq = records[-1]["SequenceNumber"]
+            records = [r for r in records
+                       if r["ApproximateArrivalTimestamp"].timestamp() >= self._not_before]
+            if records:
+                self._not_before = 0.0
         batch = [
             RawRecord(r["Data"], self._source, self._shard_id, r["SequenceNumber"],
                       r["PartitionKey"].encode())

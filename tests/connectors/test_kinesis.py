@@ -141,6 +141,25 @@ def test_source_latest_resumes_where_it_first_started(kclient, kinesis_endpoint,
     assert ints(drain(src.build_part("k", shard, state))) == [3, 4, 5, 6]
 
 
+def test_source_resumed_latest_with_nothing_newer(kclient, kinesis_endpoint, make_stream):
+    """kinesalite never answers AT_TIMESTAMP when no record is that recent; the source
+    then reads from TRIM_HORIZON, filtering by arrival time, instead of stalling."""
+    stream = make_stream(1)
+    put(kclient, stream, 3)
+    time.sleep(0.05)
+    src = KinesisSource(stream, endpoint=kinesis_endpoint, start="LATEST", poll=0.05)
+    shard = src.list_parts()[0]
+    state = src.build_part("k", shard, None).snapshot()
+    part = src.build_part("k", shard, state)
+    part.next_batch()  # the one AT_TIMESTAMP attempt (times out on kinesalite)
+    for _ in range(5):
+        t0 = time.perf_counter()
+        assert part.next_batch() == []
+        assert time.perf_counter() - t0 < 0.5
+    put(kclient, stream, 2, start=3)
+    assert ints(drain(part, until=2)) == [3, 4]
+
+
 def test_source_at_timestamp(kclient, kinesis_endpoint, make_stream):
     stream = make_stream(1)
     put(kclient, stream, 3)
