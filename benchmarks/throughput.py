@@ -186,8 +186,9 @@ class Flow:
 def timed_run(target: str, env: dict[str, str], workers: int, recovery: Path | None,
               snapshot_s: int, work: Path, name: str, timeout: float,
               processes: int = 1) -> dict[str, Any]:
-    flow = Flow(target, env, workers, recovery, snapshot_s, work / f"{name}.log",
-                work / f"{name}.marks", processes)
+    tag = f"{name}-{uuid.uuid4().hex[:6]}"
+    flow = Flow(target, env, workers, recovery, snapshot_s, work / f"{tag}.log",
+                work / f"{tag}.marks", processes)
     flow.wait(timeout)
     m = flow.read_marks()
     if m["first"] is None or flow.ended is None:
@@ -243,31 +244,62 @@ class Bench:
 
     # 1-3 -------------------------------------------------------------------------------
     def throughput(self) -> None:
+        """Each run ``--repeat`` times, rounds interleaved (so noise from other work on
+        the machine hits every run alike); a row is the median round, ``runs`` all."""
         a = self.a
         src = self.topic("in", a.partitions)
         t = time.perf_counter()
         n = bk.produce_all(self.brokers, src, bk.dataset(a.records, a.sensors, a.interval_ms))
         self.log(f"produced {n} records over {a.sensors} sensors, {a.partitions} partitions "
                  f"in {time.perf_counter() - t:.1f} s")
+        samples: dict[str, list[dict[str, Any]]] = {}
+        for rnd in range(a.repeat):
+            for name, run in self._throughput_runs(src):
+                r = run()
+                if r["records"] != a.records:
+                    raise RuntimeError(f"{name} read {r['records']} records, not {a.records}")
+                samples.setdefault(name, []).append(r)
+                self.log(f"round {rnd + 1}/{a.repeat} {name}: {r['events_per_s']:,.0f} events/s")
         rows = self.results.setdefault("throughput", {})
+        for name, runs in samples.items():
+            ranked = sorted(runs, key=lambda r: r["events_per_s"])
+            row = dict(ranked[(len(ranked) - 1) // 2])  # the median (lower, for even counts)
+            row["runs_events_per_s"] = [r["events_per_s"] for r in runs]
+            rows[name] = row
+
+    def _throughput_runs(self, src: str) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
+        a = self.a
         timeout = max(120.0, a.records / 5000)
-        if "ceiling" in a.sections:
+        runs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+
+        def ceiling() -> dict[str, Any]:
             out = self.topic("ceiling-out", 4)
             proc = subprocess.run([PY, "-m", "benchmarks.bench_kafka", "ceiling", self.brokers,
                                    src, out, str(a.batch)], cwd=ROOT, env=clean_env(),
                                   capture_output=True, text=True, timeout=timeout, check=True)
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             r["events_per_s"] = r["records"] / r["seconds"]
-            rows["ceiling"] = r
-            self.log(f"ceiling: {r['events_per_s']:,.0f} events/s")
-        if "baseline" in a.sections:
+            return r
+
+        def baseline() -> dict[str, Any]:
             out = self.topic("baseline-out", 4)
             env = clean_env(BENCH_BROKERS=self.brokers, BENCH_IN=src, BENCH_OUT=out)
             rec = init_recovery(self.work / f"rec-baseline-{uuid.uuid4().hex[:6]}")
-            r = timed_run("benchmarks.bench_flows:baseline_flow()", env, 1, rec, a.snapshot_s,
-                          self.work, "baseline", timeout)
-            rows["baseline"] = r
-            self.log(f"baseline: {r['events_per_s']:,.0f} events/s")
+            return timed_run("benchmarks.bench_flows:baseline_flow()", env, 1, rec,
+                             a.snapshot_s, self.work, "baseline", timeout)
+
+        def flow(det: str, workers: int, procs: int, name: str) -> dict[str, Any]:
+            env, _alerts = self.flow_env(src, tail=False, AD_DETECTOR=det)
+            rec = init_recovery(self.work / f"rec-{name}-{uuid.uuid4().hex[:6]}")
+            r = timed_run("benchmarks.bench_flows:detector_flow()", env, workers, rec,
+                          a.snapshot_s, self.work, name, timeout, procs)
+            r.update(detector=det, workers=workers * procs, processes=procs)
+            return r
+
+        if "ceiling" in a.sections:
+            runs.append(("ceiling", ceiling))
+        if "baseline" in a.sections:
+            runs.append(("baseline", baseline))
         if "flow" in a.sections:
             # (detector, workers per process, processes); 2 workers as 2 threads of one
             # process (-w 2) and as 2 processes (-i/-a): threads share one GIL
@@ -275,16 +307,9 @@ class Bench:
             if a.mad and a.detector != "mad":
                 variants.append(("mad", 1, 1))
             for det, workers, procs in variants:
-                env, _alerts = self.flow_env(src, tail=False, AD_DETECTOR=det)
                 name = f"flow_{det}_w{workers}" + (f"x{procs}p" if procs > 1 else "")
-                rec = init_recovery(self.work / f"rec-{name}-{uuid.uuid4().hex[:6]}")
-                r = timed_run("benchmarks.bench_flows:detector_flow()", env, workers, rec,
-                              a.snapshot_s, self.work, name, timeout, procs)
-                r.update(detector=det, workers=workers * procs, processes=procs)
-                rows[name] = r
-                self.log(f"{name}: {r['events_per_s']:,.0f} events/s")
-                if r["records"] != a.records:
-                    raise RuntimeError(f"{name} read {r['records']} records, not {a.records}")
+                runs.append((name, lambda d=det, w=workers, p=procs, n=name: flow(d, w, p, n)))
+        return runs
 
     # 4 ---------------------------------------------------------------------------------
     def latency(self) -> None:
@@ -523,15 +548,18 @@ def table(res: dict[str, Any]) -> str:
     ceiling = tp.get("ceiling", {}).get("events_per_s")
     base = tp.get("baseline", {}).get("events_per_s")
     if tp:
-        lines += ["| run | events/s | vs ceiling | vs baseline | seconds | CPU s | peak RSS MiB |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += ["| run | events/s (median) | vs ceiling | vs baseline | seconds | CPU s | "
+                  "peak RSS MiB | every round, k events/s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
         for name, r in tp.items():
             eps = r["events_per_s"]
+            rounds = ", ".join(f"{x / 1000:.0f}" for x in r.get("runs_events_per_s", [eps]))
             lines.append(
                 f"| {name} | {eps:,.0f} | {_f(eps / ceiling if ceiling else None, '{:.2f}')} | "
                 f"{_f(eps / base if base else None, '{:.2f}')} | {r['seconds']:.2f} | "
                 f"{_f(r.get('cpu_s'), '{:.1f}')} | "
-                f"{_f(r.get('peak_rss_bytes', 0) / 2**20 if r.get('peak_rss_bytes') else None)} |")
+                f"{_f(r.get('peak_rss_bytes', 0) / 2**20 if r.get('peak_rss_bytes') else None)} "
+                f"| {rounds} |")
     if res.get("latency"):
         lines += ["", "| latency: snapshot s | load events/s (vs flow max) | samples | p50 ms | "
                   "p90 ms | p99 ms | max ms | target p99 ms |",
@@ -578,6 +606,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--interval-ms", type=int, default=1000,
                    help="event-time step between a sensor's readings (default 1 s)")
     p.add_argument("--batch", type=int, default=2000, help="source batch size (the flow's default)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="rounds of the throughput runs (the table shows the median)")
     p.add_argument("--snapshot-s", type=int, default=1, help="Bytewax -s (epoch = snapshot)")
     p.add_argument("--detector", default="ensemble")
     p.add_argument("--mad", action=argparse.BooleanOptionalAction, default=True,

@@ -200,7 +200,8 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
             args.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER",
                         StartingSequenceNumber=self._seq)
         elif self._fresh_latest:
-            # First start at LATEST; ``at`` (build time) is what a resume will use.
+            # First start at LATEST; ``at`` (build time) is what a re-creation/resume uses.
+            self._fresh_latest = False
             args.update(ShardIteratorType="LATEST")
         elif self._at is not None:
             it, self._not_before = _iterator_since(self._client, self._stream,
@@ -243,6 +244,7 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
             return self._backoff(type(exc).__name__)
         self._failures = 0
         records = resp.get("Records", [])
+        got_any = bool(records)
         if self._not_before and records:
             # Reading from TRIM_HORIZON in place of AT_TIMESTAMP: drop what is older.
             self._seq = records[-1]["SequenceNumber"]
@@ -267,10 +269,11 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
             return [batch] if batch else []
         self._iterator = nxt
         if not batch:
-            if not self._tail and behind == 0:
+            if not got_any and not self._tail and behind == 0:
                 self._eof = True  # caught up with the data present: end of a bounded read
                 return []
-            return self._wait(self._poll.total_seconds() if behind == 0 else 0.0)
+            return self._wait(self._poll.total_seconds() if behind == 0 and not got_any
+                              else 0.0)
         self._awake = None if behind > 0 else datetime.now(UTC) + self._poll
         return [batch]
 

@@ -19,7 +19,7 @@ from connectors.base import OutRecord, RawRecord
 from control import metrics
 from flows.decode import Decoder
 from flows.logic import ALERT, DLQ, KeyGroupLogic, Models, key_group
-from flows.records import Control, Reading
+from flows.records import Reading
 from flows.settings import Settings, load_settings
 
 __all__ = ["build_flow", "flow"]
@@ -27,6 +27,35 @@ __all__ = ["build_flow", "flow"]
 
 class _Detect(KeyGroupLogic, StatefulBatchLogic):
     """KeyGroupLogic as a Bytewax ``StatefulBatchLogic``."""
+
+
+class SubBatch(list):
+    """One key group's ordered sub-batch of a decoded input batch.
+
+    A plain list inside a process. Between processes (``-i/-a``: the key group lives on
+    another worker) it pickles as columns, ~2.5x cheaper than pickling each
+    ``Reading`` and its ``RawRecord`` as objects; the rebuilt items are equal.
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple:
+        readings = [r for r in self if type(r) is Reading]
+        others = [(i, x) for i, x in enumerate(self) if type(x) is not Reading]
+        raws = [r.raw for r in readings]
+        cols = ([r.sensor_id for r in readings], [r.ts for r in readings],
+                [r.value for r in readings], [r.tenant_id for r in readings],
+                [r.extra for r in readings], [w.value for w in raws], [w.source for w in raws],
+                [w.partition for w in raws], [w.offset for w in raws], [w.key for w in raws])
+        return (_rebuild_sub_batch, (cols, others))
+
+
+def _rebuild_sub_batch(cols: tuple, others: list[tuple[int, Any]]) -> SubBatch:
+    out = SubBatch(Reading(sid, ts, v, ten, ex, RawRecord(rv, rs, rp, ro, rk))
+                   for sid, ts, v, ten, ex, rv, rs, rp, ro, rk in zip(*cols, strict=True))
+    for i, x in others:  # control markers, back in position
+        out.insert(i, x)
+    return out
 
 
 def _decode_step(settings: Settings) -> Any:
@@ -43,7 +72,7 @@ def _decode_step(settings: Settings) -> Any:
         out: list[tuple[str, Any]] = [(DLQ, b) for b in bad]
         for _k, rec in bad:
             metrics.DEAD_LETTERS.labels(rec_reason(rec)).inc()
-        by_group: dict[str, list[Reading | Control]] = {}
+        by_group: dict[str, SubBatch] = {}
         for item in good:
             if type(item) is Reading:
                 g = cache.get(item.sensor_id)
@@ -53,11 +82,14 @@ def _decode_step(settings: Settings) -> Any:
                         cache.clear()
                 sub = by_group.get(g)
                 if sub is None:
-                    sub = by_group[g] = []
+                    sub = by_group[g] = SubBatch()
                 sub.append(item)
             else:  # a control marker reaches every key group, in position
                 for g in map(str, range(groups)):
-                    by_group.setdefault(g, []).append(item)
+                    sub = by_group.get(g)
+                    if sub is None:
+                        sub = by_group[g] = SubBatch()
+                    sub.append(item)
         out.extend(by_group.items())
         return out
 

@@ -148,7 +148,7 @@ kinesis_up() {
       || die "npm install kinesalite failed"
   fi
   mkdir -p "$STACK_DIR/kinesis"
-  nohup "$bin" --port "$KINESIS_PORT" --path "$STACK_DIR/kinesis" --createStreamMs 0 \
+  nohup "$bin" --port "$KINESIS_PORT" --path "$STACK_DIR/kinesis" --shardLimit 100 --createStreamMs 0 \
     --deleteStreamMs 0 --updateStreamMs 0 >>"$STACK_DIR/logs/kinesis.log" 2>&1 &
   echo $! >"$(pidfile kinesis)"
 }
