@@ -15,8 +15,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -165,3 +167,30 @@ def make_readings(sensors: int = 50, per_sensor: int = 2000, bad_every: int = 10
                 bad_i += 1
                 out.append((sid, raw))
     return out
+
+
+def crash_env(source: str, sink: str, dlq: str, flow_id: str, **extra: str) -> dict[str, str]:
+    """The settings every whole-flow crash test uses: every window emitted."""
+    return flow_env(AD_SOURCE=source, AD_SINK=sink, AD_DLQ=dlq, AD_FORMAT="json",
+                    AD_EMIT="all", AD_WINDOW="tumbling", AD_WINDOW_SIZE="60s",
+                    AD_FLOW_ID=flow_id, **extra)
+
+
+def by_id(rows: list[dict[str, Any]], id_field: str) -> dict[str, dict[str, Any]]:
+    """Rows by id, failing on duplicates; ``_``-prefixed metadata and ``flow_id`` (which
+    differs between the runs compared) are dropped."""
+    counts = Counter(r[id_field] for r in rows)
+    dups = {k: n for k, n in counts.items() if n > 1}
+    assert not dups, f"{len(dups)} duplicated {id_field}s, e.g. {list(dups.items())[:3]}"
+    return {r[id_field]: {k: v for k, v in r.items() if not k.startswith("_") and k != "flow_id"}
+            for r in rows}
+
+
+def assert_same_output(ref: list[dict], got: list[dict], id_field: str) -> None:
+    """``got`` has exactly ``ref``'s records: same ids, same contents, no duplicates."""
+    a, b = by_id(ref, id_field), by_id(got, id_field)
+    missing, extra = a.keys() - b.keys(), b.keys() - a.keys()
+    assert not missing and not extra, f"{len(missing)} lost, {len(extra)} unexpected"
+    diff = [(k, {f: (a[k].get(f), b[k].get(f)) for f in a[k].keys() | b[k].keys()
+                 if a[k].get(f) != b[k].get(f)}) for k in a if a[k] != b[k]]
+    assert not diff, f"{len(diff)} records differ, e.g. {diff[:2]}"

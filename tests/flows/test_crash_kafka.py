@@ -10,7 +10,6 @@ import base64
 import json
 import subprocess
 import uuid
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ from tests.flowrun import (
     ROOT,
     START_MS,
     FlowProcs,
+    assert_same_output,
+    crash_env,
     crash_run,
     flow_env,
     init_recovery,
@@ -33,34 +34,14 @@ pytestmark = pytest.mark.slow
 
 
 def _env(brokers: str, src: str, alerts: str, dlq: str, **extra: str) -> dict[str, str]:
-    return flow_env(
-        AD_SOURCE=f"kafka://{brokers}/{src}?tail=false&batch=250",
-        AD_SINK=f"kafka://{brokers}/{alerts}",
-        AD_DLQ=f"kafka://{brokers}/{dlq}?partitions=2",
-        AD_EMIT="all",
-        AD_WINDOW="tumbling",
-        AD_WINDOW_SIZE="60s",
-        AD_DETECTOR="mad",
-        AD_THRESHOLD="0.8",
-        AD_FLOW_ID=f"flow-{uuid.uuid4().hex[:8]}",
-        **extra,
-    )
+    return crash_env(f"kafka://{brokers}/{src}?tail=false&batch=250",
+                     f"kafka://{brokers}/{alerts}", f"kafka://{brokers}/{dlq}?partitions=2",
+                     f"flow-{uuid.uuid4().hex[:8]}", AD_DETECTOR="mad", AD_THRESHOLD="0.8",
+                     **extra)
 
 
-def _by_id(rows: list[dict[str, Any]], id_field: str) -> dict[str, dict[str, Any]]:
-    counts = Counter(r[id_field] for r in rows)
-    dups = {k: n for k, n in counts.items() if n > 1}
-    assert not dups, f"{len(dups)} duplicated {id_field}s, e.g. {list(dups.items())[:3]}"
-    # flow_id differs between the runs compared; everything else must be equal
-    return {r[id_field]: {k: v for k, v in r.items() if not k.startswith("_") and k != "flow_id"}
-            for r in rows}
 
 
-def _assert_same(ref: list[dict], got: list[dict], id_field: str) -> None:
-    a, b = _by_id(ref, id_field), _by_id(got, id_field)
-    missing, extra = a.keys() - b.keys(), b.keys() - a.keys()
-    assert not missing and not extra, f"{len(missing)} lost, {len(extra)} unexpected"
-    assert a == b, "same ids but different record contents"
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +90,8 @@ def test_sigkill_restarts_give_exactly_the_reference_output(
                       log=tmp_path / "flow.log", seed=workers, min_s=1.0, max_s=3.5)
     assert kills >= 5, f"only {kills} kills hit a running flow"
     ref_alerts, ref_dead = reference
-    _assert_same(ref_alerts, read_committed(kafka_brokers, alerts), "alert_id")
-    _assert_same(ref_dead, read_committed(kafka_brokers, dlq), "dlq_id")
+    assert_same_output(ref_alerts, read_committed(kafka_brokers, alerts), "alert_id")
+    assert_same_output(ref_dead, read_committed(kafka_brokers, dlq), "dlq_id")
 
 
 def test_two_processes_with_crashes(
@@ -124,8 +105,8 @@ def test_two_processes_with_crashes(
     kills = crash_run(env, init_recovery(tmp_path / "rec"), kills=3, processes=2,
                       log=tmp_path / "flow.log", seed=7, min_s=1.5, max_s=3.5)
     assert kills >= 3
-    _assert_same(reference[0], read_committed(kafka_brokers, alerts), "alert_id")
-    _assert_same(reference[1], read_committed(kafka_brokers, dlq), "dlq_id")
+    assert_same_output(reference[0], read_committed(kafka_brokers, alerts), "alert_id")
+    assert_same_output(reference[1], read_committed(kafka_brokers, dlq), "dlq_id")
 
 
 def _stack(*args: str) -> None:
@@ -156,8 +137,8 @@ def test_broker_restart_mid_run_keeps_output_exact(
         restarts += 1
         run_to_completion(env, rec, log=log)
         codes = [0]
-    _assert_same(reference[0], read_committed(kafka_brokers, alerts), "alert_id")
-    _assert_same(reference[1], read_committed(kafka_brokers, dlq), "dlq_id")
+    assert_same_output(reference[0], read_committed(kafka_brokers, alerts), "alert_id")
+    assert_same_output(reference[1], read_committed(kafka_brokers, dlq), "dlq_id")
 
 
 def test_every_bad_record_class_reaches_the_dead_letter_topic(
@@ -235,5 +216,5 @@ def test_resume_from_a_stale_checkpoint_skips_output_committed_after_it(
     run_to_completion(env, rec, log=log)  # replays everything after the old checkpoint
     after = read_committed(kafka_brokers, alerts)
     assert len(after) == len(first)
-    _assert_same(reference[0], after, "alert_id")
-    _assert_same(reference[1], read_committed(kafka_brokers, dlq), "dlq_id")
+    assert_same_output(reference[0], after, "alert_id")
+    assert_same_output(reference[1], read_committed(kafka_brokers, dlq), "dlq_id")

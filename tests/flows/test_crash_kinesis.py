@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,9 @@ from connectors.kinesis import list_shards, make_client
 from tests.flowrun import (
     BAD_RECORDS,
     START_MS,
+    assert_same_output,
+    crash_env,
     crash_run,
-    flow_env,
     init_recovery,
     make_readings,
     run_to_completion,
@@ -95,32 +95,12 @@ def streams(kinesis_endpoint: str) -> Iterator[Streams]:
 
 
 def _env(streams: Streams, src: str, alerts: str, dlq: str) -> dict[str, str]:
-    return flow_env(
-        AD_SOURCE=streams.url(src, "&tail=false&batch=500&poll=50ms"),
-        AD_SINK=streams.url(alerts),
-        AD_DLQ=streams.url(dlq),
-        AD_FORMAT="json",
-        AD_EMIT="all",
-        AD_WINDOW="tumbling",
-        AD_WINDOW_SIZE="60s",
-        AD_FLOW_ID=FLOW_ID,
-    )
+    return crash_env(streams.url(src, "&tail=false&batch=500&poll=50ms"),
+                     streams.url(alerts), streams.url(dlq), FLOW_ID)
 
 
-def _by_id(rows: list[dict[str, Any]], id_field: str) -> dict[str, dict[str, Any]]:
-    counts = Counter(r[id_field] for r in rows)
-    dups = {k: n for k, n in counts.items() if n > 1}
-    assert not dups, f"{len(dups)} duplicated {id_field}s, e.g. {list(dups.items())[:3]}"
-    return {r[id_field]: r for r in rows}
 
 
-def assert_same(ref: list[dict], got: list[dict], id_field: str) -> None:
-    a, b = _by_id(ref, id_field), _by_id(got, id_field)
-    missing, extra = a.keys() - b.keys(), b.keys() - a.keys()
-    assert not missing and not extra, f"{len(missing)} lost, {len(extra)} unexpected"
-    diff = [(k, {f: (a[k].get(f), b[k].get(f)) for f in a[k].keys() | b[k].keys()
-                 if a[k].get(f) != b[k].get(f)}) for k in a if a[k] != b[k]]
-    assert not diff, f"{len(diff)} records differ, e.g. {diff[:2]}"
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +138,8 @@ def test_sigkill_restarts_give_the_reference_output_once(
     assert kills >= 3, f"only {kills} kills hit a running flow"
     # The dedup was exercised: some restart found alerts written after its snapshot.
     assert "already written after the snapshot" in (tmp_path / "flow.log").read_text()
-    assert_same(reference[0], streams.read(alerts), "alert_id")
-    assert_same(reference[1], streams.read(dlq), "dlq_id")
+    assert_same_output(reference[0], streams.read(alerts), "alert_id")
+    assert_same_output(reference[1], streams.read(dlq), "dlq_id")
 
 
 def test_every_bad_record_class_reaches_the_dead_letter_stream(

@@ -23,8 +23,8 @@ from connectors.pubsub import publisher_client, subscriber_client
 from tests.flowrun import (
     BAD_RECORDS,
     START_MS,
+    crash_env,
     crash_run,
-    flow_env,
     init_recovery,
     make_readings,
     run_to_completion,
@@ -105,16 +105,9 @@ def bus(pubsub_host: str) -> Iterator[Bus]:
 
 def _env(bus: Bus, sub: str, alerts: str, dlq: str) -> dict[str, str]:
     q = f"emulator={bus.host}"
-    return flow_env(
-        AD_SOURCE=f"pubsub://{PROJECT}/{sub}?{q}&idle_exit=6s&lease=10s&ack_lag=1",
-        AD_SINK=f"pubsub://{PROJECT}/{alerts}?{q}",
-        AD_DLQ=f"pubsub://{PROJECT}/{dlq}?{q}",
-        AD_FORMAT="json",
-        AD_EMIT="all",
-        AD_WINDOW="tumbling",
-        AD_WINDOW_SIZE="60s",
-        AD_FLOW_ID=FLOW_ID,
-    )
+    return crash_env(f"pubsub://{PROJECT}/{sub}?{q}&idle_exit=6s&lease=10s&ack_lag=1",
+                     f"pubsub://{PROJECT}/{alerts}?{q}", f"pubsub://{PROJECT}/{dlq}?{q}",
+                     FLOW_ID)
 
 
 def bodies(msgs: list[Any]) -> list[dict[str, Any]]:

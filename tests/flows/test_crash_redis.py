@@ -11,7 +11,6 @@ import base64
 import json
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,10 @@ from tests.flowrun import (
     BAD_RECORDS,
     START_MS,
     FlowProcs,
+    assert_same_output,
+    by_id,
+    crash_env,
     crash_run,
-    flow_env,
     init_recovery,
     make_readings,
     run_to_completion,
@@ -37,17 +38,8 @@ FLOW_ID = f"flow-{uuid.uuid4().hex[:8]}"  # one flow identity: dead letters carr
 
 
 def _env(base: str, src: str, alerts: str, dlq: str, **extra: str) -> dict[str, str]:
-    return flow_env(
-        AD_SOURCE=f"{base}/{src}?tail=false&count=500",
-        AD_SINK=f"{base}/{alerts}",
-        AD_DLQ=f"{base}/{dlq}",
-        AD_FORMAT="json",
-        AD_EMIT="all",
-        AD_WINDOW="tumbling",
-        AD_WINDOW_SIZE="60s",
-        AD_FLOW_ID=FLOW_ID,
-        **extra,
-    )
+    return crash_env(f"{base}/{src}?tail=false&count=500", f"{base}/{alerts}",
+                     f"{base}/{dlq}", FLOW_ID, **extra)
 
 
 def write_input(client: redis.Redis, stream: str, records: list[tuple[str, bytes]]) -> list[str]:
@@ -64,20 +56,8 @@ def read_stream(client: redis.Redis, stream: str) -> list[dict[str, Any]]:
     return [json.loads(f[b"value"]) for _id, f in client.xrange(stream)]
 
 
-def _by_id(rows: list[dict[str, Any]], id_field: str) -> dict[str, dict[str, Any]]:
-    counts = Counter(r[id_field] for r in rows)
-    dups = {k: n for k, n in counts.items() if n > 1}
-    assert not dups, f"{len(dups)} duplicated {id_field}s, e.g. {list(dups.items())[:3]}"
-    return {r[id_field]: r for r in rows}
 
 
-def assert_same(ref: list[dict], got: list[dict], id_field: str) -> None:
-    a, b = _by_id(ref, id_field), _by_id(got, id_field)
-    missing, extra = a.keys() - b.keys(), b.keys() - a.keys()
-    assert not missing and not extra, f"{len(missing)} lost, {len(extra)} unexpected"
-    diff = [(k, {f: (a[k].get(f), b[k].get(f)) for f in a[k].keys() | b[k].keys()
-                 if a[k].get(f) != b[k].get(f)}) for k in a if a[k] != b[k]]
-    assert not diff, f"{len(diff)} records differ, e.g. {diff[:2]}"
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +103,8 @@ def test_sigkill_restarts_give_the_reference_output_once(
     kills = crash_run(env, init_recovery(tmp_path / "rec"), kills=4, log=tmp_path / "flow.log",
                       seed=11, min_s=1.0, max_s=2.2)
     assert kills >= 3, f"only {kills} kills hit a running flow"
-    assert_same(reference[0], read_stream(rclient, alerts), "alert_id")
-    assert_same(reference[1], read_stream(rclient, dlq), "dlq_id")
+    assert_same_output(reference[0], read_stream(rclient, alerts), "alert_id")
+    assert_same_output(reference[1], read_stream(rclient, dlq), "dlq_id")
 
 
 def test_redis_restart_mid_run(tmp_path: Path, crash_input: tuple[str, int, int],
@@ -147,9 +127,9 @@ def test_redis_restart_mid_run(tmp_path: Path, crash_input: tuple[str, int, int]
         svc.start()
         codes = procs.wait(300)
         assert codes == [0], (tmp_path / "flow.log").read_text()[-3000:]
-        assert_same(reference[0], read_stream(client, "alerts"), "alert_id")
+        assert_same_output(reference[0], read_stream(client, "alerts"), "alert_id")
         dead = read_stream(client, "dlq")
-        _by_id(dead, "dlq_id")  # no duplicates
+        by_id(dead, "dlq_id")  # no duplicates
         # Other stream, other entry IDs: dead-letter ids differ, their contents do not.
         assert sorted((d["reason"], d["value_b64"]) for d in dead) == sorted(
             (d["reason"], d["value_b64"]) for d in reference[1])
