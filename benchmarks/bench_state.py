@@ -8,10 +8,12 @@ measures resident memory per key, the snapshot (``KeyGroupLogic.snapshot`` of ev
 group: bytes and seconds), writing those snapshots to SQLite as Bytewax's recovery
 store does, and restoring them. Prints one JSON line.
 
-MODE ``live``: every sensor was scored since the last snapshot (its detector state is
-live, and the snapshot packs it: the worst case). ``packed``: no sensor was scored
-since the last snapshot (states at rest, as ``KeyGroupLogic.snapshot`` leaves them: the
-steady state of keys that are idle for an epoch).
+MODE ``live``: every sensor was touched and scored since the last snapshot (held as
+objects with a live detector state; the snapshot packs and pickles each: the worst
+case, and what every snapshot cost before states were packed). ``packed``: no sensor
+was touched since the last snapshot (each held as its pickled bytes with a packed
+detector state, as ``KeyGroupLogic.snapshot`` leaves them: the steady state of keys
+idle for an epoch).
 """
 
 from __future__ import annotations
@@ -80,11 +82,13 @@ def measure(keys: int, detector: str, mode: str = "live", groups: int = 64) -> d
             logic.on_batch([sub])
             for r in sub:  # a mature detector state per sensor (its own copy)
                 j = zlib.crc32(r.sensor_id.encode()) % 8
+                sensor = logic.sensors[r.sensor_id]
                 if mode == "live":  # as KeyGroupLogic._score_one leaves it
-                    logic.sensors[r.sensor_id].det = copy.deepcopy(templates[j])
-                    logic._live.add(r.sensor_id)
-                else:  # as KeyGroupLogic.snapshot leaves it
-                    logic.sensors[r.sensor_id].det = PackedState(packed[j])
+                    sensor.det = copy.deepcopy(templates[j])  # type: ignore[union-attr]
+                else:  # as KeyGroupLogic.snapshot leaves it (packed, then pickled)
+                    sensor.det = PackedState(packed[j])  # type: ignore[union-attr]
+            if mode != "live":
+                logic._freeze()
     fill_s = time.perf_counter() - t0
     gc.collect()
     rss1 = proc.memory_info().rss

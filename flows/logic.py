@@ -13,11 +13,13 @@ same input gives the same alerts with the same ``alert_id``.
 
 from __future__ import annotations
 
+import gc
 import pickle
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -46,11 +48,27 @@ class PackedState(bytes):
 
     Snapshots pack the states that changed since the previous snapshot and keep them
     packed until the sensor is scored again, so a snapshot re-serialises only what
-    changed, and idle sensors hold ~0.6 KB instead of ~7 KB (ensemble) in memory and in
-    the recovery store. A pickle round trip is exact, so scores are unchanged.
+    changed, and sensors hold ~0.6 KB instead of ~6-7 KB (ensemble) of detector state
+    in memory and in the recovery store. A pickle round trip is exact, so scores are
+    unchanged.
     """
 
     __slots__ = ()
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while (un)pickling a key group: the pickler's memo keeps every
+    ``__getstate__`` tuple alive, so with many sensors the collector would otherwise run
+    full collections over the whole heap again and again (measured: 95% of snapshot
+    time at 1M keys). Pickling creates no reference cycles, so nothing is left over."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def pack_state(state: Any) -> PackedState:
@@ -142,15 +160,19 @@ class KeyGroupLogic:
         self.emit_all = settings.emit == "all"
         self.threshold = settings.threshold
         self.flow_id = settings.flow_id
+        # sensor id -> Sensor, or the Sensor pickled ("cold": not touched since the last
+        # snapshot; unpickled when its next record arrives). Cold sensors make a snapshot
+        # cost a copy of bytes, not a pickling of objects, and a resume a load of bytes.
+        self.sensors: dict[str, Sensor | bytes]
         if resume is None:
-            self.sensors: dict[str, Sensor] = {}
+            self.sensors = {}
             # origin partition -> (model version, model ref) announced by a control marker
             self.switches: dict[str, tuple[str, str]] = {}
         else:
-            self.sensors, self.switches = pickle.loads(resume)
-        # sensors whose detector state is live (changed since the last snapshot)
-        self._live: set[str] = {sid for sid, s in self.sensors.items()
-                                if s.det is not None and type(s.det) is not PackedState}
+            with _gc_paused():
+                self.sensors, self.switches = pickle.loads(resume)
+        # sensors held as objects (touched since the last snapshot)
+        self._warm: set[str] = {sid for sid, s in self.sensors.items() if type(s) is not bytes}
 
     # -- Bytewax hooks -------------------------------------------------------------
     def on_batch(self, values: list[list[Reading | Control]]) -> tuple[Iterable, bool]:
@@ -169,7 +191,8 @@ class KeyGroupLogic:
         """End of finite input: close every open window, in order."""
         out: list[tuple[str, tuple[str, OutRecord]]] = []
         pending: dict[str, list[Closed]] = {}
-        for sid, sensor in self.sensors.items():
+        for sid in list(self.sensors):
+            sensor = self._sensor(sid)
             closed: list[Closed] = []
             sensor.win.close(self.spec, None, closed)
             if closed:
@@ -178,20 +201,37 @@ class KeyGroupLogic:
         return out, False
 
     def snapshot(self) -> bytes:
+        self._freeze()
+        with _gc_paused():
+            return pickle.dumps((self.sensors, self.switches), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _freeze(self) -> None:
+        """Make every warm sensor cold: pack a changed detector state, pickle the sensor."""
         sensors = self.sensors
-        for sid in self._live:
-            sensor = sensors[sid]
-            if sensor.det is not None and type(sensor.det) is not PackedState:
-                sensor.det = pack_state(sensor.det)
-        self._live.clear()
-        return pickle.dumps((sensors, self.switches), protocol=pickle.HIGHEST_PROTOCOL)
+        dumps, proto = pickle.dumps, pickle.HIGHEST_PROTOCOL
+        with _gc_paused():
+            for sid in self._warm:
+                sensor = sensors[sid]
+                det = sensor.det
+                if det is not None and type(det) is not PackedState:
+                    sensor.det = pack_state(det)
+                sensors[sid] = dumps(sensor, proto)
+        self._warm.clear()
+
+    def _sensor(self, sid: str) -> Sensor | None:
+        """The sensor ``sid`` as an object (warm), or ``None`` if unknown."""
+        sensor = self.sensors.get(sid)
+        if type(sensor) is bytes:
+            sensor = self.sensors[sid] = pickle.loads(sensor)
+            self._warm.add(sid)
+        return sensor  # type: ignore[return-value]
 
     # -- internals -----------------------------------------------------------------
     def _origin(self, item: Reading | Control) -> str:
         return f"{item.raw.source}/{item.raw.partition}"
 
     def _add(self, r: Reading, pending: dict[str, list[Closed]], out: list) -> None:
-        sensor = self.sensors.get(r.sensor_id)
+        sensor = self._sensor(r.sensor_id)
         switches = self.switches
         origin = self._origin(r) if switches else ""
         if sensor is None:
@@ -199,6 +239,7 @@ class KeyGroupLogic:
             self.models.get(*model, r.sensor_id)  # fetch (and fail) now, not at scoring
             sensor = Sensor(None, model, r.tenant_id)  # initial state: created when scored
             self.sensors[r.sensor_id] = sensor
+            self._warm.add(r.sensor_id)
         elif r.tenant_id is not None:
             sensor.tenant = r.tenant_id
         switch = switches.get(origin) if switches else None
@@ -240,7 +281,7 @@ class KeyGroupLogic:
     def _score(self, pending: dict[str, list[Closed]], out: list) -> None:
         for sid, closed in pending.items():
             if closed:
-                self._score_one(sid, self.sensors[sid], closed, out)
+                self._score_one(sid, self.sensors[sid], closed, out)  # type: ignore[arg-type]
 
     def _score_one(self, sid: str, sensor: Sensor, closed: list[Closed] | None,
                    out: list) -> None:
@@ -255,7 +296,6 @@ class KeyGroupLogic:
         elif type(state) is PackedState:
             state = unpack_state(state)
         sensor.det, scores = det.score(state, values, ends)
-        self._live.add(sid)
         metrics.WINDOWS_OUT.inc(len(closed))
         now = time.time()
         metrics.WINDOW_CLOSE_LATENCY.observe(max(0.0, now - closed[-1].end / 1000.0))

@@ -31,7 +31,7 @@ def _acc(total: int | None, value: int) -> tuple[int, str]:
 
 
 flow = Dataflow("supervisor_sample")
-lines = op.input("in", flow, FileSource(os.environ["AD_TEST_IN"]))
+lines = op.input("in", flow, FileSource(os.environ["AD_TEST_IN"], batch_size=1))  # gradual
 keyed = op.map("parse", lines, _parse)
 sums = op.stateful_map("sum", keyed, _acc)
 out = op.map("fmt", sums, lambda kv: (kv[0], f"{kv[0]},{kv[1]}"))

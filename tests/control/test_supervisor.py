@@ -12,7 +12,7 @@ import pytest
 
 from control.supervisor import FlowSpec, Supervisor
 
-N = 400
+N = 600
 
 
 def _expected() -> Counter[str]:
