@@ -1,6 +1,6 @@
 """Throughput, latency, recovery and state-scale benchmark, side by side with the ceiling.
 
-    python -m benchmarks.throughput                # full size (about 10-20 minutes)
+    python -m benchmarks.throughput --repeat 3     # full size (about 15-20 minutes)
     python -m benchmarks.throughput --quick        # small sizes, a minute or two
 
 Needs the local Kafka (``bash stack/stack.sh up kafka``; ``AD_STACK_KAFKA_PORT``,
@@ -21,7 +21,9 @@ default 19092). Everything runs in one invocation so the ratios hold on a noisy 
 
 Prints a table and writes JSON (``--out``). Throughput is records read / (time from the
 first record read to the process exit, i.e. all output delivered / committed); process
-start-up is excluded. Benchmarks are commands, never timed tests.
+start-up is excluded. ``--repeat N`` runs the throughput rounds N times, interleaved,
+and reports the median. Benchmarks are commands, never timed tests. The latest results
+and what each number means: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -89,13 +91,18 @@ class Flow:
     ``peak_rss`` (sum of each process's peak RSS)."""
 
     def __init__(self, target: str, env: dict[str, str], workers: int, recovery: Path | None,
-                 snapshot_s: int, log: Path, marks: Path, processes: int = 1) -> None:
+                 snapshot_s: int, log: Path, marks: Path, processes: int = 1,
+                 profile: str = "") -> None:
         cmd = [PY, "-m", "bytewax.run", target, "-w", str(workers)]
+        if profile:  # py-spy (pip install py-spy) records the process, raw folded stacks
+            spy = str(Path(PY).with_name("py-spy"))
+            cmd = [spy, "record", "-r", "100", "-f", "raw", "-o", profile, "--"] + cmd
         if recovery is not None:
             cmd += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
         addrs = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
         self.marks = marks
         self.log = log
+        self.profile = profile
         self.started = time.time()
         self.procs: list[subprocess.Popen] = []
         with open(log, "ab") as out:
@@ -144,6 +151,17 @@ class Flow:
             raise RuntimeError(f"flow exited with {self.code}:\n{self.tail()}")
 
     def kill(self) -> None:
+        if self.code is None and self.profile:  # let py-spy write its profile first
+            for p in self.procs:
+                os.kill(p.pid, signal.SIGINT)
+            deadline = time.monotonic() + 30
+            while not self.poll() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            for p in self.procs:  # and nothing of the group outlives it
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         if self.code is None:
             for p in self.procs:
                 if p.pid not in self._done:
@@ -454,7 +472,8 @@ class Bench:
             flow.kill()
             t_kill = time.time()
             flow = Flow("benchmarks.bench_flows:detector_flow()", env, 1, rec, snap,
-                        self.work / "recovery.log", self.work / "recovery2.marks")
+                        self.work / "recovery.log", self.work / "recovery2.marks",
+                        profile=a.profile_restart)
             t_restart = flow.started
             for p in parts:
                 probe(p, 0, "recovered")
@@ -620,6 +639,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-snapshots", default="1", help="snapshot intervals, e.g. 1,2")
     p.add_argument("--recovery-keys", type=int, default=1_000_000)
     p.add_argument("--recovery-timeout", type=float, default=1800.0)
+    p.add_argument("--profile-restart", default="",
+                   help="record the restarted flow with py-spy into this file")
     p.add_argument("--state-keys", default="10000,100000,1000000")
     p.add_argument("--state-spare-gib", type=float, default=6.0,
                    help="skip a state size that would leave less memory than this free")
