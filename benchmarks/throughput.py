@@ -49,6 +49,8 @@ import orjson
 import psutil
 
 from benchmarks import bench_kafka as bk
+from control.supervisor import free_ports
+from control.supervisor import init_recovery as _init_recovery
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -66,22 +68,8 @@ def clean_env(**overrides: str) -> dict[str, str]:
 
 
 def init_recovery(path: Path, parts: int = 2) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run([PY, "-m", "bytewax.recovery", str(path), str(parts)], check=True,
-                   cwd=ROOT, capture_output=True)
+    _init_recovery(path, parts)
     return path
-
-
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Flow:
@@ -99,7 +87,7 @@ class Flow:
             cmd = [spy, "record", "-r", "100", "-f", "raw", "-o", profile, "--"] + cmd
         if recovery is not None:
             cmd += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
-        addrs = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
+        addrs = ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
         self.marks = marks
         self.log = log
         self.profile = profile

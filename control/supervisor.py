@@ -98,7 +98,8 @@ def init_recovery(directory: Path, parts: int, python: str = sys.executable) -> 
     return True
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (for ``-a`` addresses)."""
     socks = []
     try:
         for _ in range(n):
@@ -236,7 +237,7 @@ class Supervisor:
             for old in self.run_dir.glob(pattern):
                 old.unlink()
         ports = ([spec.base_port + i for i in range(spec.processes)] if spec.base_port
-                 else _free_ports(spec.processes))
+                 else free_ports(spec.processes))
         addresses = [f"127.0.0.1:{p}" for p in ports]
         env = dict(os.environ if base_env is None else base_env)
         env.update(spec.env)

@@ -11,7 +11,6 @@ import math
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,9 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from control.supervisor import free_ports
+from control.supervisor import init_recovery as _init_recovery
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -50,20 +52,8 @@ def flow_env(**overrides: str) -> dict[str, str]:
 
 
 def init_recovery(path: Path, parts: int = 2) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run([PY, "-m", "bytewax.recovery", str(path), str(parts)], check=True,
-                   cwd=ROOT, capture_output=True)
+    _init_recovery(path, parts)
     return path
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class FlowProcs:
@@ -75,7 +65,7 @@ class FlowProcs:
         if recovery is not None:
             base += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
         self.procs: list[subprocess.Popen] = []
-        addrs = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
+        addrs = ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
         for i in range(processes):
             cmd = base + (["-i", str(i), "-a", addrs] if processes > 1 else [])
             out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
