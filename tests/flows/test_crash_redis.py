@@ -33,12 +33,12 @@ from tests.flowrun import (
 
 pytestmark = pytest.mark.slow
 
-SENSORS, PER_SENSOR = 50, 2000
+SENSORS, PER_SENSOR = 50, 3000
 FLOW_ID = f"flow-{uuid.uuid4().hex[:8]}"  # one flow identity: dead letters carry it
 
 
 def _env(base: str, src: str, alerts: str, dlq: str, **extra: str) -> dict[str, str]:
-    return crash_env(f"{base}/{src}?tail=false&count=500", f"{base}/{alerts}",
+    return crash_env(f"{base}/{src}?tail=false&count=200", f"{base}/{alerts}",
                      f"{base}/{dlq}", FLOW_ID, **extra)
 
 
