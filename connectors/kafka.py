@@ -97,7 +97,8 @@ def ensure_topic(brokers: str, topic: str, partitions: int,
 
 class _KafkaSourcePartition(StatefulSourcePartition[list[RawRecord], int]):
     def __init__(self, conf: dict[str, Any], topic: str, part: int, start: int,
-                 resume_state: int | None, tail: bool, batch_size: int) -> None:
+                 resume_state: int | None, tail: bool, batch_size: int,
+                 max_rate: float = 0.0) -> None:
         self._consumer = Consumer(conf)
         low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, part), timeout=30)
         if resume_state is not None:
@@ -110,6 +111,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[RawRecord], int]):
         self._source = f"kafka:{topic}"
         self._pstr = str(part)
         self._batch = batch_size
+        self._rate = max_rate  # records/s for this partition; 0 = unlimited
         self._awake: datetime | None = None
         # tail=False: the end of the data available now; stop once it has been read
         self._stop_at: int | None = None if tail else high
@@ -142,7 +144,12 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[RawRecord], int]):
             self._offset = last + 1
         if self._stop_at is not None and not out and self._offset >= self._stop_at:
             raise StopIteration
-        self._awake = None if out else datetime.now(UTC) + _IDLE
+        if not out:
+            self._awake = datetime.now(UTC) + _IDLE
+        elif self._rate:  # throttled (backfills that must not flood the sinks)
+            self._awake = datetime.now(UTC) + timedelta(seconds=len(out) / self._rate)
+        else:
+            self._awake = None
         if out:
             _low, high = self._consumer.get_watermark_offsets(
                 TopicPartition(self._topic, self._part), cached=True)
@@ -168,12 +175,13 @@ class KafkaSource(FixedPartitionedSource[list[RawRecord], int]):
     ``int``). Offsets live only in Bytewax snapshots; nothing is committed to Kafka.
     Emits one item per poll: a ``list[RawRecord]`` (up to ``batch_size`` records).
     With ``tail=False`` each partition stops at the end offset it had when the
-    partition was built. Reads ``read_committed`` (records of aborted transactions are
-    never seen).
+    partition was built; ``max_rate`` (``?max_rate=`` records/s per partition) paces
+    reads, e.g. for a backfill that must not flood the sinks. Reads ``read_committed``
+    (records of aborted transactions are never seen).
     """
 
     def __init__(self, brokers: str, topics: list[str], *, tail: bool = True,
-                 start: str = "earliest", batch_size: int = 2000,
+                 start: str = "earliest", batch_size: int = 2000, max_rate: float = 0.0,
                  extra: dict[str, str] | None = None) -> None:
         if not topics:
             raise ValueError("KafkaSource needs at least one topic, e.g. kafka://host:9092/sensors")
@@ -182,6 +190,7 @@ class KafkaSource(FixedPartitionedSource[list[RawRecord], int]):
         self._tail = tail
         self._start = OFFSET_BEGINNING if start == "earliest" else OFFSET_END
         self._batch = batch_size
+        self._rate = max_rate
         self._extra = dict(extra or {})
 
     def list_parts(self) -> list[str]:
@@ -206,7 +215,7 @@ class KafkaSource(FixedPartitionedSource[list[RawRecord], int]):
             **self._extra,
         })
         return _KafkaSourcePartition(conf, topic, int(part), self._start, resume_state,
-                                     self._tail, self._batch)
+                                     self._tail, self._batch, self._rate)
 
 
 class _TxnSinkPartition(StatefulSinkPartition[OutRecord, int]):
@@ -357,7 +366,8 @@ class ExactlyOnceKafkaSink(FixedPartitionedSink[OutRecord, int]):
 def source_from_url(url: SourceURL, settings: Any) -> KafkaSource:
     return KafkaSource(url.hostport, url.names, tail=parse_bool(url.param("tail"), True),
                        start=url.param("start", "earliest") or "earliest",
-                       batch_size=int(url.param("batch", "2000") or 2000), extra=settings.kafka)
+                       batch_size=int(url.param("batch", "2000") or 2000),
+                       max_rate=float(url.param("max_rate", "0") or 0), extra=settings.kafka)
 
 
 def sink_from_url(url: SourceURL, settings: Any) -> ExactlyOnceKafkaSink:

@@ -34,7 +34,8 @@ pytestmark = pytest.mark.slow
 
 
 def _env(brokers: str, src: str, alerts: str, dlq: str, **extra: str) -> dict[str, str]:
-    return crash_env(f"kafka://{brokers}/{src}?tail=false&batch=250",
+    # paced (~8k records/s in all) so every random kill lands in a running flow
+    return crash_env(f"kafka://{brokers}/{src}?tail=false&batch=250&max_rate=2000",
                      f"kafka://{brokers}/{alerts}", f"kafka://{brokers}/{dlq}?partitions=2",
                      f"flow-{uuid.uuid4().hex[:8]}", AD_DETECTOR="mad", AD_THRESHOLD="0.8",
                      **extra)
