@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from benchmarks.nab.harness import main
 
@@ -59,9 +57,6 @@ def test_direct_mode_writes_nab_layout_and_scores(tmp_path: Path) -> None:
     assert fixed["results"]["standard"]["score"] == 0.0  # scores < 1 never fire
 
 
-@pytest.mark.skipif(importlib.util.find_spec("flows.detector") is None
-                    or not (REPO / "flows" / "detector.py").exists(),
-                    reason="flows.detector not available")
 def test_flow_mode_matches_direct(tmp_path: Path) -> None:
     _make_split(tmp_path / "split")
     args = ["--data", str(tmp_path / "split"), "--mode"]
