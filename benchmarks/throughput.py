@@ -49,7 +49,7 @@ import orjson
 import psutil
 
 from benchmarks import bench_kafka as bk
-from control.supervisor import free_ports
+from control.supervisor import clean_env, free_ports
 from control.supervisor import init_recovery as _init_recovery
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,13 +58,9 @@ SECTIONS = ("ceiling", "baseline", "flow", "latency", "recovery", "state")
 
 
 # -- processes -----------------------------------------------------------------------
-def clean_env(**overrides: str) -> dict[str, str]:
-    """The environment of a flow process: no stray AD_* settings, plus ``overrides``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AD_", "BENCH_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(overrides)
-    return env
+def flow_env(**overrides: str) -> dict[str, str]:
+    """The environment of a flow process: no stray AD_*/BENCH_* settings, plus overrides."""
+    return clean_env(ROOT, ("AD_", "BENCH_"), **overrides)
 
 
 def init_recovery(path: Path, parts: int = 2) -> Path:
@@ -242,7 +238,7 @@ class Bench:
             "AD_DLQ": f"kafka://{self.brokers}/{dlq}?partitions=1",
             "AD_FLOW_ID": flow_id, "AD_DETECTOR": self.a.detector}
         settings.update(extra)
-        env = clean_env(**settings)
+        env = flow_env(**settings)
         return env, alerts
 
     def log(self, msg: str) -> None:
@@ -281,7 +277,7 @@ class Bench:
         def ceiling() -> dict[str, Any]:
             out = self.topic("ceiling-out", 4)
             proc = subprocess.run([PY, "-m", "benchmarks.bench_kafka", "ceiling", self.brokers,
-                                   src, out, str(a.batch)], cwd=ROOT, env=clean_env(),
+                                   src, out, str(a.batch)], cwd=ROOT, env=flow_env(),
                                   capture_output=True, text=True, timeout=timeout, check=True)
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             r["events_per_s"] = r["records"] / r["seconds"]
@@ -289,7 +285,7 @@ class Bench:
 
         def baseline() -> dict[str, Any]:
             out = self.topic("baseline-out", 4)
-            env = clean_env(BENCH_BROKERS=self.brokers, BENCH_IN=src, BENCH_OUT=out)
+            env = flow_env(BENCH_BROKERS=self.brokers, BENCH_IN=src, BENCH_OUT=out)
             rec = init_recovery(self.work / f"rec-baseline-{uuid.uuid4().hex[:6]}")
             return timed_run("benchmarks.bench_flows:baseline_flow()", env, 1, rec,
                              a.snapshot_s, self.work, "baseline", timeout)
@@ -508,7 +504,7 @@ class Bench:
                 self.log(f"state {det} {mode} {keys}: skipped (memory)")
                 continue
             proc = subprocess.run([PY, "-m", "benchmarks.bench_state", str(keys), det, mode],
-                                  cwd=ROOT, env=clean_env(), capture_output=True, text=True,
+                                  cwd=ROOT, env=flow_env(), capture_output=True, text=True,
                                   timeout=3600)
             if proc.returncode != 0:
                 raise RuntimeError(f"bench_state {keys} {det}:\n{proc.stderr[-3000:]}")

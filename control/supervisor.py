@@ -86,6 +86,16 @@ def load_env_file(path: str | Path) -> dict[str, str]:
     return out
 
 
+def clean_env(root: Path, drop: tuple[str, ...] = ("AD_",), **overrides: str) -> dict[str, str]:
+    """An environment for a flow subprocess: this one without variables starting with
+    ``drop`` (stray ``AD_*`` settings the flow would reject), importing from ``root``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env["PYTHONPATH"] = str(root)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(overrides)
+    return env
+
+
 def init_recovery(directory: Path, parts: int, python: str = sys.executable) -> bool:
     """Create ``parts`` recovery partitions in ``directory`` unless it already has some."""
     directory.mkdir(parents=True, exist_ok=True)

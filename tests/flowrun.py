@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from control.supervisor import free_ports
+from control.supervisor import clean_env, free_ports
 from control.supervisor import init_recovery as _init_recovery
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,11 +44,7 @@ BAD_RECORDS: list[tuple[bytes, str]] = [
 
 def flow_env(**overrides: str) -> dict[str, str]:
     """The environment for a flow subprocess: no stray AD_* settings, plus overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AD_")}
-    env["PYTHONPATH"] = str(ROOT)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(overrides)
-    return env
+    return clean_env(ROOT, **overrides)
 
 
 def init_recovery(path: Path, parts: int = 2) -> Path:

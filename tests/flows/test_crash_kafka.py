@@ -41,10 +41,6 @@ def _env(brokers: str, src: str, alerts: str, dlq: str, **extra: str) -> dict[st
                      **extra)
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def crash_input(kafka_brokers: str) -> tuple[str, int, int]:
     """>=100k readings over 4 partitions, ~1% bad; returns (topic, records, bad)."""

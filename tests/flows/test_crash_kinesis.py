@@ -99,10 +99,6 @@ def _env(streams: Streams, src: str, alerts: str, dlq: str) -> dict[str, str]:
                      streams.url(alerts), streams.url(dlq), FLOW_ID)
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def crash_input(streams: Streams) -> tuple[str, int]:
     src = streams.make("crash-in", shards=2)

@@ -56,10 +56,6 @@ def read_stream(client: redis.Redis, stream: str) -> list[dict[str, Any]]:
     return [json.loads(f[b"value"]) for _id, f in client.xrange(stream)]
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def rbase(redis_url: str) -> str:
     return redis_url
