@@ -5,6 +5,10 @@ set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+# kubectl (offline manifest checks) ships with the Google Cloud SDK, like the emulator
+command -v kubectl >/dev/null 2>&1 || {
+  echo "[prereqs] ERROR: kubectl not found (apt-get install kubectl, or the google-cloud-cli kubectl component)" >&2
+  exit 1; }
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "[prereqs] ERROR: please install: ${missing[*]} (Debian/Ubuntu: apt-get install ${missing[*]})" >&2

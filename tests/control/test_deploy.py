@@ -84,7 +84,6 @@ def test_statefulset_wiring() -> None:
     assert {e for e in env if e.startswith("AD_")} <= known
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 def test_kubectl_applies_the_scale_patch_offline(tmp_path: Path) -> None:
     target = K8sTarget()
     patch_cmd = scale_commands(target, processes=3, workers=2)[0]
