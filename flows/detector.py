@@ -21,6 +21,7 @@ from flows.decode import Decoder
 from flows.logic import ALERT, DLQ, KeyGroupLogic, Models, key_group
 from flows.records import Reading
 from flows.settings import Settings, load_settings
+from state.snapshots import resolve_snapshot_dir
 
 __all__ = ["build_flow", "flow"]
 
@@ -37,7 +38,11 @@ class SubBatch(list):
     ``Reading`` and its ``RawRecord`` as objects; the rebuilt items are equal.
     """
 
-    __slots__ = ()
+    __slots__ = ("group",)
+
+    def __init__(self, group: str, items: Iterable[Any] = ()) -> None:
+        super().__init__(items)
+        self.group = group
 
     def __reduce__(self) -> tuple:
         readings = [r for r in self if type(r) is Reading]
@@ -47,12 +52,12 @@ class SubBatch(list):
                 [r.value for r in readings], [r.tenant_id for r in readings],
                 [r.extra for r in readings], [w.value for w in raws], [w.source for w in raws],
                 [w.partition for w in raws], [w.offset for w in raws], [w.key for w in raws])
-        return (_rebuild_sub_batch, (cols, others))
+        return (_rebuild_sub_batch, (self.group, cols, others))
 
 
-def _rebuild_sub_batch(cols: tuple, others: list[tuple[int, Any]]) -> SubBatch:
-    out = SubBatch(Reading(sid, ts, v, ten, ex, RawRecord(rv, rs, rp, ro, rk))
-                   for sid, ts, v, ten, ex, rv, rs, rp, ro, rk in zip(*cols, strict=True))
+def _rebuild_sub_batch(group: str, cols: tuple, others: list[tuple[int, Any]]) -> SubBatch:
+    out = SubBatch(group, (Reading(sid, ts, v, ten, ex, RawRecord(rv, rs, rp, ro, rk))
+                   for sid, ts, v, ten, ex, rv, rs, rp, ro, rk in zip(*cols, strict=True)))
     for i, x in others:  # control markers, back in position
         out.insert(i, x)
     return out
@@ -82,13 +87,13 @@ def _decode_step(settings: Settings) -> Any:
                         cache.clear()
                 sub = by_group.get(g)
                 if sub is None:
-                    sub = by_group[g] = SubBatch()
+                    sub = by_group[g] = SubBatch(g)
                 sub.append(item)
             else:  # a control marker reaches every key group, in position
                 for g in map(str, range(groups)):
                     sub = by_group.get(g)
                     if sub is None:
-                        sub = by_group[g] = SubBatch()
+                        sub = by_group[g] = SubBatch(g)
                     sub.append(item)
         out.extend(by_group.items())
         return out
@@ -118,8 +123,9 @@ def build_flow(settings: Settings | None = None, *, source: Any = None, sink: An
     decoded = op.flat_map("decode", batches, _decode_step(s))
     split = op.branch("split-bad", decoded, lambda kv: kv[0] != DLQ)
     bad_in = op.map("bad-input", split.falses, lambda kv: kv[1])
+    snap_dir = resolve_snapshot_dir(s.snapshot_dir)
     scored = op.stateful_batch("detect", split.trues,
-                               lambda resume: _Detect(s, models, resume))
+                               lambda resume: _Detect(s, models, resume, snap_dir))
     results = op.map("unkey", scored, lambda kv: kv[1])
     is_alert = op.branch("split-alerts", results, lambda tr: tr[0] == ALERT)
     alerts = op.map("alerts", is_alert.trues, lambda tr: tr[1])

@@ -20,6 +20,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from control import metrics
 from detectors import get_detector
 from flows.records import Control, Reading, dead_letter, iso, stable_id
 from flows.windows import Closed, WindowSpec, WindowState
+from state.snapshots import Manifest, SegmentStore, SnapshotError
 
 __all__ = ["KeyGroupLogic", "key_group", "ALERT", "DLQ", "BUILTIN"]
 
@@ -154,7 +156,8 @@ class Models:
 class KeyGroupLogic:
     """``StatefulBatchLogic`` for one key group (subclassed in flows.detector)."""
 
-    def __init__(self, settings: Any, models: Models, resume: bytes | None) -> None:
+    def __init__(self, settings: Any, models: Models, resume: bytes | None,
+                 snapshot_dir: Path | None = None) -> None:
         self.s = settings
         self.spec = WindowSpec.from_settings(settings)
         self.models = models
@@ -165,13 +168,25 @@ class KeyGroupLogic:
         # snapshot; unpickled when its next record arrives). Cold sensors make a snapshot
         # cost a copy of bytes, not a pickling of objects, and a resume a load of bytes.
         self.sensors: dict[str, Sensor | bytes]
+        # origin partition -> (model version, model ref) announced by a control marker
+        self.switches: dict[str, tuple[str, str]] = {}
+        # incremental snapshots (state.snapshots) when a directory is configured: the
+        # key group (known from its first sub-batch or its manifest) and its chain
+        self.group: str | None = None
+        self._snap_dir = snapshot_dir
+        self._store: SegmentStore | None = None
+        self._manifest: Manifest | None = None
         if resume is None:
             self.sensors = {}
-            # origin partition -> (model version, model ref) announced by a control marker
-            self.switches: dict[str, tuple[str, str]] = {}
         else:
             with _gc_paused():
-                self.sensors, self.switches = pickle.loads(resume)
+                saved = pickle.loads(resume)
+                if type(saved) is Manifest:  # incremental: load the segment chain
+                    self.group, self._manifest = saved.group, saved
+                    self.sensors = self._segments().load(saved)
+                    self.switches = saved.extra
+                else:  # inline: the whole key group
+                    self.sensors, self.switches = saved
         # sensors held as objects (touched since the last snapshot)
         self._warm: set[str] = {sid for sid, s in self.sensors.items() if type(s) is not bytes}
 
@@ -179,6 +194,8 @@ class KeyGroupLogic:
     def on_batch(self, values: list[list[Reading | Control]]) -> tuple[Iterable, bool]:
         out: list[tuple[str, tuple[str, OutRecord]]] = []
         pending: dict[str, list[Closed]] = {}
+        if self.group is None and values:
+            self.group = getattr(values[0], "group", None)
         for sub in values:
             for item in sub:
                 if type(item) is Reading:
@@ -202,9 +219,27 @@ class KeyGroupLogic:
         return out, False
 
     def snapshot(self) -> bytes:
+        changed = list(self._warm)
         self._freeze()
         with _gc_paused():
-            return pickle.dumps((self.sensors, self.switches), protocol=pickle.HIGHEST_PROTOCOL)
+            if self._snap_dir is None or self.group is None:
+                return pickle.dumps((self.sensors, self.switches),
+                                    protocol=pickle.HIGHEST_PROTOCOL)
+            sensors = self.sensors
+            self._manifest = self._segments().save(
+                self.group, self._manifest, {sid: sensors[sid] for sid in changed},
+                sensors, self.switches)
+            return pickle.dumps(self._manifest, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _segments(self) -> SegmentStore:
+        if self._store is None:
+            if self._snap_dir is None:
+                raise SnapshotError(
+                    "this snapshot was written incrementally (segment files): resume it "
+                    "with the same recovery directory / AD_SNAPSHOT_DIR, not inline")
+            self._store = SegmentStore(self._snap_dir / f"kg-{self.group}",
+                                       fsync=self.s.snapshot_fsync)
+        return self._store
 
     def _freeze(self) -> None:
         """Make every warm sensor cold: pack a changed detector state, pickle the sensor."""

@@ -56,6 +56,11 @@ class Settings:
     kafka: dict[str, str] = field(default_factory=dict)
     model_store: str = ""
     control_topic: str = "ad-control"
+    #: where incremental key-group snapshots go (state.snapshots): "" = next to the
+    #: recovery partitions (``<-r dir>/ad-state``); "inline" = whole key groups in
+    #: Bytewax's recovery store; else a directory shared by all processes
+    snapshot_dir: str = ""
+    snapshot_fsync: bool = True
 
     def url(self, name: str) -> SourceURL:
         return parse_url(getattr(self, name))
@@ -84,6 +89,8 @@ _EXAMPLES = {
     "schema_registry": "http://127.0.0.1:8081",
     "model_store": "redis://127.0.0.1:6379/ad:models",
     "control_topic": "ad-control",
+    "snapshot_dir": "/var/lib/ad/recovery/ad-state",
+    "snapshot_fsync": "true",
 }
 _DURATIONS = {"window_size", "window_slide", "session_gap", "allowed_lateness", "max_future"}
 _URLS = {"source", "sink", "dlq"}
@@ -124,6 +131,8 @@ def _coerce(key: str, value: Any) -> Any:
             if not isinstance(value, dict):
                 raise ValueError("must be a mapping of librdkafka settings")
             return {str(k): str(v) for k, v in value.items()}
+        if key == "snapshot_fsync":
+            return parse_bool(str(value), True)
         if key in _URLS:
             parse_url(str(value))
             return str(value)

@@ -177,7 +177,9 @@ def test_every_bad_record_class_reaches_the_dead_letter_topic(
 
 
 def _backup_recovery(rec: Path, dest: Path) -> None:
-    """A consistent copy of every recovery partition (SQLite online backup)."""
+    """A consistent copy of every recovery partition (SQLite online backup), then of
+    the segment files of the incremental snapshots (state.snapshots) they refer to."""
+    import shutil
     import sqlite3
 
     dest.mkdir()
@@ -186,6 +188,9 @@ def _backup_recovery(rec: Path, dest: Path) -> None:
         src.backup(dst)
         src.close()
         dst.close()
+    assert (rec / "ad-state").is_dir()
+    shutil.copytree(rec / "ad-state", dest / "ad-state",
+                    ignore=shutil.ignore_patterns("*.tmp"))
 
 
 def test_resume_from_a_stale_checkpoint_skips_output_committed_after_it(
