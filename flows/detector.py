@@ -18,8 +18,7 @@ from connectors import make_sink, make_source
 from connectors.base import OutRecord, RawRecord
 from control import metrics
 from flows.decode import Decoder
-from flows.logic import ALERT, DLQ, KeyGroupLogic, Models, key_group
-from flows.records import Reading
+from flows.logic import ALERT, DLQ, KeyGroupLogic, Models
 from flows.settings import Settings, load_settings
 from state.snapshots import resolve_snapshot_dir
 
@@ -30,39 +29,6 @@ class _Detect(KeyGroupLogic, StatefulBatchLogic):
     """KeyGroupLogic as a Bytewax ``StatefulBatchLogic``."""
 
 
-class SubBatch(list):
-    """One key group's ordered sub-batch of a decoded input batch.
-
-    A plain list inside a process. Between processes (``-i/-a``: the key group lives on
-    another worker) it pickles as columns, ~2.5x cheaper than pickling each
-    ``Reading`` and its ``RawRecord`` as objects; the rebuilt items are equal.
-    """
-
-    __slots__ = ("group",)
-
-    def __init__(self, group: str, items: Iterable[Any] = ()) -> None:
-        super().__init__(items)
-        self.group = group
-
-    def __reduce__(self) -> tuple:
-        readings = [r for r in self if type(r) is Reading]
-        others = [(i, x) for i, x in enumerate(self) if type(x) is not Reading]
-        raws = [r.raw for r in readings]
-        cols = ([r.sensor_id for r in readings], [r.ts for r in readings],
-                [r.value for r in readings], [r.tenant_id for r in readings],
-                [r.extra for r in readings], [w.value for w in raws], [w.source for w in raws],
-                [w.partition for w in raws], [w.offset for w in raws], [w.key for w in raws])
-        return (_rebuild_sub_batch, (self.group, cols, others))
-
-
-def _rebuild_sub_batch(group: str, cols: tuple, others: list[tuple[int, Any]]) -> SubBatch:
-    out = SubBatch(group, (Reading(sid, ts, v, ten, ex, RawRecord(rv, rs, rp, ro, rk))
-                   for sid, ts, v, ten, ex, rv, rs, rp, ro, rk in zip(*cols, strict=True)))
-    for i, x in others:  # control markers, back in position
-        out.insert(i, x)
-    return out
-
-
 def _decode_step(settings: Settings) -> Any:
     decoder = Decoder(settings.format, settings.schema, settings.schema_registry,
                       settings.max_record_bytes, settings.flow_id)
@@ -70,32 +36,14 @@ def _decode_step(settings: Settings) -> Any:
     cache: dict[str, str] = {}
 
     def decode(batch: list[RawRecord]) -> Iterable[tuple[str, Any]]:
-        """One input batch -> (key group, ordered sub-batch) items + dead letters."""
-        good, bad = decoder.decode_batch(batch)
+        """One input batch -> (key group, SubBatch of columns) items + dead letters."""
+        parts, bad = decoder.decode_grouped(batch, groups, cache)
         if batch:
             metrics.RECORDS_IN.labels(batch[0].source).inc(len(batch))
         out: list[tuple[str, Any]] = [(DLQ, b) for b in bad]
         for _k, rec in bad:
             metrics.DEAD_LETTERS.labels(rec_reason(rec)).inc()
-        by_group: dict[str, SubBatch] = {}
-        for item in good:
-            if type(item) is Reading:
-                g = cache.get(item.sensor_id)
-                if g is None:
-                    g = cache[item.sensor_id] = key_group(item.sensor_id, groups)
-                    if len(cache) > 1_000_000:
-                        cache.clear()
-                sub = by_group.get(g)
-                if sub is None:
-                    sub = by_group[g] = SubBatch(g)
-                sub.append(item)
-            else:  # a control marker reaches every key group, in position
-                for g in map(str, range(groups)):
-                    sub = by_group.get(g)
-                    if sub is None:
-                        sub = by_group[g] = SubBatch(g)
-                    sub.append(item)
-        out.extend(by_group.items())
+        out.extend(parts.items())
         return out
 
     return decode

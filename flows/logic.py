@@ -26,11 +26,19 @@ from typing import Any
 import numpy as np
 import orjson
 
-from connectors.base import OutRecord
+from connectors.base import OutRecord, RawRecord
 from control import metrics
 from detectors import get_detector
-from flows.records import Control, Reading, dead_letter, iso, stable_id
-from flows.windows import Closed, WindowSpec, WindowState
+from flows.records import (
+    Columns,
+    Control,
+    SubBatch,
+    dead_letter,
+    iso,
+    key_group,
+    stable_id,
+)
+from flows.windows import FUTURE, LATE, Closed, WindowSpec, WindowState
 from state.snapshots import Manifest, SegmentStore, SnapshotError
 
 __all__ = ["KeyGroupLogic", "key_group", "ALERT", "DLQ", "BUILTIN"]
@@ -38,11 +46,6 @@ __all__ = ["KeyGroupLogic", "key_group", "ALERT", "DLQ", "BUILTIN"]
 ALERT = "alert"
 DLQ = "dlq"
 BUILTIN = "builtin"
-
-
-def key_group(sensor_id: str, groups: int) -> str:
-    """Stable key group of a sensor (crc32, the same in every process)."""
-    return str(zlib.crc32(sensor_id.encode()) % groups)
 
 
 class PackedState(bytes):
@@ -156,6 +159,9 @@ class Models:
 class KeyGroupLogic:
     """``StatefulBatchLogic`` for one key group (subclassed in flows.detector)."""
 
+    #: take the specialised tumbling-window loop when it applies (tests compare both)
+    lean = True
+
     def __init__(self, settings: Any, models: Models, resume: bytes | None,
                  snapshot_dir: Path | None = None) -> None:
         self.s = settings
@@ -191,17 +197,23 @@ class KeyGroupLogic:
         self._warm: set[str] = {sid for sid, s in self.sensors.items() if type(s) is not bytes}
 
     # -- Bytewax hooks -------------------------------------------------------------
-    def on_batch(self, values: list[list[Reading | Control]]) -> tuple[Iterable, bool]:
+    def on_batch(self, values: list[SubBatch]) -> tuple[Iterable, bool]:
         out: list[tuple[str, tuple[str, OutRecord]]] = []
         pending: dict[str, list[Closed]] = {}
         if self.group is None and values:
             self.group = getattr(values[0], "group", None)
+        lean = self.lean and self.spec.kind == "tumbling"
         for sub in values:
-            for item in sub:
-                if type(item) is Reading:
-                    self._add(item, pending, out)
+            for part in sub:
+                if type(part) is Columns:
+                    if lean and not self.switches:
+                        self._add_tumbling(part, pending, out)
+                    else:
+                        for r in zip(part.sids, part.ts, part.vals, part.tenants, part.raws,
+                                     strict=True):
+                            self._add(*r, pending, out)
                 else:
-                    self._control(item, pending, out)
+                    self._control(part, pending, out)
         self._score(pending, out)
         return out, False
 
@@ -250,7 +262,8 @@ class KeyGroupLogic:
                 sensor = sensors[sid]
                 det = sensor.det
                 if det is not None and type(det) is not PackedState:
-                    sensor.det = pack_state(det)
+                    sensor.det = PackedState(
+                        self.models.get(*sensor.model, sid).pack_state(det))
                 sensors[sid] = dumps(sensor, proto)
         self._warm.clear()
 
@@ -263,40 +276,102 @@ class KeyGroupLogic:
         return sensor  # type: ignore[return-value]
 
     # -- internals -----------------------------------------------------------------
-    def _origin(self, item: Reading | Control) -> str:
-        return f"{item.raw.source}/{item.raw.partition}"
+    @staticmethod
+    def _origin(raw: RawRecord) -> str:
+        return f"{raw.source}/{raw.partition}"
 
-    def _add(self, r: Reading, pending: dict[str, list[Closed]], out: list) -> None:
-        sensor = self._sensor(r.sensor_id)
+    def _new_sensor(self, sid: str, raw: RawRecord, tenant: str | None) -> Sensor:
         switches = self.switches
-        origin = self._origin(r) if switches else ""
+        model = switches.get(self._origin(raw), (BUILTIN, "")) if switches else (BUILTIN, "")
+        self.models.get(*model, sid)  # fetch (and fail) now, not at scoring
+        sensor = self.sensors[sid] = Sensor(None, model, tenant)  # det: created when scored
+        self._warm.add(sid)
+        return sensor
+
+    def _reject(self, raw: RawRecord, reason: str, ts: int, wm: int | None, out: list) -> None:
+        out.append((DLQ, dead_letter(
+            raw, reason, f"event time {iso(ts)} vs watermark {iso(wm) if wm is not None else '-'}",
+            self.flow_id)))
+        metrics.DEAD_LETTERS.labels(reason).inc()
+
+    def _add_tumbling(self, c: Columns, pending: dict[str, list[Closed]], out: list) -> None:
+        """``_add`` for every reading of ``c``, specialised for tumbling windows and no
+        model switch: the same windows, closes and rejections, with the per-record work
+        inlined (this is the flow's hot loop)."""
+        spec = self.spec
+        size, lateness, max_future = spec.size, spec.lateness, spec.max_future
+        sensors, warm, loads = self.sensors, self._warm, pickle.loads
+        for sid, t, v, ten, raw in zip(c.sids, c.ts, c.vals, c.tenants, c.raws, strict=True):
+            sensor = sensors.get(sid)
+            if sensor is None:
+                sensor = self._new_sensor(sid, raw, ten)
+            elif type(sensor) is bytes:
+                sensor = sensors[sid] = loads(sensor)
+                warm.add(sid)
+                if ten is not None:
+                    sensor.tenant = ten
+            elif ten is not None:
+                sensor.tenant = ten
+            w = sensor.win
+            top = w.max_ts
+            start = t - t % size
+            if top is not None:
+                if t > top + max_future:
+                    self._reject(raw, FUTURE, t, top - lateness, out)
+                    continue
+                if start + size <= top - lateness:
+                    self._reject(raw, LATE, t, top - lateness, out)
+                    continue
+            wins = w.open
+            agg = wins.get(start)
+            if agg is None:
+                wins[start] = [1.0, v, v, v, v]
+            else:
+                agg[0] += 1.0
+                agg[1] += v
+                if v < agg[2]:
+                    agg[2] = v
+                if v > agg[3]:
+                    agg[3] = v
+                agg[4] = v
+            if top is None or t > top:
+                w.max_ts = t
+                if len(wins) > 1:  # the watermark moved: close what ended before it
+                    wm = t - lateness
+                    ready = sorted(s for s in wins if s + size <= wm)
+                    if ready:
+                        closed = pending.get(sid)
+                        if closed is None:
+                            closed = pending[sid] = []
+                        for s in ready:
+                            closed.append(Closed(s, s + size, wins.pop(s)))
+
+    def _add(self, sid: str, ts: int, value: float, tenant: str | None, raw: RawRecord,
+             pending: dict[str, list[Closed]], out: list) -> None:
+        """One reading, any window kind, with model switches."""
+        sensor = self._sensor(sid)
+        switches = self.switches
+        origin = self._origin(raw) if switches else ""
         if sensor is None:
-            model = switches.get(origin, (BUILTIN, ""))
-            self.models.get(*model, r.sensor_id)  # fetch (and fail) now, not at scoring
-            sensor = Sensor(None, model, r.tenant_id)  # initial state: created when scored
-            self.sensors[r.sensor_id] = sensor
-            self._warm.add(r.sensor_id)
-        elif r.tenant_id is not None:
-            sensor.tenant = r.tenant_id
+            sensor = self._new_sensor(sid, raw, tenant)
+        elif tenant is not None:
+            sensor.tenant = tenant
         switch = switches.get(origin) if switches else None
         if switch is not None and switch != sensor.model:
             # a model switch reached this sensor's partition: score windows that close
             # from here on with the new model (state restarts from the new model)
-            self._score_one(r.sensor_id, sensor, pending.pop(r.sensor_id, None), out)
+            before = pending.pop(sid, None)
+            if before:
+                self._score({sid: before}, out)
             sensor.model = switch
-            self.models.get(*switch, r.sensor_id)
+            self.models.get(*switch, sid)
             sensor.det = None
-        closed = pending.get(r.sensor_id)
+        closed = pending.get(sid)
         if closed is None:
-            closed = pending[r.sensor_id] = []
-        rejected = sensor.win.add(self.spec, r.ts, r.value, closed)
+            closed = pending[sid] = []
+        rejected = sensor.win.add(self.spec, ts, value, closed)
         if rejected is not None:
-            wm = sensor.win.watermark(self.spec)
-            out.append((DLQ, dead_letter(
-                r.raw, rejected,
-                f"event time {iso(r.ts)} vs watermark {iso(wm) if wm is not None else '-'}",
-                self.flow_id)))
-            metrics.DEAD_LETTERS.labels(rejected).inc()
+            self._reject(raw, rejected, ts, sensor.win.watermark(self.spec), out)
 
     def _control(self, c: Control, pending: dict[str, list[Closed]], out: list) -> None:
         body = c.body
@@ -311,33 +386,44 @@ class KeyGroupLogic:
             out.append((DLQ, dead_letter(c.raw, "bad_control", f"model {ref}: {exc}",
                                          self.flow_id)))
             return
-        self.switches[self._origin(c)] = (version, ref)
+        self.switches[self._origin(c.raw)] = (version, ref)
         metrics.MODEL_VERSION.labels(self.models.name, version).set(1)
 
     def _score(self, pending: dict[str, list[Closed]], out: list) -> None:
+        """Score every sensor's closed windows: one ``score_batch`` call per model."""
+        sensors = self.sensors
+        by_det: dict[int, tuple[Any, list[str]]] = {}
         for sid, closed in pending.items():
             if closed:
-                self._score_one(sid, self.sensors[sid], closed, out)  # type: ignore[arg-type]
+                det = self.models.get(*sensors[sid].model, sid)  # type: ignore[union-attr]
+                entry = by_det.get(id(det))
+                if entry is None:
+                    entry = by_det[id(det)] = (det, [])
+                entry[1].append(sid)
+        for det, sids in by_det.values():
+            states, values, ends = [], [], []
+            unpack = det.unpack_state
+            for sid in sids:
+                closed = pending[sid]
+                state = sensors[sid].det  # type: ignore[union-attr]
+                states.append(unpack(state) if type(state) is PackedState else state)
+                values.append(np.fromiter((w.mean for w in closed), np.float64, len(closed)))
+                ends.append(np.fromiter((w.end / 1000.0 for w in closed), np.float64,
+                                        len(closed)))
+            new_states, scores = det.score_batch(states, values, ends)
+            for sid, state, sc in zip(sids, new_states, scores, strict=True):
+                sensor = sensors[sid]
+                sensor.det = state  # type: ignore[union-attr]
+                self._emit(sid, sensor, det, pending[sid], sc.tolist(), out)  # type: ignore[arg-type]
+            metrics.WINDOWS_OUT.inc(sum(len(pending[sid]) for sid in sids))
+            last = max(pending[sid][-1].end for sid in sids)
+            metrics.WINDOW_CLOSE_LATENCY.observe(max(0.0, time.time() - last / 1000.0))
 
-    def _score_one(self, sid: str, sensor: Sensor, closed: list[Closed] | None,
-                   out: list) -> None:
-        if not closed:
-            return
-        det = self.models.get(*sensor.model, sid)
-        values = np.fromiter((w.mean for w in closed), np.float64, len(closed))
-        ends = np.fromiter((w.end / 1000.0 for w in closed), np.float64, len(closed))
-        state = sensor.det
-        if state is None:
-            state = det.init_state()
-        elif type(state) is PackedState:
-            state = unpack_state(state)
-        sensor.det, scores = det.score(state, values, ends)
-        metrics.WINDOWS_OUT.inc(len(closed))
-        now = time.time()
-        metrics.WINDOW_CLOSE_LATENCY.observe(max(0.0, now - closed[-1].end / 1000.0))
-        name = det.name
-        for w, score in zip(closed, scores.tolist(), strict=True):
-            if score < self.threshold and not self.emit_all:
+    def _emit(self, sid: str, sensor: Sensor, det: Any, closed: list[Closed],
+              scores: list[float], out: list) -> None:
+        name, threshold, emit_all = det.name, self.threshold, self.emit_all
+        for w, score in zip(closed, scores, strict=True):
+            if score < threshold and not emit_all:
                 continue
             alert_id = stable_id(sid, w.start, w.end, name)
             body = {
@@ -347,7 +433,7 @@ class KeyGroupLogic:
                 "window_start": iso(w.start),
                 "window_end": iso(w.end),
                 "score": score,
-                "is_anomaly": score >= self.threshold,
+                "is_anomaly": score >= threshold,
                 "value": w.mean,
                 "features": {"count": w.count, "mean": w.mean, "min": w.min, "max": w.max,
                              "last": w.last},
@@ -355,5 +441,5 @@ class KeyGroupLogic:
                 "model_version": det.model_version,
             }
             out.append((ALERT, (sid, OutRecord(alert_id, sid, orjson.dumps(body)))))
-            if score >= self.threshold:
+            if score >= threshold:
                 metrics.ALERTS_OUT.labels(name).inc()

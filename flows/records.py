@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,8 @@ import orjson
 
 from connectors.base import OutRecord, RawRecord
 
-__all__ = ["Reading", "Control", "dead_letter", "iso", "stable_id", "REASONS"]
+__all__ = ["Reading", "Control", "Columns", "SubBatch", "dead_letter", "iso", "stable_id",
+           "REASONS", "key_group"]
 
 #: Every reason a record can be dead-lettered for, with what it means.
 REASONS = {
@@ -63,6 +65,88 @@ class Control:
         self.raw = raw
 
 
+class Columns:
+    """Valid readings in input order, as columns (the hot path: no object per reading).
+
+    ``raws`` keeps each reading's :class:`RawRecord` for dead letters (late, future) and
+    for its origin partition (model switches). Between processes it pickles as columns.
+    """
+
+    __slots__ = ("sids", "ts", "vals", "tenants", "raws")
+
+    def __init__(self) -> None:
+        self.sids: list[str] = []
+        self.ts: list[int] = []
+        self.vals: list[float] = []
+        self.tenants: list[str | None] = []
+        self.raws: list[RawRecord] = []
+
+    def __len__(self) -> int:
+        return len(self.sids)
+
+    def append(self, r: Reading) -> None:
+        self.sids.append(r.sensor_id)
+        self.ts.append(r.ts)
+        self.vals.append(r.value)
+        self.tenants.append(r.tenant_id)
+        self.raws.append(r.raw)
+
+    def readings(self) -> list[Reading]:
+        return [Reading(*row, None, raw) for *row, raw in  # type: ignore[call-arg]
+                zip(self.sids, self.ts, self.vals, self.tenants, self.raws, strict=True)]
+
+    def __reduce__(self) -> tuple:
+        raws = self.raws
+        return (_rebuild_columns, (self.sids, self.ts, self.vals, self.tenants,
+                                   [w.value for w in raws], [w.source for w in raws],
+                                   [w.partition for w in raws], [w.offset for w in raws],
+                                   [w.key for w in raws]))
+
+
+def _rebuild_columns(sids: list, ts: list, vals: list, tenants: list, *raw_cols: list) -> Columns:
+    c = Columns()
+    c.sids, c.ts, c.vals, c.tenants = sids, ts, vals, tenants
+    c.raws = [RawRecord(*r) for r in zip(*raw_cols, strict=True)]
+    return c
+
+
+class SubBatch(list):
+    """One key group's share of an input batch: :class:`Columns` parts, split where a
+    :class:`Control` marker stands (markers reach every key group, in position)."""
+
+    __slots__ = ("group",)
+
+    def __init__(self, group: str, parts: Any = ()) -> None:
+        super().__init__(parts)
+        self.group = group
+
+    def __reduce__(self) -> tuple:
+        return (SubBatch, (self.group, list(self)))
+
+    @classmethod
+    def of(cls, group: str, items: list[Reading | Control]) -> SubBatch:
+        """Build from readings and markers (tests, tools)."""
+        out = cls(group)
+        for it in items:
+            if type(it) is Reading:
+                if not out or type(out[-1]) is not Columns:
+                    out.append(Columns())
+                out[-1].append(it)
+            else:
+                out.append(it)
+        return out
+
+    def items(self) -> list[Reading | Control]:
+        """The readings and markers in order (slow; tests and the general path)."""
+        return [x for part in self for x in
+                (part.readings() if type(part) is Columns else [part])]
+
+
+def key_group(sensor_id: str, groups: int) -> str:
+    """Stable key group of a sensor (crc32, the same in every process)."""
+    return str(zlib.crc32(sensor_id.encode()) % groups)
+
+
 def iso(ts_ms: int) -> str:
     """Epoch milliseconds to RFC 3339 with milliseconds, UTC."""
     dt = datetime.fromtimestamp(ts_ms / 1000.0, UTC)
@@ -84,7 +168,7 @@ def dead_letter(raw: RawRecord, reason: str, error: str, flow_id: str) -> tuple[
         "source": raw.source,
         "partition": raw.partition,
         "offset": raw.offset,
-        "value_b64": base64.b64encode(raw.value).decode(),
+        "value_b64": base64.b64encode(raw.value or b"").decode(),  # "" for a tombstone
         "flow_id": flow_id,
     }
     key = f"{raw.source}/{raw.partition}"

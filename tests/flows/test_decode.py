@@ -108,3 +108,59 @@ def test_protobuf_missing_value_and_garbage() -> None:
     no_value = v2.SensorReading(sensor_id="a", timestamp_ms=5).SerializeToString()
     _, bad = Decoder("protobuf").decode_batch([_raw(no_value), _raw(b"\xff\xff\xff")])
     assert [json.loads(b[1].value)["reason"] for b in bad] == ["missing_field", "undecodable"]
+
+
+def test_decode_grouped_equals_decode_batch_then_grouping() -> None:
+    """The columnar fast path gives the records, order, groups and dead letters of the
+    general path, for every kind of record (good, odd but valid, bad, markers)."""
+    import random
+
+    from flows.records import Columns, key_group
+
+    rng = random.Random(4)
+    odd = [b'{"sensor_id": "s1", "timestamp": "2026-01-01T00:00:00Z", "value": 2}',
+           b' {"sensor_id": "s2", "timestamp": 1767225600000, "value": 1.5}',
+           b'{"sensor_id": "s3", "timestamp": 1767225600000.0, "value": 1.5}',
+           b'{"sensor_id": "s4", "timestamp": 1767225600000, "value": 1.5, "rpm": 3}',
+           b'{"sensor_id": "s5", "timestamp": 1767225600000, "value": 1.5, "tenant_id": 7}',
+           b'{"value": 1.5, "tenant_id": "t", "timestamp": 1767225600000, "sensor_id": "s6"}',
+           b'{"sensor_id": "", "timestamp": 1767225600000, "value": 1.5}',
+           b'{"sensor_id": "s7", "timestamp": true, "value": 1.5}',
+           b'{"sensor_id": "s8", "timestamp": 1767225600000, "value": 1.5, "tenant_id": null}',
+           CONTROL_PREFIX + b'{"type": "model", "version": "v2"}', CONTROL_PREFIX + b'[]',
+           b"x" * 300, b"", None]
+    batch = []
+    for i in range(3000):
+        r = rng.random()
+        if r < 0.8:
+            v = json.dumps({"sensor_id": f"s{rng.randrange(40)}", "timestamp":
+                            1_767_225_600_000 + i, "value": rng.gauss(0, 1),
+                            **({"tenant_id": "t"} if rng.random() < 0.5 else {})}).encode()
+        elif r < 0.9:
+            v = rng.choice(BAD_RECORDS)[0]
+        else:
+            v = rng.choice(odd)
+        batch.append(RawRecord(v, "kafka:in", i % 3, i))  # type: ignore[arg-type]
+    d = Decoder("json", max_bytes=256)
+    good, bad = d.decode_batch(batch)
+    parts, bad2 = d.decode_grouped(batch, 8, {})
+    assert bad2 == bad and len(bad) > 300
+    expected: dict[str, list] = {}
+    for item in good:
+        if type(item) is Reading:
+            expected.setdefault(key_group(item.sensor_id, 8), []).append(
+                (item.sensor_id, item.ts, item.value, item.tenant_id, item.raw))
+        else:
+            for g in map(str, range(8)):
+                expected.setdefault(g, []).append((item.body, item.raw))
+    got = {g: [(x.body, x.raw) if type(x) is Control else
+               (x.sensor_id, x.ts, x.value, x.tenant_id, x.raw)
+               for x in sub.items()] for g, sub in parts.items()}
+    assert got == expected
+    assert all(type(p) is not Columns or len(p) for sub in parts.values() for p in sub)
+    # types match too (ints stay ints, values are floats)
+    for sub in parts.values():
+        for p in sub:
+            if type(p) is Columns:
+                assert all(type(t) is int for t in p.ts)
+                assert all(type(v) is float for v in p.vals)
