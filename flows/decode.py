@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from connectors.base import OutRecord, RawRecord
@@ -35,6 +36,26 @@ _MAX_TS = 7258118400000.0  # 2200-01-01, in ms
 _STD_FIELDS = ("sensor_id", "timestamp", "value", "tenant_id")
 
 
+class _Std(msgspec.Struct, forbid_unknown_fields=True):
+    """The common JSON record, decoded and type-checked in C (the fast path)."""
+
+    sensor_id: str
+    timestamp: int
+    value: float
+    tenant_id: str | None = None
+
+
+def _unicode_ok(text: str) -> bool:
+    """False for strings with lone surrogates (from JSON escapes): not encodable."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class BadRecord(Exception):
     """A record that goes to the dead-letter sink with ``reason``."""
 
@@ -48,7 +69,10 @@ def parse_timestamp(ts: Any) -> int:
     if isinstance(ts, bool):
         raise BadRecord("bad_type", "timestamp must be an RFC 3339 string or epoch milliseconds")
     if isinstance(ts, (int, float)):
-        out = float(ts)
+        try:
+            out = float(ts)
+        except OverflowError:
+            raise BadRecord("bad_timestamp", "timestamp outside 1970..2200") from None
     elif isinstance(ts, str):
         try:
             dt = datetime.fromisoformat(ts)
@@ -73,12 +97,12 @@ def _validate(obj: Any, raw: RawRecord) -> Reading:
         value = obj.get("value")
         n = len(obj)
         if type(sensor) is str and sensor and type(ts) is int and type(value) is float \
-                and _MIN_TS <= ts < _MAX_TS and math.isfinite(value):
+                and _MIN_TS <= ts < _MAX_TS and math.isfinite(value) and sensor.isascii():
             if n == 3:
                 return Reading(sensor, ts, value, None, None, raw)
             if n == 4:
                 tenant = obj.get("tenant_id")
-                if type(tenant) is str:
+                if type(tenant) is str and tenant.isascii():
                     return Reading(sensor, ts, value, tenant, None, raw)
     if not isinstance(obj, dict):
         raise BadRecord("schema_mismatch", f"expected an object, got {type(obj).__name__}")
@@ -90,14 +114,21 @@ def _validate(obj: Any, raw: RawRecord) -> Reading:
             raise BadRecord("missing_field", f"missing required field {name!r}")
     if not isinstance(sensor, str) or not sensor:
         raise BadRecord("bad_type", "sensor_id must be a non-empty string")
+    if not _unicode_ok(sensor):
+        raise BadRecord("bad_type", "sensor_id is not valid Unicode (lone surrogate)")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRecord("bad_type", f"value must be a number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise BadRecord("non_finite", "value is too large for a float") from None
     if not math.isfinite(value):
         raise BadRecord("non_finite", f"value is {value}")
     tenant = obj.get("tenant_id")
     if tenant is not None and not isinstance(tenant, str):
         raise BadRecord("bad_type", "tenant_id must be a string")
+    if tenant is not None and not _unicode_ok(tenant):
+        raise BadRecord("bad_type", "tenant_id is not valid Unicode (lone surrogate)")
     extra: dict[str, float] | None = None
     if len(obj) > 3 and (len(obj) > 4 or "tenant_id" not in obj):  # not just the std fields
         extra = obj.get("extra") if isinstance(obj.get("extra"), dict) else None
@@ -230,7 +261,7 @@ class Decoder:
         self._fast: Callable[[bytes], Any] | None = None
         if fmt == "json":
             self._decode = _json_loads
-            self._fast = orjson.loads
+            self._fast = msgspec.json.Decoder(_Std).decode
         elif fmt == "avro":
             self._decode = _Avro(schema, registry)
         elif fmt == "protobuf":
@@ -273,30 +304,27 @@ class Decoder:
         The same result as ``decode_batch`` followed by grouping (``key_group``; ``cache``
         memoises it): readings keep their input order within each key group, and a
         control marker is placed in every key group at its position. The common JSON
-        record (exact types, no extra fields) takes a fast path with no object per
-        record; anything else goes through ``decode_one``.
+        record (the standard fields only, timestamp in epoch ms) is decoded and checked
+        in C by msgspec, with no dict per record; anything else, and every record the
+        fast path rejects, goes through ``decode_one`` and its exact error.
         """
         parts: dict[str, SubBatch] = {}
         cur: dict[str, Columns] = {}
         bad: list[tuple[str, OutRecord]] = []
         fast, maxb, max_ts = self._fast, self.max_bytes, _MAX_TS
+        invalid = msgspec.DecodeError
         for raw in batch:
             data = raw.value
-            if fast is not None and data is not None and len(data) <= maxb \
-                    and data[:1] == b"{":
+            if fast is not None and data is not None and len(data) <= maxb:
                 try:
                     o = fast(data)
-                except orjson.JSONDecodeError:
+                except invalid:
                     o = None
-                if type(o) is dict:
-                    sid = o.get("sensor_id")
-                    t = o.get("timestamp")
-                    v = o.get("value")
-                    n = len(o)
-                    ten = o.get("tenant_id") if n == 4 else None
-                    if type(sid) is str and sid and type(t) is int and type(v) is float \
-                            and 0 <= t < max_ts and v - v == 0.0 \
-                            and (n == 3 or (n == 4 and type(ten) is str)):
+                if o is not None:
+                    sid = o.sensor_id
+                    t = o.timestamp
+                    v = o.value
+                    if sid and 0 <= t < max_ts and v - v == 0.0:
                         g = cache.get(sid)
                         if g is None:
                             g = cache[sid] = key_group(sid, groups)
@@ -310,7 +338,7 @@ class Decoder:
                         c.sids.append(sid)
                         c.ts.append(t)
                         c.vals.append(v)
-                        c.tenants.append(ten)
+                        c.tenants.append(o.tenant_id)
                         c.raws.append(raw)
                         continue
             try:

@@ -127,8 +127,19 @@ def test_decode_grouped_equals_decode_batch_then_grouping() -> None:
            b'{"sensor_id": "", "timestamp": 1767225600000, "value": 1.5}',
            b'{"sensor_id": "s7", "timestamp": true, "value": 1.5}',
            b'{"sensor_id": "s8", "timestamp": 1767225600000, "value": 1.5, "tenant_id": null}',
+           b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": 9007199254740993}',
+           b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": 123456789012345678901}',
+           b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": ' + b"9" * 400 + b"}",
+           b'{"sensor_id": "s9", "timestamp": ' + b"9" * 400 + b', "value": 1.0}',
+           b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": -0.0}',
+           b'{"sensor_id": "\\ud800", "timestamp": 1767225600000, "value": 1.0}',
+           b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": 1.0, "tenant_id": "\\udfff"}',
+           b'{"sensor_id": "\\u00e9t\\u00e9", "timestamp": 1767225600000, "value": 1.0}',
+           b'\xef\xbb\xbf{"sensor_id": "s9", "timestamp": 1767225600000, "value": 1.0}',
+           b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": 1.0} trailing',
+           b'{"sensor_id": "s9", "timestamp": -1, "value": 1.0}',
            CONTROL_PREFIX + b'{"type": "model", "version": "v2"}', CONTROL_PREFIX + b'[]',
-           b"x" * 300, b"", None]
+           b"x" * 300, b"{" + b" " * 600 + b"}", b"", None]
     batch = []
     for i in range(3000):
         r = rng.random()
@@ -141,10 +152,13 @@ def test_decode_grouped_equals_decode_batch_then_grouping() -> None:
         else:
             v = rng.choice(odd)
         batch.append(RawRecord(v, "kafka:in", i % 3, i))  # type: ignore[arg-type]
-    d = Decoder("json", max_bytes=256)
+    d = Decoder("json", max_bytes=512)
     good, bad = d.decode_batch(batch)
     parts, bad2 = d.decode_grouped(batch, 8, {})
     assert bad2 == bad and len(bad) > 300
+    reasons = {json.loads(b.value)["reason"] for _k, b in bad}
+    assert {"non_finite", "bad_timestamp", "bad_type", "oversize", "undecodable"} <= reasons
+    assert any("surrogate" in json.loads(b.value)["error"] for _k, b in bad)
     expected: dict[str, list] = {}
     for item in good:
         if type(item) is Reading:
