@@ -3,12 +3,16 @@
 A detector is stateless code plus a per-key state object. The flow keeps one state per
 key inside Bytewax's snapshotted state, so a state must be picklable (plain Python
 values and numpy arrays) and deterministic: the same inputs from the same state give
-the same scores and the same next state.
+the same scores and the same next state. At rest the flow keeps states as the bytes of
+``pack_state`` (default: pickle + zlib level 1; detectors may use a faster format but must
+still read the default one, so existing snapshots keep loading).
 """
 
 from __future__ import annotations
 
 import copy
+import pickle
+import zlib
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -34,6 +38,20 @@ class Detector(Protocol):
         """Score a batch of one key's values (float64, event-time order; timestamps in
         epoch seconds, float64). Return the next state and scores in [0, 1]."""
 
+    def score_batch(
+        self, states: list[Any | None], values: list[np.ndarray], timestamps: list[np.ndarray]
+    ) -> tuple[list[Any], list[np.ndarray]]:
+        """Score many keys at once: ``states[i]`` (``None``: ``init_state()``) with
+        ``values[i]``/``timestamps[i]``. The given states are consumed (may be updated in
+        place and returned). The result equals calling ``score`` per key, bit for bit."""
+
+    def pack_state(self, state: Any) -> bytes:
+        """Serialise a state for storage (exact round trip through ``unpack_state``)."""
+
+    def unpack_state(self, data: bytes) -> Any:
+        """Inverse of ``pack_state``; also accepts the default format
+        (``zlib.compress(pickle.dumps(state, HIGHEST_PROTOCOL), 1)``, first byte 0x78)."""
+
     def load_model(self, model: dict[str, Any]) -> None:
         """Replace or seed parameters from a trained model artifact (control plane)."""
 
@@ -41,7 +59,9 @@ class Detector(Protocol):
 class BaseDetector:
     """Shared plumbing for the built-in detectors: parameters, versions, models.
 
-    Subclasses set ``name`` and ``defaults`` and implement ``init_state``/``score``.
+    Subclasses set ``name`` and ``defaults`` and implement ``init_state``/``score``;
+    ``score_batch`` (a loop over ``score``) and ``pack_state``/``unpack_state`` (pickle +
+    zlib level 1) have generic defaults that subclasses may speed up.
     ``params`` overrides ``defaults``; unknown keys raise ``ValueError`` so typos in
     ``AD_DETECTOR_PARAMS`` fail loudly. A model dict is ``{"detector": name,
     "version": str, "params": {...}}`` (JSON-serialisable), as returned by ``fit``.
@@ -65,6 +85,32 @@ class BaseDetector:
 
     def _configure(self) -> None:
         """Derive cached constants from ``self.params`` (override as needed)."""
+
+    def init_state(self) -> Any:
+        raise NotImplementedError
+
+    def score(self, state: Any, values: np.ndarray,
+              timestamps: np.ndarray) -> tuple[Any, np.ndarray]:
+        raise NotImplementedError
+
+    def score_batch(
+        self, states: list[Any | None], values: list[np.ndarray], timestamps: list[np.ndarray]
+    ) -> tuple[list[Any], list[np.ndarray]]:
+        """Default: ``score`` per key (``None`` states start from ``init_state()``)."""
+        out_states: list[Any] = []
+        scores: list[np.ndarray] = []
+        for st, v, t in zip(states, values, timestamps, strict=True):
+            st, s = self.score(self.init_state() if st is None else st, v, t)
+            out_states.append(st)
+            scores.append(s)
+        return out_states, scores
+
+    def pack_state(self, state: Any) -> bytes:
+        """Default format: the state's pickle, zlib-compressed at level 1."""
+        return zlib.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+    def unpack_state(self, data: bytes) -> Any:
+        return pickle.loads(zlib.decompress(data))
 
     def load_model(self, model: dict[str, Any]) -> None:
         """Replace/seed parameters from a model dict (see ``to_model``/``fit``)."""

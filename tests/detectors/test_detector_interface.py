@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import zlib
 
 import numpy as np
 import pytest
@@ -103,3 +104,41 @@ def test_fit_returns_json_model_that_loads(name: str, series) -> None:
     assert np.all((s >= 0) & (s <= 1))
     with pytest.raises(ValueError):
         det.load_model({"detector": "other-detector", "params": {}})
+
+
+def _same(a: object, b: object) -> bool:
+    """Exact equality of (nested) states: arrays bit for bit, with dtypes and shapes."""
+    if isinstance(a, np.ndarray):
+        return (isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+                and a.tobytes() == b.tobytes())
+    if isinstance(a, dict):
+        return (isinstance(b, dict) and list(a) == list(b)
+                and all(_same(a[k], b[k]) for k in a))
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_score_batch_equals_score_per_key(name: str, series) -> None:
+    v, t = series
+    det = detectors.get_detector(name)
+    cuts = [0, 1, 17, 150, 400, 999]
+    mid = [det.score(det.init_state(), v[:c], t[:c])[0] for c in cuts]
+    sl = [slice(c, c + 1 + k % 3) for k, c in enumerate(cuts)]
+    ref = [det.score(st, v[s], t[s]) for st, s in zip(mid, sl, strict=True)]
+    states, scores = det.score_batch([None, *mid[1:]], [v[s] for s in sl], [t[s] for s in sl])
+    for (rs, rsc), st, sc in zip(ref, states, scores, strict=True):
+        assert _same(st, rs)
+        assert sc.dtype == rsc.dtype and sc.tobytes() == rsc.tobytes()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pack_state_round_trips_and_reads_the_default_format(name: str, series) -> None:
+    v, t = series
+    det = detectors.get_detector(name)
+    for n in (0, 5, 300, 1500):
+        state, _ = det.score(det.init_state(), v[:n], t[:n])
+        blob = det.pack_state(state)
+        assert isinstance(blob, bytes) and len(blob) < 8192
+        assert _same(det.unpack_state(blob), state)
+        old = zlib.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), 1)
+        assert _same(det.unpack_state(old), state)
