@@ -4,9 +4,12 @@
 (``flows.logic.KeyGroupLogic``, product default settings) holding KEYS sensors, each
 with one open window and a *mature* detector state (a copy of the state after scoring
 300 windows of a noisy series, so histograms are populated as in production), then
-measures resident memory per key, the snapshot (``KeyGroupLogic.snapshot`` of every key
-group: bytes and seconds), writing those snapshots to SQLite as Bytewax's recovery
-store does, and restoring them. Prints one JSON line.
+measures resident memory per key and the snapshots as the flow takes them with a
+recovery directory (incremental, ``state.snapshots``): a *full* snapshot (every key
+group writes a base segment holding all its sensors: the first snapshot, and each
+compaction), a *delta* after 1% of the sensors changed (what a steady epoch costs), the
+manifests written to SQLite as Bytewax's recovery store does, and restoring every key
+group from its segments. Prints one JSON line.
 
 MODE ``live``: every sensor was touched and scored since the last snapshot (held as
 objects with a live detector state; the snapshot packs and pickles each: the worst
@@ -35,8 +38,8 @@ import psutil
 
 from benchmarks.bench_kafka import START_MS, sensor_id
 from connectors.base import RawRecord
-from flows.logic import KeyGroupLogic, Models, PackedState, key_group, pack_state
-from flows.records import Reading
+from flows.logic import KeyGroupLogic, Models, PackedState, key_group
+from flows.records import Reading, SubBatch
 from flows.settings import Settings
 
 
@@ -59,31 +62,38 @@ def component_bytes(state: Any) -> dict[str, int]:
     return {k: len(pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL)) for k, v in state.items()}
 
 
+def _touch(logic: KeyGroupLogic, g: str, sids: list[str], raw: RawRecord) -> None:
+    logic.on_batch([SubBatch.of(g, [Reading(sid, START_MS + 1000, 20.0, "t1", None, raw)
+                                    for sid in sids])])
+
+
 def measure(keys: int, detector: str, mode: str = "live", groups: int = 64) -> dict[str, Any]:
     settings = Settings(detector=detector, key_groups=groups)
     models = Models(detector, {})
+    det = models.get("builtin", "")
     templates = mature_states(detector, models)
-    packed = [pack_state(t) for t in templates]
+    packed = [det.pack_state(t) for t in templates]
     proc = psutil.Process()
     gc.collect()
     rss0 = proc.memory_info().rss
-    logics = {str(g): KeyGroupLogic(settings, models, None) for g in range(groups)}
+    tmp = tempfile.TemporaryDirectory()
+    snap_dir = Path(tmp.name) / "ad-state"
+    logics = {str(g): KeyGroupLogic(settings, models, None, snap_dir) for g in range(groups)}
     raw = RawRecord(b"", "kafka:bench", "0", "0", None)
     chunk = 20000
     t0 = time.perf_counter()
     for lo in range(0, keys, chunk):
-        by_group: dict[str, list[Reading]] = {}
+        by_group: dict[str, list[str]] = {}
         for i in range(lo, min(keys, lo + chunk)):
             sid = sensor_id(i)
-            by_group.setdefault(key_group(sid, groups), []).append(
-                Reading(sid, START_MS + 1000, 20.0, "t1", None, raw))
-        for g, sub in by_group.items():
+            by_group.setdefault(key_group(sid, groups), []).append(sid)
+        for g, sids in by_group.items():
             logic = logics[g]
-            logic.on_batch([sub])
-            for r in sub:  # a mature detector state per sensor (its own copy)
-                j = zlib.crc32(r.sensor_id.encode()) % 8
-                sensor = logic.sensors[r.sensor_id]
-                if mode == "live":  # as KeyGroupLogic._score_one leaves it
+            _touch(logic, g, sids, raw)
+            for sid in sids:  # a mature detector state per sensor (its own copy)
+                j = zlib.crc32(sid.encode()) % 8
+                sensor = logic.sensors[sid]
+                if mode == "live":  # as KeyGroupLogic._score leaves it
                     sensor.det = copy.deepcopy(templates[j])  # type: ignore[union-attr]
                 else:  # as KeyGroupLogic.snapshot leaves it (packed, then pickled)
                     sensor.det = PackedState(packed[j])  # type: ignore[union-attr]
@@ -92,30 +102,47 @@ def measure(keys: int, detector: str, mode: str = "live", groups: int = 64) -> d
     fill_s = time.perf_counter() - t0
     gc.collect()
     rss1 = proc.memory_info().rss
-    snap_s = 0.0
-    restore_s = 0.0
-    store_s = 0.0
-    total = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        db = sqlite3.connect(str(Path(tmp) / "snaps.sqlite3"))
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("CREATE TABLE snaps (step TEXT, key TEXT, epoch INT, ser BLOB)")
-        for g, logic in logics.items():
-            t = time.perf_counter()
-            snap = logic.snapshot()
-            snap_s += time.perf_counter() - t
-            total += len(snap)
-            t = time.perf_counter()
-            with db:
-                db.execute("INSERT INTO snaps VALUES (?, ?, ?, ?)", ("detect", g, 1, snap))
-            store_s += time.perf_counter() - t
-            t = time.perf_counter()
-            restored = KeyGroupLogic(settings, models, snap)
-            restore_s += time.perf_counter() - t
-            del restored, snap
-        db.close()
+    snap_s = delta_s = restore_s = store_s = 0.0
+    manifests: dict[str, bytes] = {}
+    db = sqlite3.connect(str(Path(tmp.name) / "snaps.sqlite3"))
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE snaps (step TEXT, key TEXT, epoch INT, ser BLOB)")
+
+    def store(epoch: int) -> float:
+        t = time.perf_counter()
+        with db:
+            db.executemany("INSERT INTO snaps VALUES (?, ?, ?, ?)",
+                           [("detect", g, epoch, m) for g, m in manifests.items()])
+        return time.perf_counter() - t
+
+    for g, logic in logics.items():  # full: every group writes a base
+        t = time.perf_counter()
+        manifests[g] = logic.snapshot()
+        snap_s += time.perf_counter() - t
+    store_s += store(1)
+    full_bytes = _dir_bytes(snap_dir)
+    changed = [sensor_id(i) for i in range(0, keys, 100)]  # 1% of the sensors
+    by_group = {}
+    for sid in changed:
+        by_group.setdefault(key_group(sid, groups), []).append(sid)
+    for g, sids in by_group.items():
+        _touch(logics[g], g, sids, raw)
+    for g, logic in logics.items():
+        t = time.perf_counter()
+        manifests[g] = logic.snapshot()
+        delta_s += time.perf_counter() - t
+    store_s += store(2)
+    delta_bytes = _dir_bytes(snap_dir) - full_bytes
+    for g in list(logics):
+        t = time.perf_counter()
+        restored = KeyGroupLogic(settings, models, manifests[g], snap_dir)
+        restore_s += time.perf_counter() - t
+        assert len(restored.sensors) == len(logics[g].sensors)
+        del restored
+    db.close()
     gc.collect()
     rss2 = proc.memory_info().rss
+    tmp.cleanup()
     st = templates[0]
     return {
         "keys": keys,
@@ -124,9 +151,13 @@ def measure(keys: int, detector: str, mode: str = "live", groups: int = 64) -> d
         "rss_bytes_per_key": (rss1 - rss0) / keys,
         "rss_total_bytes": rss1,
         "rss_bytes_per_key_after_snapshot": (rss2 - rss0) / keys,
-        "snapshot_bytes": total,
-        "snapshot_bytes_per_key": total / keys,
+        "snapshot_bytes": full_bytes,
+        "snapshot_bytes_per_key": full_bytes / keys,
         "snapshot_s": snap_s,
+        "delta_keys": len(changed),
+        "delta_bytes": delta_bytes,
+        "delta_s": delta_s,
+        "manifest_bytes": sum(len(m) for m in manifests.values()),
         "store_s": store_s,
         "restore_s": restore_s,
         "fill_s": fill_s,
@@ -134,6 +165,10 @@ def measure(keys: int, detector: str, mode: str = "live", groups: int = 64) -> d
         "det_state_pickled": len(pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)),
         "det_state_packed": len(packed[0]),
     }
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*.seg"))
 
 
 if __name__ == "__main__":

@@ -187,10 +187,10 @@ class Flow:
 
 def timed_run(target: str, env: dict[str, str], workers: int, recovery: Path | None,
               snapshot_s: int, work: Path, name: str, timeout: float,
-              processes: int = 1) -> dict[str, Any]:
+              processes: int = 1, profile: str = "") -> dict[str, Any]:
     tag = f"{name}-{uuid.uuid4().hex[:6]}"
     flow = Flow(target, env, workers, recovery, snapshot_s, work / f"{tag}.log",
-                work / f"{tag}.marks", processes)
+                work / f"{tag}.marks", processes, profile)
     flow.wait(timeout)
     m = flow.read_marks()
     if m["first"] is None or flow.ended is None:
@@ -293,8 +293,9 @@ class Bench:
         def flow(det: str, workers: int, procs: int, name: str) -> dict[str, Any]:
             env, _alerts = self.flow_env(src, tail=False, AD_DETECTOR=det)
             rec = init_recovery(self.work / f"rec-{name}-{uuid.uuid4().hex[:6]}")
+            prof = a.profile_flow if (workers, procs, det) == (1, 1, a.detector) else ""
             r = timed_run("benchmarks.bench_flows:detector_flow()", env, workers, rec,
-                          a.snapshot_s, self.work, name, timeout, procs)
+                          a.snapshot_s, self.work, name, timeout, procs, prof)
             r.update(detector=det, workers=workers * procs, processes=procs)
             return r
 
@@ -582,18 +583,20 @@ def table(res: dict[str, Any]) -> str:
                   f"{r['recovery_store_bytes'] / 2**20:,.0f} | {r['recovery_s']:.1f} |"]
     if res.get("state"):
         lines += ["", "| state: keys | detector | detector states | resident B/key | "
-                  "resident MiB | snapshot MiB | snapshot s | SQLite write s | restore s |",
-                  "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "resident MiB | full snapshot MiB | full snapshot s | 1% delta MiB | "
+                  "1% delta s | manifests to SQLite s | restore s |",
+                  "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in res["state"]:
             if "skipped" in r:
                 lines.append(f"| {r['keys']:,} | {r['detector']} | {r['mode']} | skipped: "
-                             f"{r['skipped']} | | | | | |")
+                             f"{r['skipped']} | | | | | | | |")
                 continue
             lines.append(
                 f"| {r['keys']:,} | {r['detector']} | {r['mode']} | "
                 f"{r['rss_bytes_per_key']:,.0f} | "
                 f"{r['rss_bytes_per_key'] * r['keys'] / 2**20:,.0f} | "
                 f"{r['snapshot_bytes'] / 2**20:,.1f} | {r['snapshot_s']:.2f} | "
+                f"{r.get('delta_bytes', 0) / 2**20:,.1f} | {r.get('delta_s', 0):.2f} | "
                 f"{r['store_s']:.2f} | {r['restore_s']:.2f} |")
     return "\n".join(lines)
 
@@ -625,6 +628,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--recovery-timeout", type=float, default=1800.0)
     p.add_argument("--profile-restart", default="",
                    help="record the restarted flow with py-spy into this file")
+    p.add_argument("--profile-flow", default="",
+                   help="record the 1-worker flow runs with py-spy into this file "
+                        "(sampling slows them: for where the time goes, not for speed)")
     p.add_argument("--state-keys", default="10000,100000,1000000")
     p.add_argument("--state-spare-gib", type=float, default=6.0,
                    help="skip a state size that would leave less memory than this free")

@@ -107,6 +107,31 @@ class Sensor:
         self.win, self.det, self.model, self.tenant = st
 
 
+def freeze_sensor(sensor: Sensor) -> bytes:
+    """A sensor at rest: a pickled tuple of plain values (~0.7 us to write and to read
+    back, against ~5 us and ~4 us for pickling the objects). Its detector state must
+    already be packed (or ``None``)."""
+    w, det = sensor.win, sensor.det
+    return pickle.dumps((w.max_ts, w.open, w.sessions,
+                         None if det is None else bytes(det), sensor.model, sensor.tenant),
+                        pickle.HIGHEST_PROTOCOL)
+
+
+def thaw_sensor(data: bytes) -> Sensor:
+    """Inverse of :func:`freeze_sensor` (also reads sensors pickled as objects, as
+    snapshots of earlier versions hold them)."""
+    obj = pickle.loads(data)
+    if type(obj) is not tuple:
+        return obj  # type: ignore[no-any-return]
+    max_ts, wins, sessions, det, model, tenant = obj
+    w = WindowState.__new__(WindowState)
+    w.max_ts, w.open, w.sessions = max_ts, wins, sessions
+    sensor = Sensor.__new__(Sensor)
+    sensor.win, sensor.model, sensor.tenant = w, model, tenant
+    sensor.det = None if det is None else PackedState(det)
+    return sensor
+
+
 class Models:
     """Detector instances per model version (derived, never snapshotted).
 
@@ -256,7 +281,6 @@ class KeyGroupLogic:
     def _freeze(self) -> None:
         """Make every warm sensor cold: pack a changed detector state, pickle the sensor."""
         sensors = self.sensors
-        dumps, proto = pickle.dumps, pickle.HIGHEST_PROTOCOL
         with _gc_paused():
             for sid in self._warm:
                 sensor = sensors[sid]
@@ -264,14 +288,14 @@ class KeyGroupLogic:
                 if det is not None and type(det) is not PackedState:
                     sensor.det = PackedState(
                         self.models.get(*sensor.model, sid).pack_state(det))
-                sensors[sid] = dumps(sensor, proto)
+                sensors[sid] = freeze_sensor(sensor)
         self._warm.clear()
 
     def _sensor(self, sid: str) -> Sensor | None:
         """The sensor ``sid`` as an object (warm), or ``None`` if unknown."""
         sensor = self.sensors.get(sid)
         if type(sensor) is bytes:
-            sensor = self.sensors[sid] = pickle.loads(sensor)
+            sensor = self.sensors[sid] = thaw_sensor(sensor)
             self._warm.add(sid)
         return sensor  # type: ignore[return-value]
 
@@ -300,13 +324,13 @@ class KeyGroupLogic:
         inlined (this is the flow's hot loop)."""
         spec = self.spec
         size, lateness, max_future = spec.size, spec.lateness, spec.max_future
-        sensors, warm, loads = self.sensors, self._warm, pickle.loads
+        sensors, warm, thaw = self.sensors, self._warm, thaw_sensor
         for sid, t, v, ten, raw in zip(c.sids, c.ts, c.vals, c.tenants, c.raws, strict=True):
             sensor = sensors.get(sid)
             if sensor is None:
                 sensor = self._new_sensor(sid, raw, ten)
             elif type(sensor) is bytes:
-                sensor = sensors[sid] = loads(sensor)
+                sensor = sensors[sid] = thaw(sensor)
                 warm.add(sid)
                 if ten is not None:
                     sensor.tenant = ten

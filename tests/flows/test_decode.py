@@ -178,3 +178,25 @@ def test_decode_grouped_equals_decode_batch_then_grouping() -> None:
             if type(p) is Columns:
                 assert all(type(t) is int for t in p.ts)
                 assert all(type(v) is float for v in p.vals)
+
+
+def test_sub_batches_cross_processes_as_columns() -> None:
+    """A key group's sub-batch pickled to another process comes back equal."""
+    import pickle
+
+    from flows.records import Columns, SubBatch
+
+    items = [Reading("a", 1, 1.5, None, None, _raw(b"1", 1)),
+             Reading("b", 2, 2.5, "t", None, RawRecord(b"2", "kafka:in", 3, 7, b"k")),
+             Control({"type": "model", "version": "v"}, _raw(b"#ADCTL{}", 3)),
+             Reading("a", 4, -1.0, "t", None, _raw(b"4", 4))]
+    sub = SubBatch.of("9", items)
+    assert [type(p) for p in sub] == [Columns, Control, Columns]
+    back = pickle.loads(pickle.dumps(sub))
+    assert type(back) is SubBatch and back.group == "9"
+
+    def rows(s: SubBatch) -> list:
+        return [(x.body, x.raw) if type(x) is Control else
+                (x.sensor_id, x.ts, x.value, x.tenant_id, x.raw) for x in s.items()]
+
+    assert rows(back) == rows(sub) and len(rows(sub)) == 4
