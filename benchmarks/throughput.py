@@ -80,7 +80,7 @@ class Flow:
         cmd = [PY, "-m", "bytewax.run", target, "-w", str(workers)]
         if profile:  # py-spy (pip install py-spy) records the process, raw folded stacks
             spy = str(Path(PY).with_name("py-spy"))
-            cmd = [spy, "record", "-r", "100", "-f", "raw", "-o", profile, "--"] + cmd
+            cmd = [spy, "record", "-r", "250", "-f", "raw", "-o", profile, "--"] + cmd
         if recovery is not None:
             cmd += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
         addrs = ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
@@ -449,7 +449,7 @@ class Bench:
             load_s = t_load - (m["first"] or flow.started)
             time.sleep(2 * snap + 1.0)  # a snapshot that holds every key
             rss = flow.rss()
-            rec_bytes = sum(f.stat().st_size for f in rec.iterdir())
+            rec_bytes = sum(f.stat().st_size for f in rec.rglob("*") if f.is_file())
             # more input for existing keys, then SIGKILL while the flow works on it
             tail_n = min(keys, max(1000, keys // 10))
             bk.produce_all(self.brokers, src, ((bk.sensor_id(i).encode(),

@@ -8,24 +8,41 @@ Sinks receive ``(key, OutRecord)`` pairs; ``key`` routes the record to a partiti
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 from urllib.parse import parse_qs, urlsplit
 
 __all__ = ["RawRecord", "OutRecord", "SourceURL", "parse_url", "parse_bool", "parse_duration"]
 
 
-@dataclass(slots=True)
-class RawRecord:
-    """One undecoded input record and where it came from.
+class RawRecord(tuple):
+    """One undecoded input record and where it came from: ``value``, ``source``,
+    ``partition``, ``offset``, ``key``.
 
     ``partition`` and ``offset`` are strings so every system fits (Kafka offsets,
-    Kinesis sequence numbers, Redis stream IDs, Pub/Sub message ids).
+    Kinesis sequence numbers, Redis stream IDs, Pub/Sub message ids). A tuple, so that
+    a source's per-record loop can build one at C speed:
+    ``tuple.__new__(RawRecord, (value, source, partition, offset, key))``: the fields are
+    C-level item getters.
     """
 
-    value: bytes
-    source: str
-    partition: str
-    offset: str
-    key: bytes | None = None
+    __slots__ = ()
+
+    def __new__(cls, value: bytes | None, source: str, partition: str, offset: str,
+                key: bytes | None = None) -> RawRecord:
+        return tuple.__new__(cls, (value, source, partition, offset, key))
+
+    def __getnewargs__(self) -> tuple:
+        return tuple(self)
+
+    def __repr__(self) -> str:
+        return ("RawRecord(value={!r}, source={!r}, partition={!r}, offset={!r}, "
+                "key={!r})".format(*self))
+
+    value: bytes = property(itemgetter(0))  # type: ignore[assignment]
+    source: str = property(itemgetter(1))  # type: ignore[assignment]
+    partition: str = property(itemgetter(2))  # type: ignore[assignment]
+    offset: str = property(itemgetter(3))  # type: ignore[assignment]
+    key: bytes | None = property(itemgetter(4))  # type: ignore[assignment]
 
 
 @dataclass(slots=True)

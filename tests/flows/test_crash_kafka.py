@@ -208,7 +208,10 @@ def test_resume_from_a_stale_checkpoint_skips_output_committed_after_it(
     rec = init_recovery(tmp_path / "rec")
     log = tmp_path / "flow.log"
     procs = FlowProcs(env, rec, workers=1, log=log)
-    time.sleep(2.5)
+    deadline = time.time() + 60
+    while not (rec / "ad-state").is_dir() and time.time() < deadline:  # a first snapshot
+        time.sleep(0.1)
+    time.sleep(0.5)
     assert procs.running()
     _backup_recovery(rec, tmp_path / "old")
     assert procs.wait(300) == [0]
