@@ -1,10 +1,12 @@
 """The stateful heart of the flow: windows + detector per sensor, grouped in key groups.
 
 Records are routed to one of ``AD_KEY_GROUPS`` key groups (crc32 of ``sensor_id``), so
-the stateful step receives whole sub-batches, not single records: per-item overhead
-is paid per (batch, key group), and the per-sensor work runs on numpy arrays. Each
-key group's state (every sensor's windows, watermark, detector state and model
-version) is snapshotted by Bytewax, so a restart resumes exactly.
+the stateful step receives whole column sub-batches, not single records: per-item
+overhead is paid per (batch, key group), and every window closed in a sub-batch is
+scored in one ``score_batch`` call per model. Each key group's state (every sensor's
+windows, watermark, detector state and model version) is snapshotted with the epoch —
+incrementally, as segment files plus a manifest (state.snapshots), when a recovery
+directory is known — so a restart resumes exactly.
 
 Determinism: a sensor's records arrive in input-partition order (the same on every
 replay), windows close on event time only, and the detector is deterministic, so the
@@ -16,7 +18,6 @@ from __future__ import annotations
 import gc
 import pickle
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -49,12 +50,12 @@ BUILTIN = "builtin"
 
 
 class PackedState(bytes):
-    """A detector state at rest: its pickle, zlib-compressed (level 1).
+    """A detector state at rest, as the detector's ``pack_state`` wrote it.
 
     Snapshots pack the states that changed since the previous snapshot and keep them
     packed until the sensor is scored again, so a snapshot re-serialises only what
-    changed, and sensors hold ~0.6 KB instead of ~6-7 KB (ensemble) of detector state
-    in memory and in the recovery store. A pickle round trip is exact, so scores are
+    changed, and sensors hold ~0.5 KB instead of ~6-8 KB (ensemble) of detector state
+    in memory and in the recovery store. The round trip is exact, so scores are
     unchanged.
     """
 
@@ -75,14 +76,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def pack_state(state: Any) -> PackedState:
-    return PackedState(zlib.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), 1))
-
-
-def unpack_state(packed: PackedState) -> Any:
-    return pickle.loads(zlib.decompress(packed))
 
 
 class Sensor:
