@@ -18,8 +18,10 @@ segment an older manifest refers to; segments from epochs that never committed a
 never referenced. When the deltas outgrow the base, the next snapshot writes a new base
 (compaction); files belonging to neither the current chain nor the previous
 ``keep`` chains are deleted then, so the snapshots Bytewax may still resume from (the
-last committed epoch, with ``-b 0``) always find their files. Keep a longer ``-b``
-backup interval only together with a larger ``AD_STATE_KEEP``.
+last committed epoch) always find their files. On disk a key group takes at most about
+four times its state: the previous chain, and the current one (a base plus deltas that
+add up to at most the base). A backup is the SQLite partitions (online backup) and then
+the segment files (immutable; copy ``ad-state/`` right after the SQLite backup).
 """
 
 from __future__ import annotations
