@@ -7,11 +7,14 @@ Sinks receive ``(key, OutRecord)`` pairs; ``key`` routes the record to a partiti
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["RawRecord", "OutRecord", "SourceURL", "parse_url", "parse_bool", "parse_duration"]
+__all__ = ["RawRecord", "MessageBatch", "as_raw", "register_message_type", "OutRecord",
+           "SourceURL", "parse_url", "parse_bool", "parse_duration"]
 
 
 class RawRecord(tuple):
@@ -43,6 +46,41 @@ class RawRecord(tuple):
     partition: str = property(itemgetter(2))  # type: ignore[assignment]
     offset: str = property(itemgetter(3))  # type: ignore[assignment]
     key: bytes | None = property(itemgetter(4))  # type: ignore[assignment]
+
+
+#: converters from a client library's message type to RawRecord (see MessageBatch)
+_TO_RAW: dict[type, Callable[[Any], RawRecord]] = {}
+
+
+def register_message_type(tp: type, to_raw: Callable[[Any], RawRecord]) -> None:
+    """Let :func:`as_raw` turn a client's message objects (``tp``) into RawRecords."""
+    _TO_RAW[tp] = to_raw
+
+
+def as_raw(item: Any) -> RawRecord:
+    """``item`` as a RawRecord: itself, or a registered client message converted."""
+    return item if type(item) is RawRecord else _TO_RAW[type(item)](item)
+
+
+class MessageBatch:
+    """A source batch kept as the client's message objects (``items``, registered with
+    :func:`register_message_type`) plus their ``values``: the hot path reads the values
+    and keeps the objects; a RawRecord is made only when one is needed (a dead letter,
+    a model switch's origin, a hop to another process). Iterating yields RawRecords, so
+    it reads like a ``list[RawRecord]``."""
+
+    __slots__ = ("values", "items", "source")
+
+    def __init__(self, values: list[bytes | None], items: list[Any], source: str) -> None:
+        self.values = values
+        self.items = items
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[RawRecord]:
+        return map(as_raw, self.items)
 
 
 @dataclass(slots=True)

@@ -35,12 +35,20 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
+    Message,
     Producer,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from connectors.base import OutRecord, RawRecord, SourceURL, parse_bool
+from connectors.base import (
+    MessageBatch,
+    OutRecord,
+    RawRecord,
+    SourceURL,
+    parse_bool,
+    register_message_type,
+)
 from control import metrics
 
 __all__ = [
@@ -53,6 +61,15 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def _message_to_raw(m: Message) -> RawRecord:
+    """A consumed message as the RawRecord the source used to build for it."""
+    return RawRecord(m.value(), f"kafka:{m.topic()}", str(m.partition()), str(m.offset()),
+                     m.key())
+
+
+register_message_type(Message, _message_to_raw)
 ID_HEADER = "ad-id"
 _IDLE = timedelta(milliseconds=5)
 
@@ -109,7 +126,6 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[RawRecord], int]):
         self._topic = topic
         self._part = part
         self._source = f"kafka:{topic}"
-        self._pstr = str(part)
         self._batch = batch_size
         self._rate = max_rate  # records/s for this partition; 0 = unlimited
         self._awake: datetime | None = None
@@ -117,13 +133,35 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[RawRecord], int]):
         self._stop_at: int | None = None if tail else high
         self._lag = metrics.INPUT_LAG.labels(f"{topic}/{part}")
 
-    def next_batch(self) -> list[list[RawRecord]]:
+    def next_batch(self) -> list[MessageBatch]:
         msgs = self._consumer.consume(self._batch, 0.0)
-        out: list[RawRecord] = []
-        append = out.append
-        src, pstr = self._source, self._pstr
-        new = tuple.__new__  # a RawRecord at C speed
-        last = -1  # offset of the last record appended and not yet in self._offset
+        out = [m for m in msgs if m.error() is None]
+        if len(out) == len(msgs):  # the common case: no error or end-of-partition event
+            if out:
+                self._offset = out[-1].offset() + 1
+        else:
+            out = self._with_errors(msgs)
+        if self._stop_at is not None and not out and self._offset >= self._stop_at:
+            raise StopIteration
+        if not out:
+            self._awake = datetime.now(UTC) + _IDLE
+        elif self._rate:  # throttled (backfills that must not flood the sinks)
+            self._awake = datetime.now(UTC) + timedelta(seconds=len(out) / self._rate)
+        else:
+            self._awake = None
+        if out:
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self._topic, self._part), cached=True)
+            if high is not None and high >= 0:
+                self._lag.set(max(0, high - self._offset))
+            return [MessageBatch([m.value() for m in out], out, self._source)]
+        return []
+
+    def _with_errors(self, msgs: list[Message]) -> list[Message]:
+        """The records of a consume that also returned errors or end-of-partition events,
+        with the resume offset kept right around them."""
+        out: list[Message] = []
+        last = -1  # offset of the last record kept and not yet in self._offset
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -140,24 +178,10 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[RawRecord], int]):
                     continue
                 raise RuntimeError(f"error consuming Kafka {self._topic}/{self._part}: {err}")
             last = msg.offset()
-            append(new(RawRecord, (msg.value(), src, pstr, str(last), msg.key())))
+            out.append(msg)
         if last >= 0:
             self._offset = last + 1
-        if self._stop_at is not None and not out and self._offset >= self._stop_at:
-            raise StopIteration
-        if not out:
-            self._awake = datetime.now(UTC) + _IDLE
-        elif self._rate:  # throttled (backfills that must not flood the sinks)
-            self._awake = datetime.now(UTC) + timedelta(seconds=len(out) / self._rate)
-        else:
-            self._awake = None
-        if out:
-            _low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self._topic, self._part), cached=True)
-            if high is not None and high >= 0:
-                self._lag.set(max(0, high - self._offset))
-            return [out]
-        return []
+        return out
 
     def next_awake(self) -> datetime | None:
         return self._awake

@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from connectors.base import OutRecord, RawRecord
+from connectors.base import MessageBatch, OutRecord, RawRecord, as_raw
 from flows.records import Columns, Control, Reading, SubBatch, dead_letter, key_group
 from schemas import AVRO_IDS, DEFAULT_AVRO, DEFAULT_PROTO, HERE
 
@@ -297,7 +297,7 @@ class Decoder:
         return good, bad
 
     def decode_grouped(
-        self, batch: list[RawRecord], groups: int, cache: dict[str, str]
+        self, batch: list[RawRecord] | MessageBatch, groups: int, cache: dict[str, str]
     ) -> tuple[dict[str, SubBatch], list[tuple[str, OutRecord]]]:
         """Decode a batch straight into per-key-group :class:`SubBatch` columns.
 
@@ -313,8 +313,11 @@ class Decoder:
         bad: list[tuple[str, OutRecord]] = []
         fast, maxb, max_ts = self._fast, self.max_bytes, _MAX_TS
         invalid = msgspec.DecodeError
-        for raw in batch:
-            data = raw.value
+        if type(batch) is MessageBatch:  # client messages: RawRecords only when needed
+            values, items = batch.values, batch.items
+        else:
+            values, items = [r.value for r in batch], batch
+        for data, raw in zip(values, items, strict=True):
             if fast is not None and data is not None and len(data) <= maxb:
                 try:
                     o = fast(data)
@@ -341,6 +344,7 @@ class Decoder:
                         c.tenants.append(o.tenant_id)
                         c.raws.append(raw)
                         continue
+            raw = as_raw(raw)
             try:
                 item = self.decode_one(raw)
             except BadRecord as exc:

@@ -15,7 +15,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
 from connectors import make_sink, make_source
-from connectors.base import OutRecord, RawRecord
+from connectors.base import MessageBatch, OutRecord, RawRecord
 from control import metrics
 from flows.decode import Decoder
 from flows.logic import ALERT, DLQ, KeyGroupLogic, Models
@@ -35,11 +35,12 @@ def _decode_step(settings: Settings) -> Any:
     groups = settings.key_groups
     cache: dict[str, str] = {}
 
-    def decode(batch: list[RawRecord]) -> Iterable[tuple[str, Any]]:
+    def decode(batch: list[RawRecord] | MessageBatch) -> Iterable[tuple[str, Any]]:
         """One input batch -> (key group, SubBatch of columns) items + dead letters."""
         parts, bad = decoder.decode_grouped(batch, groups, cache)
-        if batch:
-            metrics.RECORDS_IN.labels(batch[0].source).inc(len(batch))
+        if len(batch):
+            src = batch.source if type(batch) is MessageBatch else batch[0].source
+            metrics.RECORDS_IN.labels(src).inc(len(batch))
         out: list[tuple[str, Any]] = [(DLQ, b) for b in bad]
         for _k, rec in bad:
             metrics.DEAD_LETTERS.labels(rec_reason(rec)).inc()

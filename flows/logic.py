@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from connectors.base import OutRecord, RawRecord
+from connectors.base import OutRecord, RawRecord, as_raw
 from control import metrics
 from detectors import get_detector
 from flows.records import (
@@ -294,7 +294,8 @@ class KeyGroupLogic:
 
     # -- internals -----------------------------------------------------------------
     @staticmethod
-    def _origin(raw: RawRecord) -> str:
+    def _origin(raw: Any) -> str:
+        raw = as_raw(raw)
         return f"{raw.source}/{raw.partition}"
 
     def _new_sensor(self, sid: str, raw: RawRecord, tenant: str | None) -> Sensor:
@@ -305,10 +306,9 @@ class KeyGroupLogic:
         self._warm.add(sid)
         return sensor
 
-    def _reject(self, raw: RawRecord, reason: str, ts: int, wm: int | None, out: list) -> None:
-        out.append((DLQ, dead_letter(
-            raw, reason, f"event time {iso(ts)} vs watermark {iso(wm) if wm is not None else '-'}",
-            self.flow_id)))
+    def _reject(self, raw: Any, reason: str, ts: int, wm: int | None, out: list) -> None:
+        error = f"event time {iso(ts)} vs watermark {iso(wm) if wm is not None else '-'}"
+        out.append((DLQ, dead_letter(as_raw(raw), reason, error, self.flow_id)))
         metrics.DEAD_LETTERS.labels(reason).inc()
 
     def _add_tumbling(self, c: Columns, pending: dict[str, list[Closed]], out: list) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from connectors.base import OutRecord, RawRecord
+from connectors.base import OutRecord, RawRecord, as_raw
 
 __all__ = ["Reading", "Control", "Columns", "SubBatch", "dead_letter", "iso", "stable_id",
            "REASONS", "key_group"]
@@ -68,8 +68,9 @@ class Control:
 class Columns:
     """Valid readings in input order, as columns (the hot path: no object per reading).
 
-    ``raws`` keeps each reading's :class:`RawRecord` for dead letters (late, future) and
-    for its origin partition (model switches). Between processes it pickles as columns.
+    ``raws`` keeps each reading's :class:`RawRecord`, or the client message it can be
+    made from (:func:`connectors.base.as_raw`), for dead letters (late, future) and for
+    its origin partition (model switches). Between processes it pickles as columns.
     """
 
     __slots__ = ("sids", "ts", "vals", "tenants", "raws")
@@ -79,7 +80,7 @@ class Columns:
         self.ts: list[int] = []
         self.vals: list[float] = []
         self.tenants: list[str | None] = []
-        self.raws: list[RawRecord] = []
+        self.raws: list[Any] = []  # RawRecord or a client message (as_raw)
 
     def __len__(self) -> int:
         return len(self.sids)
@@ -92,11 +93,11 @@ class Columns:
         self.raws.append(r.raw)
 
     def readings(self) -> list[Reading]:
-        return [Reading(*row, None, raw) for *row, raw in  # type: ignore[call-arg]
+        return [Reading(*row, None, as_raw(raw)) for *row, raw in  # type: ignore[call-arg]
                 zip(self.sids, self.ts, self.vals, self.tenants, self.raws, strict=True)]
 
     def __reduce__(self) -> tuple:
-        raws = self.raws
+        raws = [as_raw(w) for w in self.raws]
         return (_rebuild_columns, (self.sids, self.ts, self.vals, self.tenants,
                                    [w.value for w in raws], [w.source for w in raws],
                                    [w.partition for w in raws], [w.offset for w in raws],

@@ -200,3 +200,48 @@ def test_sub_batches_cross_processes_as_columns() -> None:
                 (x.sensor_id, x.ts, x.value, x.tenant_id, x.raw) for x in s.items()]
 
     assert rows(back) == rows(sub) and len(rows(sub)) == 4
+
+
+class _Msg:
+    """A client message object, as a MessageBatch holds them."""
+
+    def __init__(self, raw: RawRecord) -> None:
+        self.r = raw
+
+
+def test_decode_grouped_reads_client_messages_like_raw_records() -> None:
+    """A MessageBatch (values + the client's message objects) decodes exactly like the
+    RawRecords made from it; RawRecords are made only where needed."""
+    import pickle
+
+    from connectors.base import MessageBatch, as_raw, register_message_type
+    from flows.records import Columns
+
+    made: list[RawRecord] = []
+
+    def to_raw(m: _Msg) -> RawRecord:
+        made.append(m.r)
+        return m.r
+
+    register_message_type(_Msg, to_raw)
+    raws = [_raw(json.dumps({"sensor_id": f"s{i % 7}", "timestamp": 1_767_225_600_000 + i,
+                             "value": i / 3}).encode(), i) for i in range(200)]
+    raws[50] = _raw(b"not json", 50)
+    raws[90] = _raw(CONTROL_PREFIX + b'{"type": "model", "version": "v2"}', 90)
+    d = Decoder("json")
+    want_parts, want_bad = d.decode_grouped(raws, 4, {})
+    batch = MessageBatch([r.value for r in raws], [_Msg(r) for r in raws], "kafka:in")
+    assert len(batch) == 200 and list(batch) == raws
+    made.clear()
+    parts, bad = d.decode_grouped(batch, 4, {})
+    assert bad == want_bad
+    assert len(made) == 2  # only the bad record and the control marker
+    flat = {g: [(x.sensor_id, x.ts, x.value, x.raw) for x in sub.items() if type(x) is Reading]
+            for g, sub in parts.items()}
+    want = {g: [(x.sensor_id, x.ts, x.value, x.raw) for x in sub.items()
+                if type(x) is Reading] for g, sub in want_parts.items()}
+    assert flat == want
+    cols = next(p for p in parts["0"] if type(p) is Columns)
+    assert type(cols.raws[0]) is _Msg and as_raw(cols.raws[0]) == cols.readings()[0].raw
+    back = pickle.loads(pickle.dumps(cols))  # to another process: RawRecords
+    assert back.raws == [as_raw(m) for m in cols.raws]
