@@ -65,8 +65,8 @@ log = logging.getLogger(__name__)
 
 def _message_to_raw(m: Message) -> RawRecord:
     """A consumed message as the RawRecord the source used to build for it."""
-    return RawRecord(m.value(), f"kafka:{m.topic()}", str(m.partition()), str(m.offset()),
-                     m.key())
+    return tuple.__new__(RawRecord, (m.value(), "kafka:" + m.topic(), str(m.partition()),
+                                     str(m.offset()), m.key()))
 
 
 register_message_type(Message, _message_to_raw)

@@ -97,17 +97,17 @@ class Columns:
                 zip(self.sids, self.ts, self.vals, self.tenants, self.raws, strict=True)]
 
     def __reduce__(self) -> tuple:
-        raws = [as_raw(w) for w in self.raws]
-        return (_rebuild_columns, (self.sids, self.ts, self.vals, self.tenants,
-                                   [w.value for w in raws], [w.source for w in raws],
-                                   [w.partition for w in raws], [w.offset for w in raws],
-                                   [w.key for w in raws]))
+        raws = list(map(as_raw, self.raws))  # a part may mix RawRecords and messages
+        # RawRecords are tuples: transposed into 5 columns in C
+        raw_cols = list(zip(*raws, strict=True)) if raws else [(), (), (), (), ()]
+        return (_rebuild_columns, (self.sids, self.ts, self.vals, self.tenants, *raw_cols))
 
 
 def _rebuild_columns(sids: list, ts: list, vals: list, tenants: list, *raw_cols: list) -> Columns:
     c = Columns()
     c.sids, c.ts, c.vals, c.tenants = sids, ts, vals, tenants
-    c.raws = [RawRecord(*r) for r in zip(*raw_cols, strict=True)]
+    new = tuple.__new__
+    c.raws = [new(RawRecord, r) for r in zip(*raw_cols, strict=True)]
     return c
 
 

@@ -245,3 +245,5 @@ def test_decode_grouped_reads_client_messages_like_raw_records() -> None:
     assert type(cols.raws[0]) is _Msg and as_raw(cols.raws[0]) == cols.readings()[0].raw
     back = pickle.loads(pickle.dumps(cols))  # to another process: RawRecords
     assert back.raws == [as_raw(m) for m in cols.raws]
+    cols.raws[1] = as_raw(cols.raws[1])  # a part may mix both (general-path readings)
+    assert pickle.loads(pickle.dumps(cols)).raws == back.raws
