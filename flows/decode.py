@@ -318,57 +318,46 @@ class Decoder:
         else:
             values, items = [r.value for r in batch], batch
         for data, raw in zip(values, items, strict=True):
+            o = None
             if fast is not None and data is not None and len(data) <= maxb:
                 try:
                     o = fast(data)
                 except invalid:
-                    o = None
-                if o is not None:
-                    sid = o.sensor_id
-                    t = o.timestamp
-                    v = o.value
-                    if sid and 0 <= t < max_ts and v - v == 0.0:
-                        g = cache.get(sid)
-                        if g is None:
-                            g = cache[sid] = key_group(sid, groups)
-                        c = cur.get(g)
-                        if c is None:
-                            c = cur[g] = Columns()
-                            sub = parts.get(g)
-                            if sub is None:
-                                sub = parts[g] = SubBatch(g)
-                            sub.append(c)
-                        c.sids.append(sid)
-                        c.ts.append(t)
-                        c.vals.append(v)
-                        c.tenants.append(o.tenant_id)
-                        c.raws.append(raw)
-                        continue
-            raw = as_raw(raw)
-            try:
-                item = self.decode_one(raw)
-            except BadRecord as exc:
-                bad.append(dead_letter(raw, exc.reason, str(exc), self.flow_id))
-                continue
-            if type(item) is Reading:
-                g = cache.get(item.sensor_id)
-                if g is None:
-                    g = cache[item.sensor_id] = key_group(item.sensor_id, groups)
-                c = cur.get(g)
-                if c is None:
-                    c = cur[g] = Columns()
-                    sub = parts.get(g)
-                    if sub is None:
-                        sub = parts[g] = SubBatch(g)
-                    sub.append(c)
-                c.append(item)
-            else:  # a control marker reaches every key group, in position
-                for g in map(str, range(groups)):
-                    sub = parts.get(g)
-                    if sub is None:
-                        sub = parts[g] = SubBatch(g)
-                    sub.append(item)
-                cur.clear()
+                    pass
+            if o is not None and o.sensor_id and 0 <= o.timestamp < max_ts \
+                    and o.value - o.value == 0.0:
+                sid, t, v, ten = o.sensor_id, o.timestamp, o.value, o.tenant_id
+            else:  # everything the fast path does not take: the general path
+                raw = as_raw(raw)
+                try:
+                    item = self.decode_one(raw)
+                except BadRecord as exc:
+                    bad.append(dead_letter(raw, exc.reason, str(exc), self.flow_id))
+                    continue
+                if type(item) is not Reading:  # a control marker: every key group, in position
+                    for g in map(str, range(groups)):
+                        sub = parts.get(g)
+                        if sub is None:
+                            sub = parts[g] = SubBatch(g)
+                        sub.append(item)
+                    cur.clear()
+                    continue
+                sid, t, v, ten = item.sensor_id, item.ts, item.value, item.tenant_id
+            g = cache.get(sid)
+            if g is None:
+                g = cache[sid] = key_group(sid, groups)
+            c = cur.get(g)
+            if c is None:
+                c = cur[g] = Columns()
+                sub = parts.get(g)
+                if sub is None:
+                    sub = parts[g] = SubBatch(g)
+                sub.append(c)
+            c.sids.append(sid)
+            c.ts.append(t)
+            c.vals.append(v)
+            c.tenants.append(ten)
+            c.raws.append(raw)
         if len(cache) > 1_000_000:
             cache.clear()
         return parts, bad
