@@ -39,7 +39,7 @@ from flows.records import (
     key_group,
     stable_id,
 )
-from flows.windows import FUTURE, LATE, Closed, WindowSpec, WindowState
+from flows.windows import FUTURE, LATE, Closed, WindowSpec, WindowState, add_to_agg, new_agg
 from state.snapshots import Manifest, SegmentStore, SnapshotError
 
 __all__ = ["KeyGroupLogic", "key_group", "ALERT", "DLQ", "BUILTIN"]
@@ -342,15 +342,9 @@ class KeyGroupLogic:
             wins = w.open
             agg = wins.get(start)
             if agg is None:
-                wins[start] = [1.0, v, v, v, v]
+                wins[start] = new_agg(v)
             else:
-                agg[0] += 1.0
-                agg[1] += v
-                if v < agg[2]:
-                    agg[2] = v
-                if v > agg[3]:
-                    agg[3] = v
-                agg[4] = v
+                add_to_agg(agg, v)
             if top is None or t > top:
                 w.max_ts = t
                 if len(wins) > 1:  # the watermark moved: close what ended before it

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["WindowSpec", "WindowState", "Closed", "LATE", "FUTURE"]
+__all__ = ["WindowSpec", "WindowState", "Closed", "LATE", "FUTURE", "new_agg", "add_to_agg"]
 
 LATE = "late"
 FUTURE = "future"
@@ -54,12 +54,12 @@ class Closed:
         self.last = agg[4]
 
 
-def _agg(value: float) -> list[float]:
+def new_agg(value: float) -> list[float]:
     # count, sum, min, max, last
     return [1.0, value, value, value, value]
 
 
-def _add(agg: list[float], value: float) -> None:
+def add_to_agg(agg: list[float], value: float) -> None:
     agg[0] += 1.0
     agg[1] += value
     if value < agg[2]:
@@ -103,9 +103,9 @@ class WindowState:
                 return LATE
             agg = self.open.get(start)
             if agg is None:
-                self.open[start] = _agg(value)
+                self.open[start] = new_agg(value)
             else:
-                _add(agg, value)
+                add_to_agg(agg, value)
         elif kind == "sliding":
             last_start = ts - ts % spec.slide
             if wm is not None and last_start + spec.size <= wm:
@@ -115,9 +115,9 @@ class WindowState:
                 if wm is None or start + spec.size > wm:
                     agg = self.open.get(start)
                     if agg is None:
-                        self.open[start] = _agg(value)
+                        self.open[start] = new_agg(value)
                     else:
-                        _add(agg, value)
+                        add_to_agg(agg, value)
                 start -= spec.slide
         elif kind == "session":
             if wm is not None and ts + spec.gap <= wm:
@@ -126,7 +126,7 @@ class WindowState:
         else:  # "none": every record is its own window, scored at once
             if wm is not None and ts < wm:
                 return LATE
-            out.append(Closed(ts, ts, _agg(value)))
+            out.append(Closed(ts, ts, new_agg(value)))
         if self.max_ts is None or ts > self.max_ts:
             self.max_ts = ts
         if kind != "none":
@@ -134,7 +134,7 @@ class WindowState:
         return None
 
     def _merge_session(self, start: int, end: int, value: float) -> None:
-        merged = [start, end, _agg(value)]
+        merged = [start, end, new_agg(value)]
         keep = []
         for s in self.sessions:
             if s[0] <= merged[1] and merged[0] <= s[1]:  # overlapping or touching
