@@ -1,7 +1,8 @@
 """Types shared by every connector: raw input records, output records, URLs.
 
-Sources emit *batches*: ``next_batch`` returns ``[list[RawRecord]]`` (one item that is
-a whole batch) or ``[]``, so the hot path downstream works per batch, not per record.
+Sources emit *batches*: ``next_batch`` returns ``[list[RawRecord]]`` or
+``[MessageBatch]`` (one item that is a whole batch) or ``[]``, so the hot path
+downstream works per batch, not per record.
 Sinks receive ``(key, OutRecord)`` pairs; ``key`` routes the record to a partition.
 """
 

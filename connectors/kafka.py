@@ -198,7 +198,8 @@ class KafkaSource(FixedPartitionedSource[list[RawRecord], int]):
 
     Resume state: the offset of the next record to read in that partition (an
     ``int``). Offsets live only in Bytewax snapshots; nothing is committed to Kafka.
-    Emits one item per poll: a ``list[RawRecord]`` (up to ``batch_size`` records).
+    Emits one item per poll: a :class:`MessageBatch` (up to ``batch_size`` records; it
+    iterates as RawRecords).
     With ``tail=False`` each partition stops at the end offset it had when the
     partition was built; ``max_rate`` (``?max_rate=`` records/s per partition) paces
     reads, e.g. for a backfill that must not flood the sinks. Reads ``read_committed``
