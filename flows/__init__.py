@@ -1,0 +1,62 @@
+"""The detector dataflow and its per-record modules.
+
+The per-record modules (``COMPILED``) may also exist compiled (``setup.py``, Cython),
+which Python imports in preference to the source. Before any of them is imported, this
+package makes sure a compiled module is never used in place of newer source: where a
+``.py`` is newer than its extension module (edited since the last ``make install``),
+or where ``AD_COMPILED=0``, the source is loaded instead (with a warning for the stale
+case). ``IMPLEMENTATION`` says, per module, which one runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import warnings
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+__all__ = ["COMPILED", "IMPLEMENTATION"]
+
+#: modules on the per-record path, in import-dependency order (setup.py compiles them)
+COMPILED = ("windows", "records", "decode", "logic")
+
+#: module name -> "compiled" | "interpreted"
+IMPLEMENTATION: dict[str, str] = {}
+
+
+def _load_source(name: str, src: Path) -> None:
+    spec = importlib.util.spec_from_file_location(f"{__name__}.{name}", src)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
+    setattr(sys.modules[__name__], name, module)
+
+
+def _choose() -> None:
+    here = Path(__file__).parent
+    off = os.environ.get("AD_COMPILED", "").strip().lower() in ("0", "false", "no", "off")
+    for name in COMPILED:
+        src = here / f"{name}.py"
+        built = [p for p in (here / f"{name}{s}" for s in EXTENSION_SUFFIXES) if p.exists()]
+        if not built:
+            IMPLEMENTATION[name] = "interpreted"
+            continue
+        stale = src.stat().st_mtime > max(p.stat().st_mtime for p in built)
+        if stale and not off:
+            warnings.warn(f"flows/{name}.py is newer than its compiled module: running the "
+                          "source (rebuild with `make install`)", stacklevel=3)
+        if off or stale:
+            _load_source(name, src)
+            IMPLEMENTATION[name] = "interpreted"
+        else:
+            IMPLEMENTATION[name] = "compiled"
+
+
+_choose()
