@@ -78,9 +78,6 @@ class Flow:
                  snapshot_s: int, log: Path, marks: Path, processes: int = 1,
                  profile: str = "") -> None:
         cmd = [PY, "-m", "bytewax.run", target, "-w", str(workers)]
-        if profile:  # py-spy (pip install py-spy) records the process, raw folded stacks
-            spy = str(Path(PY).with_name("py-spy"))
-            cmd = [spy, "record", "-r", "250", "-f", "raw", "-o", profile, "--"] + cmd
         if recovery is not None:
             cmd += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
         addrs = ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
@@ -92,8 +89,14 @@ class Flow:
         with open(log, "ab") as out:
             for i in range(processes):
                 extra = ["-i", str(i), "-a", addrs] if processes > 1 else []
+                spy: list[str] = []
+                if profile:  # py-spy records each process: raw folded stacks
+                    native = ["--native"] if os.environ.get("BENCH_PROFILE_NATIVE") else []
+                    out_file = profile if processes == 1 else f"{profile}.p{i}"
+                    spy = [str(Path(PY).with_name("py-spy")), "record", "-r", "250", "-f",
+                           "raw", *native, "-o", out_file, "--"]
                 self.procs.append(subprocess.Popen(
-                    cmd + extra, cwd=ROOT,
+                    spy + cmd + extra, cwd=ROOT,
                     env={**env, "BENCH_MARKS": str(marks), "AD_PROCESS_ID": str(i)},
                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
         self.pid = self.procs[0].pid
@@ -293,7 +296,9 @@ class Bench:
         def flow(det: str, workers: int, procs: int, name: str) -> dict[str, Any]:
             env, _alerts = self.flow_env(src, tail=False, AD_DETECTOR=det)
             rec = init_recovery(self.work / f"rec-{name}-{uuid.uuid4().hex[:6]}")
-            prof = a.profile_flow if (workers, procs, det) == (1, 1, a.detector) else ""
+            prof = a.profile_flow if (workers, det) == (1, a.detector) else ""
+            if prof and procs > 1:
+                prof += f".{procs}p"
             r = timed_run("benchmarks.bench_flows:detector_flow()", env, workers, rec,
                           a.snapshot_s, self.work, name, timeout, procs, prof)
             r.update(detector=det, workers=workers * procs, processes=procs)
@@ -629,8 +634,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-restart", default="",
                    help="record the restarted flow with py-spy into this file")
     p.add_argument("--profile-flow", default="",
-                   help="record the 1-worker flow runs with py-spy into this file "
-                        "(sampling slows them: for where the time goes, not for speed)")
+                   help="record the 1-worker flow runs with py-spy into this file (the "
+                        "2-process run into FILE.2p.p0 and FILE.2p.p1) "
+                        "(sampling slows them: for where the time goes, not for speed; "
+                        "BENCH_PROFILE_NATIVE=1 adds native frames, which name the "
+                        "compiled modules' functions)")
     p.add_argument("--state-keys", default="10000,100000,1000000")
     p.add_argument("--state-spare-gib", type=float, default=6.0,
                    help="skip a state size that would leave less memory than this free")

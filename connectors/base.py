@@ -68,14 +68,18 @@ class MessageBatch:
     :func:`register_message_type`) plus their ``values``: the hot path reads the values
     and keeps the objects; a RawRecord is made only when one is needed (a dead letter,
     a model switch's origin, a hop to another process). Iterating yields RawRecords, so
-    it reads like a ``list[RawRecord]``."""
+    it reads like a ``list[RawRecord]``. ``group`` names the key group of the batch's
+    input partition (:func:`connectors.placement.partition_group`), where the source
+    knows it."""
 
-    __slots__ = ("values", "items", "source")
+    __slots__ = ("values", "items", "source", "group")
 
-    def __init__(self, values: list[bytes | None], items: list[Any], source: str) -> None:
+    def __init__(self, values: list[bytes | None], items: list[Any], source: str,
+                 group: str | None = None) -> None:
         self.values = values
         self.items = items
         self.source = source
+        self.group = group
 
     def __len__(self) -> int:
         return len(self.items)

@@ -41,6 +41,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from connectors import placement
 from connectors.base import (
     MessageBatch,
     OutRecord,
@@ -112,16 +113,20 @@ def ensure_topic(brokers: str, topic: str, partitions: int,
         time.sleep(0.1)
 
 
-class _KafkaSourcePartition(StatefulSourcePartition[list[RawRecord], int]):
+class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[int, str]]):
     def __init__(self, conf: dict[str, Any], topic: str, part: int, start: int,
-                 resume_state: int | None, tail: bool, batch_size: int,
-                 max_rate: float = 0.0) -> None:
+                 resume_state: tuple[int, str] | int | None, tail: bool, batch_size: int,
+                 group: str, max_rate: float = 0.0) -> None:
         self._consumer = Consumer(conf)
         low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, part), timeout=30)
+        if isinstance(resume_state, int):  # written by versions before key-group names
+            resume_state = (resume_state, group)
         if resume_state is not None:
-            self._offset = resume_state
+            self._offset, self._group = resume_state
         else:  # resolve the logical start now, so the first snapshot is a real offset
             self._offset = low if start == OFFSET_BEGINNING else high
+            self._group = group
+        placement.note_reader(self._group)
         self._consumer.assign([TopicPartition(topic, part, self._offset)])
         self._topic = topic
         self._part = part
@@ -154,7 +159,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[RawRecord], int]):
                 TopicPartition(self._topic, self._part), cached=True)
             if high is not None and high >= 0:
                 self._lag.set(max(0, high - self._offset))
-            return [MessageBatch([m.value() for m in out], out, self._source)]
+            return [MessageBatch([m.value() for m in out], out, self._source, self._group)]
         return []
 
     def _with_errors(self, msgs: list[Message]) -> list[Message]:
@@ -186,20 +191,24 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[RawRecord], int]):
     def next_awake(self) -> datetime | None:
         return self._awake
 
-    def snapshot(self) -> int:
-        return self._offset
+    def snapshot(self) -> tuple[int, str]:
+        return (self._offset, self._group)
 
     def close(self) -> None:
         self._consumer.close()
 
 
-class KafkaSource(FixedPartitionedSource[list[RawRecord], int]):
+class KafkaSource(FixedPartitionedSource[list[MessageBatch], tuple[int, str]]):
     """Read topics in batches; one Bytewax partition per Kafka partition.
 
-    Resume state: the offset of the next record to read in that partition (an
-    ``int``). Offsets live only in Bytewax snapshots; nothing is committed to Kafka.
+    Resume state: ``(offset, group)``: the offset of the next record to read in that
+    partition, and the key-group name of the partition
+    (:func:`connectors.placement.partition_group`, fixed when the partition is first
+    read, so it survives rescaling and added partitions). A bare ``int`` offset, as
+    earlier versions wrote, is read too. Offsets live only in Bytewax snapshots;
+    nothing is committed to Kafka.
     Emits one item per poll: a :class:`MessageBatch` (up to ``batch_size`` records; it
-    iterates as RawRecords).
+    iterates as RawRecords; ``group`` is the partition's key-group name).
     With ``tail=False`` each partition stops at the end offset it had when the
     partition was built; ``max_rate`` (``?max_rate=`` records/s per partition) paces
     reads, e.g. for a backfill that must not flood the sinks. Reads ``read_committed``
@@ -218,14 +227,21 @@ class KafkaSource(FixedPartitionedSource[list[RawRecord], int]):
         self._batch = batch_size
         self._rate = max_rate
         self._extra = dict(extra or {})
+        self._parts: list[str] | None = None
 
     def list_parts(self) -> list[str]:
         return [f"{t}#{p}" for t in self._topics
                 for p in _topic_partitions(self._brokers, t, self._extra)]
 
     def build_part(self, step_id: str, for_part: str,
-                   resume_state: int | None) -> _KafkaSourcePartition:
+                   resume_state: tuple[int, str] | int | None) -> _KafkaSourcePartition:
         topic, part = for_part.rsplit("#", 1)
+        group = ""
+        if not isinstance(resume_state, tuple):  # name the group once, from today's rank
+            if self._parts is None:
+                self._parts = self.list_parts()
+            group = placement.partition_group(for_part, placement.part_rank(for_part,
+                                                                            self._parts))
         conf = client_config(self._brokers, {
             "group.id": "BYTEWAX_IGNORED",
             "enable.auto.commit": "false",
@@ -241,7 +257,7 @@ class KafkaSource(FixedPartitionedSource[list[RawRecord], int]):
             **self._extra,
         })
         return _KafkaSourcePartition(conf, topic, int(part), self._start, resume_state,
-                                     self._tail, self._batch, self._rate)
+                                     self._tail, self._batch, group, self._rate)
 
 
 class _TxnSinkPartition(StatefulSinkPartition[OutRecord, int]):

@@ -24,6 +24,11 @@ CHECKPOINT_SECONDS = Histogram(
     "ad_checkpoint_duration_seconds", "Time for a sink snapshot (flush + commit)", ["sink"]
 )
 LAST_CHECKPOINT = Gauge("ad_last_checkpoint_timestamp_seconds", "Unix time of the last sink commit")
+REMOTE_KEY_GROUPS = Counter(
+    "ad_remote_key_groups_total",
+    "Key groups by input partition that run on another worker than the one reading "
+    "their partition (AD_KEY_BY=partition; every record then crosses between workers)",
+)
 MODEL_VERSION = Gauge(
     "ad_model_version_info", "Model version in use (value 1)", ["detector", "version"]
 )

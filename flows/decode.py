@@ -297,13 +297,16 @@ class Decoder:
         return good, bad
 
     def decode_grouped(
-        self, batch: list[RawRecord] | MessageBatch, groups: int, cache: dict[str, str]
+        self, batch: list[RawRecord] | MessageBatch, groups: int, cache: dict[str, str],
+        by_partition: bool = False,
     ) -> tuple[dict[str, SubBatch], list[tuple[str, OutRecord]]]:
         """Decode a batch straight into per-key-group :class:`SubBatch` columns.
 
         The same result as ``decode_batch`` followed by grouping (``key_group``; ``cache``
         memoises it): readings keep their input order within each key group, and a
-        control marker is placed in every key group at its position. The common JSON
+        control marker is placed in every key group at its position. With
+        ``by_partition`` the batch's whole partition is one key group (its
+        ``MessageBatch.group``), which gets every reading and marker. The common JSON
         record (the standard fields only, timestamp in epoch ms) is decoded and checked
         in C by msgspec, with no dict per record; anything else, and every record the
         fast path rejects, goes through ``decode_one`` and its exact error.
@@ -317,6 +320,12 @@ class Decoder:
             values, items = batch.values, batch.items
         else:
             values, items = [r.value for r in batch], batch
+        fixed: str | None = None
+        if by_partition:
+            fixed = getattr(batch, "group", None)
+            if not fixed:
+                raise ValueError("key groups by partition need batches that name their "
+                                 "partition's group (a Kafka source)")
         for data, raw in zip(values, items, strict=True):
             o = None
             if fast is not None and data is not None and len(data) <= maxb:
@@ -335,7 +344,7 @@ class Decoder:
                     bad.append(dead_letter(raw, exc.reason, str(exc), self.flow_id))
                     continue
                 if type(item) is not Reading:  # a control marker: every key group, in position
-                    for g in map(str, range(groups)):
+                    for g in (fixed,) if fixed is not None else map(str, range(groups)):
                         sub = parts.get(g)
                         if sub is None:
                             sub = parts[g] = SubBatch(g)
@@ -343,9 +352,12 @@ class Decoder:
                     cur.clear()
                     continue
                 sid, t, v, ten = item.sensor_id, item.ts, item.value, item.tenant_id
-            g = cache.get(sid)
-            if g is None:
-                g = cache[sid] = key_group(sid, groups)
+            if fixed is None:
+                g = cache.get(sid)
+                if g is None:
+                    g = cache[sid] = key_group(sid, groups)
+            else:
+                g = fixed
             c = cur.get(g)
             if c is None:
                 c = cur[g] = Columns()

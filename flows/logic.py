@@ -16,6 +16,7 @@ same input gives the same alerts with the same ``alert_id``.
 from __future__ import annotations
 
 import gc
+import logging
 import pickle
 import time
 from collections import OrderedDict
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from connectors import placement
 from connectors.base import OutRecord, RawRecord, as_raw
 from control import metrics
 from detectors import get_detector
@@ -47,6 +49,8 @@ __all__ = ["KeyGroupLogic", "key_group", "ALERT", "DLQ", "BUILTIN"]
 ALERT = "alert"
 DLQ = "dlq"
 BUILTIN = "builtin"
+
+log = logging.getLogger(__name__)
 
 
 class PackedState(bytes):
@@ -213,6 +217,7 @@ class KeyGroupLogic:
                     self.sensors, self.switches = saved
         # sensors held as objects (touched since the last snapshot)
         self._warm: set[str] = {sid for sid, s in self.sensors.items() if type(s) is not bytes}
+        self._placed = settings.key_by != "partition"  # placement checked (or moot)
 
     # -- Bytewax hooks -------------------------------------------------------------
     def on_batch(self, values: list[SubBatch]) -> tuple[Iterable, bool]:
@@ -220,6 +225,8 @@ class KeyGroupLogic:
         pending: dict[str, list[Closed]] = {}
         if self.group is None and values:
             self.group = getattr(values[0], "group", None)
+        if not self._placed and self.group is not None:
+            self._check_placement()
         lean = self.lean and self.spec.kind == "tumbling"
         for sub in values:
             for part in sub:
@@ -260,6 +267,18 @@ class KeyGroupLogic:
                 self.group, self._manifest, {sid: sensors[sid] for sid in changed},
                 sensors, self.switches)
             return pickle.dumps(self._manifest, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _check_placement(self) -> None:
+        """With key groups by partition, say so when this group does not run on the
+        worker reading its partition (connectors.placement): the output is the same,
+        but every record then crosses between workers."""
+        self._placed = True
+        if not placement.is_local(self.group):  # type: ignore[arg-type]
+            metrics.REMOTE_KEY_GROUPS.inc()
+            log.warning("key group %s runs on another worker than the one reading its "
+                        "partition: its records cross between workers (a worker count "
+                        "that does not divide %d, or a Bytewax whose placement changed)",
+                        self.group, placement.MODULUS)
 
     def _segments(self) -> SegmentStore:
         if self._store is None:

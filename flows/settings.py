@@ -26,6 +26,7 @@ class SettingsError(ValueError):
 
 WINDOWS = ("tumbling", "sliding", "session", "none")
 FORMATS = ("json", "avro", "protobuf")
+KEY_BY = ("sensor", "partition")
 EMITS = ("alerts", "all")
 
 
@@ -51,6 +52,10 @@ class Settings:
     threshold: float = 0.475  # the ensemble's NAB-optimised threshold (standard profile)
     emit: str = "alerts"
     key_groups: int = 64
+    #: "sensor": key groups by hash of sensor_id (any input); "partition": one key group
+    #: per input partition, kept on the worker that reads it (Kafka input partitioned
+    #: by sensor, as Kafka's default partitioner does with the sensor id as key)
+    key_by: str = "sensor"
     max_record_bytes: int = 1 << 20
     metrics_port: int = 0
     kafka: dict[str, str] = field(default_factory=dict)
@@ -82,6 +87,7 @@ _EXAMPLES = {
     "threshold": "0.99",
     "emit": "alerts",
     "key_groups": "64",
+    "key_by": "partition",
     "max_record_bytes": "1048576",
     "metrics_port": "9464",
     "flow_id": "plant-7-detector",
@@ -184,6 +190,11 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         raise _err("window", f"{s.window!r} is not one of {WINDOWS}")
     if s.emit not in EMITS:
         raise _err("emit", f"{s.emit!r} is not one of {EMITS}")
+    if s.key_by not in KEY_BY:
+        raise _err("key_by", f"{s.key_by!r} is not one of {KEY_BY}")
+    if s.key_by == "partition" and s.url("source").scheme != "kafka":
+        raise _err("key_by", "'partition' needs a kafka:// source (its partitions are "
+                   "stable and keyed by the producer); use 'sensor' for other sources")
     if s.window in ("tumbling", "sliding") and s.window_size <= 0:
         raise _err("window_size", "must be > 0")
     if s.window == "sliding" and not 0 < s.window_slide <= s.window_size:

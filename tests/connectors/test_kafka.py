@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaException
 
+from connectors import placement
 from connectors.base import OutRecord, parse_url
 from connectors.kafka import ExactlyOnceKafkaSink, KafkaSource, source_from_url
 from tests.kafka_util import produce, read_committed
@@ -40,12 +41,42 @@ def test_source_resumes_from_snapshot_without_gap_or_repeat(kafka_brokers: str,
     part = src.build_part("read", f"{topic}#0", None)
     first = _drain(part, limit=300)
     state = part.snapshot()
-    assert state == len(first)
+    group = placement.partition_group(f"{topic}#0", 0)
+    assert state == (len(first), group)
     part.close()
     part = src.build_part("read", f"{topic}#0", state)
-    rest = _drain(part)
+    rest = _drain(part, limit=300)
+    state2 = part.snapshot()
+    part.close()
+    # a bare offset, as earlier versions snapshotted, resumes the same way
+    part = src.build_part("read", f"{topic}#0", state2[0])
+    assert part.snapshot() == state2
+    rest += _drain(part)
     part.close()
     assert first + rest == [str(i) for i in range(1000)]
+
+
+def test_source_batches_carry_a_key_group_fixed_at_first_read(kafka_brokers: str,
+                                                              kafka_topic: Any) -> None:
+    topic = kafka_topic(3)
+    produce(kafka_brokers, topic, [(f"k{i}", b"x") for i in range(60)])
+    src = KafkaSource(kafka_brokers, [topic], tail=False, batch_size=100)
+    for rank, p in enumerate(src.list_parts()):
+        part = src.build_part("read", p, None)
+        groups = set()
+        for _ in range(200):
+            try:
+                groups.update(b.group for b in part.next_batch())
+            except StopIteration:
+                break
+        offset, group = part.snapshot()
+        part.close()
+        assert group == placement.partition_group(p, rank) and groups <= {group}
+        assert all(placement.route(group, w) == rank % w for w in range(1, 9))
+        # the name is kept from the resume state, whatever the ranks are now
+        part = src.build_part("read", p, (offset, "renamed"))
+        assert part.snapshot() == (offset, "renamed")
+        part.close()
 
 
 def test_source_tail_false_stops_at_the_end_seen_at_start(kafka_brokers: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,30 @@ def test_two_processes_with_crashes(
     assert kills >= 3
     assert_same_output(reference[0], read_committed(kafka_brokers, alerts), "alert_id")
     assert_same_output(reference[1], read_committed(kafka_brokers, dlq), "dlq_id")
+
+
+def test_key_groups_by_partition_crashed_and_rescaled(
+    kafka_brokers: str, kafka_topic: Any, crash_input: tuple[str, int, int],
+    reference: tuple[list[dict], list[dict]], tmp_path: Path,
+) -> None:
+    """AD_KEY_BY=partition (the input is keyed by sensor): 2 processes killed, then
+    rescaled to 1 process x 3 workers and killed again: exactly the output of key
+    groups by sensor, and every key group ran where its partition was read."""
+    src, _n, _bad = crash_input
+    alerts, dlq = kafka_topic(4), kafka_topic(2)
+    env = _env(kafka_brokers, src, alerts, dlq, AD_KEY_BY="partition")
+    rec, log = init_recovery(tmp_path / "rec"), tmp_path / "flow.log"
+    procs = FlowProcs(env, rec, workers=1, processes=2, log=log)
+    time.sleep(3.0)
+    assert procs.running(), "the flow finished before the first kill"
+    procs.kill()
+    kills = crash_run(env, rec, kills=2, workers=3, log=log, seed=11, min_s=1.5, max_s=3.0)
+    assert kills >= 2
+    assert_same_output(reference[0], read_committed(kafka_brokers, alerts), "alert_id")
+    assert_same_output(reference[1], read_committed(kafka_brokers, dlq), "dlq_id")
+    text = log.read_text()
+    assert "runs on another worker" not in text
+    assert list((rec / "ad-state").glob(f"kg-{src}#*~*")), "no key group per partition"
 
 
 def _stack(*args: str) -> None:

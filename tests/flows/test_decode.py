@@ -247,3 +247,27 @@ def test_decode_grouped_reads_client_messages_like_raw_records() -> None:
     assert back.raws == [as_raw(m) for m in cols.raws]
     cols.raws[1] = as_raw(cols.raws[1])  # a part may mix both (general-path readings)
     assert pickle.loads(pickle.dumps(cols)).raws == back.raws
+
+
+def test_decode_grouped_by_partition_puts_the_batch_in_its_group() -> None:
+    """Key groups by partition: every reading and marker of a batch goes to the batch's
+    group, in input order; dead letters are the same as by sensor."""
+    from connectors.base import MessageBatch
+
+    raws = [_raw(json.dumps({"sensor_id": f"s{i % 7}", "timestamp": 1_767_225_600_000 + i,
+                             "value": i / 3}).encode(), i) for i in range(100)]
+    raws[10] = _raw(b"not json", 10)
+    raws[40] = _raw(CONTROL_PREFIX + b'{"type": "model", "version": "v2"}', 40)
+    d = Decoder("json")
+    by_sensor, want_bad = d.decode_grouped(raws, 4, {})
+    batch = MessageBatch([r.value for r in raws], raws, "kafka:in", "in#0~5")
+    parts, bad = d.decode_grouped(batch, 4, {}, by_partition=True)
+    assert bad == want_bad and list(parts) == ["in#0~5"]
+    items = parts["in#0~5"].items()
+    assert [x.raw for x in items] == [r for i, r in enumerate(raws) if i != 10]
+    assert type(items[39]) is Control
+    assert sorted((x.sensor_id, x.ts) for x in items if type(x) is Reading) == sorted(
+        (x.sensor_id, x.ts) for sub in by_sensor.values() for x in sub.items()
+        if type(x) is Reading)
+    with pytest.raises(ValueError, match="partition"):
+        d.decode_grouped(raws, 4, {}, by_partition=True)

@@ -37,6 +37,8 @@ def test_env_overrides_yaml(tmp_path: Path) -> None:
     ({"AD_DETECTOR_PARAMS": "[1]"}, "JSON object"),
     ({"AD_WINDOW": "sliding", "AD_WINDOW_SIZE": "10s", "AD_WINDOW_SLIDE": "20s"},
      "window_slide"),
+    ({"AD_KEY_BY": "tenant"}, "AD_KEY_BY=partition"),
+    ({"AD_KEY_BY": "partition", "AD_SOURCE": "redis://127.0.0.1:6379/s"}, "kafka://"),
 ])
 def test_bad_configuration_names_the_key_and_an_example(env: dict, needle: str) -> None:
     with pytest.raises(SettingsError, match=None) as exc:
