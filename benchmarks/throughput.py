@@ -293,15 +293,17 @@ class Bench:
             return timed_run("benchmarks.bench_flows:baseline_flow()", env, 1, rec,
                              a.snapshot_s, self.work, "baseline", timeout)
 
-        def flow(det: str, workers: int, procs: int, name: str) -> dict[str, Any]:
-            env, _alerts = self.flow_env(src, tail=False, AD_DETECTOR=det)
+        def flow(det: str, workers: int, procs: int, key_by: str, name: str) -> dict[str, Any]:
+            env, _alerts = self.flow_env(src, tail=False, AD_DETECTOR=det, AD_KEY_BY=key_by)
             rec = init_recovery(self.work / f"rec-{name}-{uuid.uuid4().hex[:6]}")
             prof = a.profile_flow if (workers, det) == (1, a.detector) else ""
+            if prof and key_by != "sensor":
+                prof += f".{key_by}"
             if prof and procs > 1:
                 prof += f".{procs}p"
             r = timed_run("benchmarks.bench_flows:detector_flow()", env, workers, rec,
                           a.snapshot_s, self.work, name, timeout, procs, prof)
-            r.update(detector=det, workers=workers * procs, processes=procs)
+            r.update(detector=det, workers=workers * procs, processes=procs, key_by=key_by)
             return r
 
         if "ceiling" in a.sections:
@@ -309,14 +311,21 @@ class Bench:
         if "baseline" in a.sections:
             runs.append(("baseline", baseline))
         if "flow" in a.sections:
-            # (detector, workers per process, processes); 2 workers as 2 threads of one
-            # process (-w 2) and as 2 processes (-i/-a): threads share one GIL
-            variants = [(a.detector, 1, 1), (a.detector, 2, 1), (a.detector, 1, 2)]
+            # (detector, workers per process, processes, key groups by); 2 workers as 2
+            # threads of one process (-w 2) and as 2 processes (-i/-a): threads share
+            # one GIL. Key groups by sensor (the default) send about half the records
+            # between 2 processes; by partition (AD_KEY_BY=partition: the input is keyed
+            # by sensor) each group stays on the worker that reads its partition.
+            d = a.detector
+            variants = [(d, 1, 1, "sensor"), (d, 2, 1, "sensor"), (d, 1, 2, "sensor"),
+                        (d, 1, 1, "partition"), (d, 1, 2, "partition")]
             if a.mad and a.detector != "mad":
-                variants.append(("mad", 1, 1))
-            for det, workers, procs in variants:
-                name = f"flow_{det}_w{workers}" + (f"x{procs}p" if procs > 1 else "")
-                runs.append((name, lambda d=det, w=workers, p=procs, n=name: flow(d, w, p, n)))
+                variants.append(("mad", 1, 1, "sensor"))
+            for det, workers, procs, key_by in variants:
+                name = (f"flow_{det}_w{workers}" + (f"x{procs}p" if procs > 1 else "")
+                        + ("_bypart" if key_by == "partition" else ""))
+                runs.append((name, lambda d=det, w=workers, p=procs, k=key_by, n=name:
+                             flow(d, w, p, k, n)))
         return runs
 
     # 4 ---------------------------------------------------------------------------------

@@ -27,11 +27,13 @@ def test_throughput_benchmark_runs_at_a_tiny_size(kafka_brokers: str, tmp_path: 
 
     tp = res["throughput"]
     assert set(tp) == {"ceiling", "baseline", "flow_ensemble_w1", "flow_ensemble_w2",
-                       "flow_ensemble_w1x2p"}
+                       "flow_ensemble_w1x2p", "flow_ensemble_w1_bypart",
+                       "flow_ensemble_w1x2p_bypart"}
     for name, row in tp.items():
         assert row["records"] == RECORDS, name  # every record was read, by every run
         assert row["seconds"] > 0 and row["events_per_s"] > 0, name
     assert tp["flow_ensemble_w1x2p"]["processes"] == 2
+    assert tp["flow_ensemble_w1x2p_bypart"]["key_by"] == "partition"
 
     (lat,) = res["latency"]
     assert lat["snapshot_s"] == 1 and lat["target_ms"] == 1250
