@@ -5,26 +5,32 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from connectors.base import RawRecord
+from connectors.base import MessageBatch, RawRecord
 from control.markers import encode_marker
 from flows.settings import load_settings
 from state import model_store
 
 
-def _run(records: list[bytes]) -> list[dict]:
+def _run(records: list[bytes], key_by: str) -> list[dict]:
     from flows.detector import build_flow
 
     alerts: list = []
-    batches = [[RawRecord(r, "t", "0", str(i))] for i, r in enumerate(records)]
-    env = {"AD_WINDOW": "none", "AD_EMIT": "all", "AD_DETECTOR": "mad", "AD_KEY_GROUPS": "2"}
+    batches: list = [[RawRecord(r, "t", "0", str(i))] for i, r in enumerate(records)]
+    env = {"AD_WINDOW": "none", "AD_EMIT": "all", "AD_DETECTOR": "mad", "AD_KEY_GROUPS": "2",
+           "AD_KEY_BY": key_by}
+    if key_by == "partition":  # as the Kafka source emits them (the source is not read)
+        env["AD_SOURCE"] = "kafka://127.0.0.1:9/t"
+        batches = [MessageBatch([b[0].value], b, "t", "t#0~7") for b in batches]
     run_main(build_flow(load_settings(env), source=TestingSource(batches),
                         sink=TestingSink(alerts), dlq=TestingSink([])))
     return [json.loads(r.value) for _k, r in alerts]
 
 
-def test_switch_applies_at_the_marker_with_per_key_models(tmp_path: Path) -> None:
+@pytest.mark.parametrize("key_by", ["sensor", "partition"])
+def test_switch_applies_at_the_marker_with_per_key_models(tmp_path: Path, key_by: str) -> None:
     base = {"detector": "mad", "params": {"window": 16, "min_periods": 4, "z_scale": 4.0}}
     model = {**base, "version": "v2",
              # sensor "a" gets a model of its own that never saturates; "b" the pooled one
@@ -38,7 +44,7 @@ def test_switch_applies_at_the_marker_with_per_key_models(tmp_path: Path) -> Non
             rows.append(json.dumps({"sensor_id": s, "timestamp": i * 1000, "value": v}).encode())
         if i == 30:
             rows.append(encode_marker("mad", "v2", ref))
-    out = _run(rows)
+    out = _run(rows, key_by)
     by = {(r["sensor_id"], r["window_start"]): r for r in out}
     t = "1970-01-01T00:00:{:02d}.000Z".format
     assert by[("a", t(30))]["model_version"] == "builtin-1"
