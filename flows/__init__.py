@@ -2,15 +2,18 @@
 
 The per-record modules (``COMPILED``) may also exist compiled (``setup.py``, Cython),
 which Python imports in preference to the source. Before any of them is imported, this
-package makes sure a compiled module is never used in place of newer source: where a
-``.py`` is newer than its extension module (edited since the last ``make install``),
-or where ``AD_COMPILED=0``, the source is loaded instead (with a warning for the stale
-case). ``IMPLEMENTATION`` says, per module, which one runs.
+package makes sure a compiled module never stands in for different source: the build
+records each source's SHA-256 in ``_compiled.json``, and where a ``.py`` no longer has
+that digest (edited since the last ``make install``), or where ``AD_COMPILED=0``, the
+source is loaded instead (with a warning for the stale case). ``IMPLEMENTATION`` says,
+per module, which one runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import sys
 import warnings
@@ -42,16 +45,22 @@ def _load_source(name: str, src: Path) -> None:
 def _choose() -> None:
     here = Path(__file__).parent
     off = os.environ.get("AD_COMPILED", "").strip().lower() in ("0", "false", "no", "off")
+    digests: dict[str, str] | None = None
     for name in COMPILED:
         src = here / f"{name}.py"
         built = [p for p in (here / f"{name}{s}" for s in EXTENSION_SUFFIXES) if p.exists()]
         if not built:
             IMPLEMENTATION[name] = "interpreted"
             continue
-        stale = src.stat().st_mtime > max(p.stat().st_mtime for p in built)
+        if digests is None:
+            try:
+                digests = json.loads((here / "_compiled.json").read_text())
+            except (OSError, ValueError):
+                digests = {}
+        stale = digests.get(f"{__name__}.{name}") != hashlib.sha256(src.read_bytes()).hexdigest()
         if stale and not off:
-            warnings.warn(f"flows/{name}.py is newer than its compiled module: running the "
-                          "source (rebuild with `make install`)", stacklevel=3)
+            warnings.warn(f"flows/{name}.py differs from the source of its compiled module: "
+                          "running the source (rebuild with `make install`)", stacklevel=3)
         if off or stale:
             _load_source(name, src)
             IMPLEMENTATION[name] = "interpreted"
