@@ -239,7 +239,7 @@ class Bench:
                          f"&batch={self.a.batch}",
             "AD_SINK": f"kafka://{self.brokers}/{alerts}",
             "AD_DLQ": f"kafka://{self.brokers}/{dlq}?partitions=1",
-            "AD_FLOW_ID": flow_id, "AD_DETECTOR": self.a.detector}
+            "AD_FLOW_ID": flow_id, "AD_DETECTOR": self.a.detector, "AD_KEY_BY": self.a.key_by}
         settings.update(extra)
         env = flow_env(**settings)
         return env, alerts
@@ -637,6 +637,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-rate", type=float, default=0.0, help="absolute rate (overrides)")
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--latency-warmup", type=float, default=3.0)
+    p.add_argument("--key-by", default="sensor", choices=("sensor", "partition"),
+                   help="AD_KEY_BY of the latency and recovery flows (the throughput "
+                        "section runs both)")
     p.add_argument("--latency-snapshots", default="1", help="snapshot intervals, e.g. 1,2")
     p.add_argument("--recovery-keys", type=int, default=1_000_000)
     p.add_argument("--recovery-timeout", type=float, default=1800.0)

@@ -102,7 +102,8 @@ _DURATIONS = {"window_size", "window_slide", "session_gap", "allowed_lateness", 
 _URLS = {"source", "sink", "dlq"}
 _KNOWN = {f.name for f in fields(Settings)}
 # AD_ variables that belong to other tools, not to the flow's settings.
-_FOREIGN = {"config", "process_id", "metrics_addr", "stack_dir", "keep_stack", "state_dir"}
+_FOREIGN = {"config", "process_id", "metrics_addr", "stack_dir", "keep_stack", "state_dir",
+            "compiled", "require_compiled"}
 
 
 def _err(key: str, msg: str) -> SettingsError:

@@ -12,7 +12,7 @@ stores is a small :class:`Manifest` naming that chain, so it is written atomical
 the epoch's other state and a resume reads exactly the chain of the resumed epoch.
 
 Crash safety, in order: a segment is written to a temporary name, flushed (``fsync``
-unless ``AD_STATE_FSYNC=0``) and renamed before its manifest is returned to Bytewax;
+unless ``AD_SNAPSHOT_FSYNC=false``) and renamed before its manifest is returned to Bytewax;
 segment names are unique per process start, so a replayed epoch never overwrites a
 segment an older manifest refers to; segments from epochs that never committed are
 never referenced. When the deltas outgrow the base, the next snapshot writes a new base
