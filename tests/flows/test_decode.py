@@ -202,6 +202,15 @@ def test_sub_batches_cross_processes_as_columns() -> None:
     assert rows(back) == rows(sub) and len(rows(sub)) == 4
 
 
+def _mixed(n: int, bad: int, marker: int) -> list[RawRecord]:
+    """Readings of 7 sensors with one undecodable record and one model-switch marker."""
+    raws = [_raw(json.dumps({"sensor_id": f"s{i % 7}", "timestamp": 1_767_225_600_000 + i,
+                             "value": i / 3}).encode(), i) for i in range(n)]
+    raws[bad] = _raw(b"not json", bad)
+    raws[marker] = _raw(CONTROL_PREFIX + b'{"type": "model", "version": "v2"}', marker)
+    return raws
+
+
 class _Msg:
     """A client message object, as a MessageBatch holds them."""
 
@@ -224,10 +233,7 @@ def test_decode_grouped_reads_client_messages_like_raw_records() -> None:
         return m.r
 
     register_message_type(_Msg, to_raw)
-    raws = [_raw(json.dumps({"sensor_id": f"s{i % 7}", "timestamp": 1_767_225_600_000 + i,
-                             "value": i / 3}).encode(), i) for i in range(200)]
-    raws[50] = _raw(b"not json", 50)
-    raws[90] = _raw(CONTROL_PREFIX + b'{"type": "model", "version": "v2"}', 90)
+    raws = _mixed(200, bad=50, marker=90)
     d = Decoder("json")
     want_parts, want_bad = d.decode_grouped(raws, 4, {})
     batch = MessageBatch([r.value for r in raws], [_Msg(r) for r in raws], "kafka:in")
@@ -254,10 +260,7 @@ def test_decode_grouped_by_partition_puts_the_batch_in_its_group() -> None:
     group, in input order; dead letters are the same as by sensor."""
     from connectors.base import MessageBatch
 
-    raws = [_raw(json.dumps({"sensor_id": f"s{i % 7}", "timestamp": 1_767_225_600_000 + i,
-                             "value": i / 3}).encode(), i) for i in range(100)]
-    raws[10] = _raw(b"not json", 10)
-    raws[40] = _raw(CONTROL_PREFIX + b'{"type": "model", "version": "v2"}', 40)
+    raws = _mixed(100, bad=10, marker=40)
     d = Decoder("json")
     by_sensor, want_bad = d.decode_grouped(raws, 4, {})
     batch = MessageBatch([r.value for r in raws], raws, "kafka:in", "in#0~5")
