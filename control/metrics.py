@@ -29,6 +29,11 @@ REMOTE_KEY_GROUPS = Counter(
     "Key groups by input partition that run on another worker than the one reading "
     "their partition (AD_KEY_BY=partition; every record then crosses between workers)",
 )
+UNKEYED_BATCHES = Counter(
+    "ad_unkeyed_input_batches_total",
+    "Input batches whose sampled record has no key, with AD_KEY_BY=partition (which "
+    "assumes records keyed by sensor)",
+)
 MODEL_VERSION = Gauge(
     "ad_model_version_info", "Model version in use (value 1)", ["detector", "version"]
 )

@@ -8,6 +8,7 @@ sensor) -> alerts sink; bad records and late data -> dead-letter sink. Configure
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,7 +17,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
 from connectors import make_sink, make_source
-from connectors.base import MessageBatch, OutRecord, RawRecord
+from connectors.base import MessageBatch, OutRecord, RawRecord, as_raw
 from control import metrics
 from flows.decode import Decoder
 from flows.logic import ALERT, DLQ, KeyGroupLogic, Models
@@ -24,6 +25,8 @@ from flows.settings import Settings, load_settings
 from state.snapshots import resolve_snapshot_dir
 
 __all__ = ["build_flow", "flow"]
+
+log = logging.getLogger(__name__)
 
 
 class _Detect(KeyGroupLogic, StatefulBatchLogic):
@@ -41,8 +44,10 @@ def _decode_step(settings: Settings) -> Any:
         """One input batch -> (key group, SubBatch of columns) items + dead letters."""
         parts, bad = decoder.decode_grouped(batch, groups, cache, by_partition)
         if len(batch):
-            src = batch.source if type(batch) is MessageBatch else batch[0].source
-            metrics.RECORDS_IN.labels(src).inc(len(batch))
+            msgs = batch.items if type(batch) is MessageBatch else batch
+            metrics.RECORDS_IN.labels(as_raw(msgs[0]).source).inc(len(batch))
+            if by_partition:
+                _check_keyed(as_raw(msgs[-1]))
         out: list[tuple[str, Any]] = [(DLQ, b) for b in bad]
         for _k, rec in bad:
             metrics.DEAD_LETTERS.labels(rec_reason(rec)).inc()
@@ -50,6 +55,24 @@ def _decode_step(settings: Settings) -> Any:
         return out
 
     return decode
+
+
+_warned_unkeyed = False
+
+
+def _check_keyed(raw: RawRecord) -> None:
+    """Key groups by partition assume each sensor stays in one partition, which Kafka
+    gives when producers key records by sensor. A record without a key (one per batch
+    is looked at) means they do not: say so, once, and count such batches."""
+    global _warned_unkeyed
+    if raw.key is None:
+        metrics.UNKEYED_BATCHES.inc()
+        if not _warned_unkeyed:
+            _warned_unkeyed = True
+            log.warning("AD_KEY_BY=partition, but %s/%s has records without a key: Kafka "
+                        "then spreads a sensor over partitions, and each partition keeps "
+                        "a state of its own for it; key records by sensor_id or use "
+                        "AD_KEY_BY=sensor", raw.source, raw.partition)
 
 
 def rec_reason(rec: OutRecord) -> str:
