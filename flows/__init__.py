@@ -57,7 +57,8 @@ def _choose() -> None:
                 digests = json.loads((here / "_compiled.json").read_text())
             except (OSError, ValueError):
                 digests = {}
-        stale = digests.get(f"{__name__}.{name}") != hashlib.sha256(src.read_bytes()).hexdigest()
+        stale = src.exists() and (  # (an install may ship the compiled module alone)
+            digests.get(f"{__name__}.{name}") != hashlib.sha256(src.read_bytes()).hexdigest())
         if stale and not off:
             warnings.warn(f"flows/{name}.py differs from the source of its compiled module: "
                           "running the source (rebuild with `make install`)", stacklevel=3)
