@@ -35,7 +35,6 @@ test: $(STAMP) $(BUILT)
 	bash stack/prereqs.sh
 	@started=$$(PYTHON=$(BIN)/python bash stack/stack.sh status >/dev/null 2>&1 && echo no || echo yes); \
 	PYTHON=$(BIN)/python bash stack/stack.sh up || exit 1; \
-	export AD_REQUIRE_COMPILED=$$(command -v cc >/dev/null && echo 1); \
 	rc=0; $(BIN)/python -m pytest -q -ra --durations=15 $(PYTEST_ARGS) || rc=$$?; \
 	if [ "$$started" = yes ] && [ -z "$$AD_KEEP_STACK" ]; then PYTHON=$(BIN)/python bash stack/stack.sh down; fi; \
 	exit $$rc

@@ -103,7 +103,7 @@ _URLS = {"source", "sink", "dlq"}
 _KNOWN = {f.name for f in fields(Settings)}
 # AD_ variables that belong to other tools, not to the flow's settings.
 _FOREIGN = {"config", "process_id", "metrics_addr", "stack_dir", "keep_stack", "state_dir",
-            "compiled", "require_compiled"}
+            "compiled"}
 
 
 def _err(key: str, msg: str) -> SettingsError:
