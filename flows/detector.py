@@ -44,10 +44,13 @@ def _decode_step(settings: Settings) -> Any:
         """One input batch -> (key group, SubBatch of columns) items + dead letters."""
         parts, bad = decoder.decode_grouped(batch, groups, cache, by_partition)
         if len(batch):
-            msgs = batch.items if type(batch) is MessageBatch else batch
-            metrics.RECORDS_IN.labels(as_raw(msgs[0]).source).inc(len(batch))
+            if type(batch) is MessageBatch:
+                src, last = batch.source, batch.items[-1]
+            else:
+                src, last = batch[0].source, batch[-1]
+            metrics.RECORDS_IN.labels(src).inc(len(batch))
             if by_partition:
-                _check_keyed(as_raw(msgs[-1]))
+                _check_keyed(as_raw(last))
         out: list[tuple[str, Any]] = [(DLQ, b) for b in bad]
         for _k, rec in bad:
             metrics.DEAD_LETTERS.labels(rec_reason(rec)).inc()
@@ -99,8 +102,8 @@ def tune_gc() -> None:
     nothing waits longer to be freed.
     """
     gc.freeze()
-    _, t1, t2 = gc.get_threshold()
-    gc.set_threshold(max(GC_THRESHOLD, gc.get_threshold()[0]), t1, t2)
+    t0, t1, t2 = gc.get_threshold()
+    gc.set_threshold(max(GC_THRESHOLD, t0), t1, t2)
 
 
 def build_flow(settings: Settings | None = None, *, source: Any = None, sink: Any = None,
