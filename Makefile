@@ -5,8 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUILT := $(VENV)/.compiled
-# the per-record modules setup.py compiles with Cython (interpreted where that fails)
-COMPILED_SRC := setup.py flows/windows.py flows/records.py flows/decode.py flows/logic.py
+# setup.py compiles flows' per-record modules with Cython (interpreted where that fails)
+COMPILED_SRC := setup.py $(wildcard flows/*.py)
 WORKERS ?= 1
 
 .PHONY: run test install stack-up stack-down stack-status lint bench-nab bench-throughput clean

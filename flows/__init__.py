@@ -45,21 +45,18 @@ def _load_source(name: str, src: Path) -> None:
 def _choose() -> None:
     here = Path(__file__).parent
     off = os.environ.get("AD_COMPILED", "").strip().lower() in ("0", "false", "no", "off")
-    digests: dict[str, str] | None = None
+    try:
+        digests: dict[str, str] = json.loads((here / "_compiled.json").read_text())
+    except (OSError, ValueError):
+        digests = {}
     for name in COMPILED:
         src = here / f"{name}.py"
-        built = [p for p in (here / f"{name}{s}" for s in EXTENSION_SUFFIXES) if p.exists()]
-        if not built:
+        if not any((here / f"{name}{s}").exists() for s in EXTENSION_SUFFIXES):
             IMPLEMENTATION[name] = "interpreted"
             continue
-        if digests is None:
-            try:
-                digests = json.loads((here / "_compiled.json").read_text())
-            except (OSError, ValueError):
-                digests = {}
-        stale = src.exists() and (  # (an install may ship the compiled module alone)
+        stale = not off and src.exists() and (  # (an install may ship the compiled module alone)
             digests.get(f"{__name__}.{name}") != hashlib.sha256(src.read_bytes()).hexdigest())
-        if stale and not off:
+        if stale:
             warnings.warn(f"flows/{name}.py differs from the source of its compiled module: "
                           "running the source (rebuild with `make install`)", stacklevel=3)
         if off or stale:

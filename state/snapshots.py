@@ -99,16 +99,16 @@ class SegmentStore:
             prev.delta_bytes + _estimate(changed) > max(
                 self.compact_ratio * prev.base_bytes, self.min_compact_bytes))
         if base:
-            size = self._write(everything, "b")
-            segments: tuple[str, ...] = (self._last,)
+            name, size = self._write(everything, "b")
+            segments: tuple[str, ...] = (name,)
             manifest = Manifest(group, segments, size, 0, extra)
             self._chains.append(segments)
             self._collect()
             return manifest
         assert prev is not None
         if changed:
-            size = self._write(changed, "d")
-            segments = (*prev.segments, self._last)
+            name, size = self._write(changed, "d")
+            segments = (*prev.segments, name)
         else:
             size, segments = 0, prev.segments
         if self._chains:
@@ -116,9 +116,8 @@ class SegmentStore:
         return Manifest(group, segments, prev.base_bytes, prev.delta_bytes + size, extra)
 
     # -- internals -------------------------------------------------------------------
-    _last: str = ""
-
-    def _write(self, sensors: dict[str, Any], kind: str) -> int:
+    def _write(self, sensors: dict[str, Any], kind: str) -> tuple[str, int]:
+        """Write one segment; its file name and size."""
         self.root.mkdir(parents=True, exist_ok=True)
         self._seq += 1
         name = f"{kind}-{self._nonce}-{self._seq:09d}{_SUFFIX}"
@@ -132,8 +131,7 @@ class SegmentStore:
         os.replace(tmp, self.root / name)
         if self.fsync:
             _fsync_dir(self.root)
-        self._last = name
-        return len(data)
+        return name, len(data)
 
     def _collect(self) -> None:
         """Delete segment files in neither the current chain nor the ``keep`` before it."""
