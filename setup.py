@@ -31,8 +31,11 @@ class BuildExt(build_ext):
 
     def run(self) -> None:
         super().run()
-        built = {m: hashlib.sha256(_source(m).read_bytes()).hexdigest() for m in COMPILED
-                 if Path(self.get_ext_fullpath(m)).exists()}
+        built = {
+            m: hashlib.sha256(_source(m).read_bytes()).hexdigest()
+            for m in COMPILED
+            if Path(self.get_ext_fullpath(m)).exists()
+        }
         out = Path(self.get_ext_fullpath(COMPILED[0])).parent / "_compiled.json"
         out.write_text(json.dumps(built, indent=1, sort_keys=True) + "\n")
 

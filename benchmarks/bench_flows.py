@@ -94,8 +94,11 @@ def baseline_flow() -> Any:
     from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
     from bytewax.dataflow import Dataflow
 
-    brokers, src, dst = (os.environ["BENCH_BROKERS"], os.environ["BENCH_IN"],
-                         os.environ["BENCH_OUT"])
+    brokers, src, dst = (
+        os.environ["BENCH_BROKERS"],
+        os.environ["BENCH_IN"],
+        os.environ["BENCH_OUT"],
+    )
     flow = Dataflow("naive-baseline")
     source = KafkaSource([brokers], [src], tail=False, batch_size=2000)
     msgs = op.input("in", flow, TimedSource(source, lambda _m: 1))
@@ -115,7 +118,12 @@ def baseline_flow() -> Any:
 
     scored = op.stateful_map("score", keyed, zscore)
     alerts = op.filter("alerts", scored, lambda kv: abs(kv[1][1]) > 4.0)
-    out = op.map("out", alerts, lambda kv: KafkaSinkMessage(
-        kv[0].encode(), json.dumps({**kv[1][0], "z": kv[1][1]}).encode()))
+    out = op.map(
+        "out",
+        alerts,
+        lambda kv: KafkaSinkMessage(
+            kv[0].encode(), json.dumps({**kv[1][0], "z": kv[1][1]}).encode()
+        ),
+    )
     op.output("sink", out, KafkaSink([brokers], dst))
     return flow

@@ -31,9 +31,14 @@ def sensor_id(i: int) -> str:
 def reading(i: int, k: int, interval_ms: int, phase_ms: int = 0) -> bytes:
     """The k-th JSON reading of sensor ``i`` (deterministic, a noisy sine per sensor)."""
     v = 20.0 + (i % 50) + 5.0 * math.sin(k / 90.0 + i) + ((k * 7919 + i * 104729) % 1000) / 1e3
-    body = orjson.dumps({"sensor_id": sensor_id(i),
-                         "timestamp": START_MS + phase_ms + k * interval_ms,
-                         "value": round(v, 4), "tenant_id": f"t{i % 10}"})
+    body = orjson.dumps(
+        {
+            "sensor_id": sensor_id(i),
+            "timestamp": START_MS + phase_ms + k * interval_ms,
+            "value": round(v, 4),
+            "tenant_id": f"t{i % 10}",
+        }
+    )
     # a copy: each orjson.dumps result keeps ~4 KB resident while alive (measured with
     # orjson 3.13), which matters when the latency run holds a million of them
     return bytes(memoryview(body))
@@ -53,8 +58,13 @@ def dataset(records: int, sensors: int, interval_ms: int) -> Iterator[tuple[byte
 
 
 def producer(brokers: str, **extra: Any) -> Producer:
-    conf = {"bootstrap.servers": brokers, "linger.ms": 20, "batch.num.messages": 10000,
-            "queue.buffering.max.messages": 500000, "enable.idempotence": True}
+    conf = {
+        "bootstrap.servers": brokers,
+        "linger.ms": 20,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 500000,
+        "enable.idempotence": True,
+    }
     conf.update(extra)
     return Producer(conf)
 
@@ -106,11 +116,18 @@ def ceiling(brokers: str, src: str, dst: str, batch: int) -> dict[str, Any]:
     with the flow source's consumer settings (one consumer for all partitions) and the
     flow sink's producer settings (less transactions). Timed from the first record read
     to the last one delivered."""
-    c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-ceiling",
-                  "enable.auto.commit": "false", "enable.partition.eof": "true",
-                  "isolation.level": "read_committed", "fetch.wait.max.ms": "50",
-                  "queued.min.messages": "20000",
-                  "fetch.queue.backoff.ms": "10"})
+    c = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": "bench-ceiling",
+            "enable.auto.commit": "false",
+            "enable.partition.eof": "true",
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": "50",
+            "queued.min.messages": "20000",
+            "fetch.queue.backoff.ms": "10",
+        }
+    )
     parts = partitions(brokers, src)
     c.assign([TopicPartition(src, p, 0) for p in parts])
     p = Producer({"bootstrap.servers": brokers, "linger.ms": 5, "compression.type": "lz4"})
@@ -149,9 +166,15 @@ class Watcher(threading.Thread):
 
     def __init__(self, brokers: str, topic: str) -> None:
         super().__init__(daemon=True)
-        self.c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-watch",
-                           "enable.auto.commit": "false", "isolation.level": "read_committed",
-                           "fetch.wait.max.ms": "10"})
+        self.c = Consumer(
+            {
+                "bootstrap.servers": brokers,
+                "group.id": "bench-watch",
+                "enable.auto.commit": "false",
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": "10",
+            }
+        )
         self.c.assign([TopicPartition(topic, p, 0) for p in partitions(brokers, topic)])
         self.seen: list[tuple[float, bytes]] = []
         self.stop = threading.Event()
@@ -176,8 +199,14 @@ def iso_ms(text: str) -> int:
     return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def paced_produce(brokers: str, topic: str, payloads: list[tuple[bytes, bytes]], rate: float,
-                  times: list[float], tick: float = 0.01) -> None:
+def paced_produce(
+    brokers: str,
+    topic: str,
+    payloads: list[tuple[bytes, bytes]],
+    rate: float,
+    times: list[float],
+    tick: float = 0.01,
+) -> None:
     """Produce ``payloads`` at ``rate`` records/s in ticks; ``times[i]`` gets the wall time
     at which record ``i`` was handed to the producer (to within one tick's work)."""
     p = producer(brokers, **{"linger.ms": 5, "enable.idempotence": False})

@@ -63,8 +63,9 @@ def component_bytes(state: Any) -> dict[str, int]:
 
 
 def _touch(logic: KeyGroupLogic, g: str, sids: list[str], raw: RawRecord) -> None:
-    logic.on_batch([SubBatch.of(g, [Reading(sid, START_MS + 1000, 20.0, "t1", None, raw)
-                                    for sid in sids])])
+    logic.on_batch(
+        [SubBatch.of(g, [Reading(sid, START_MS + 1000, 20.0, "t1", None, raw) for sid in sids])]
+    )
 
 
 def measure(keys: int, detector: str, mode: str = "live", groups: int = 64) -> dict[str, Any]:
@@ -111,8 +112,10 @@ def measure(keys: int, detector: str, mode: str = "live", groups: int = 64) -> d
     def store(epoch: int) -> float:
         t = time.perf_counter()
         with db:
-            db.executemany("INSERT INTO snaps VALUES (?, ?, ?, ?)",
-                           [("detect", g, epoch, m) for g, m in manifests.items()])
+            db.executemany(
+                "INSERT INTO snaps VALUES (?, ?, ?, ?)",
+                [("detect", g, epoch, m) for g, m in manifests.items()],
+            )
         return time.perf_counter() - t
 
     for g, logic in logics.items():  # full: every group writes a base

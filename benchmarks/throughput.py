@@ -74,9 +74,18 @@ class Flow:
     After ``wait``: ``ended`` (last exit), ``cpu_s`` (user+sys of all processes) and
     ``peak_rss`` (sum of each process's peak RSS)."""
 
-    def __init__(self, target: str, env: dict[str, str], workers: int, recovery: Path | None,
-                 snapshot_s: int, log: Path, marks: Path, processes: int = 1,
-                 profile: str = "") -> None:
+    def __init__(
+        self,
+        target: str,
+        env: dict[str, str],
+        workers: int,
+        recovery: Path | None,
+        snapshot_s: int,
+        log: Path,
+        marks: Path,
+        processes: int = 1,
+        profile: str = "",
+    ) -> None:
         cmd = [PY, "-m", "bytewax.run", target, "-w", str(workers)]
         if recovery is not None:
             cmd += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
@@ -93,12 +102,28 @@ class Flow:
                 if profile:  # py-spy records each process: raw folded stacks
                     native = ["--native"] if os.environ.get("BENCH_PROFILE_NATIVE") else []
                     out_file = profile if processes == 1 else f"{profile}.p{i}"
-                    spy = [str(Path(PY).with_name("py-spy")), "record", "-r", "250", "-f",
-                           "raw", *native, "-o", out_file, "--"]
-                self.procs.append(subprocess.Popen(
-                    spy + cmd + extra, cwd=ROOT,
-                    env={**env, "BENCH_MARKS": str(marks), "AD_PROCESS_ID": str(i)},
-                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+                    spy = [
+                        str(Path(PY).with_name("py-spy")),
+                        "record",
+                        "-r",
+                        "250",
+                        "-f",
+                        "raw",
+                        *native,
+                        "-o",
+                        out_file,
+                        "--",
+                    ]
+                self.procs.append(
+                    subprocess.Popen(
+                        spy + cmd + extra,
+                        cwd=ROOT,
+                        env={**env, "BENCH_MARKS": str(marks), "AD_PROCESS_ID": str(i)},
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
         self.pid = self.procs[0].pid
         self._done: dict[int, tuple[float, int, Any]] = {}
         self.ended: float | None = None
@@ -184,24 +209,52 @@ class Flow:
                 elif kind == "end":
                     ends += 1
                     records += int(rest[0]) if rest else 0
-        return {"first": min(first) if first else None, "built": len(built),
-                "built_last": max(built) if built else None, "records": records, "ends": ends}
+        return {
+            "first": min(first) if first else None,
+            "built": len(built),
+            "built_last": max(built) if built else None,
+            "records": records,
+            "ends": ends,
+        }
 
 
-def timed_run(target: str, env: dict[str, str], workers: int, recovery: Path | None,
-              snapshot_s: int, work: Path, name: str, timeout: float,
-              processes: int = 1, profile: str = "") -> dict[str, Any]:
+def timed_run(
+    target: str,
+    env: dict[str, str],
+    workers: int,
+    recovery: Path | None,
+    snapshot_s: int,
+    work: Path,
+    name: str,
+    timeout: float,
+    processes: int = 1,
+    profile: str = "",
+) -> dict[str, Any]:
     tag = f"{name}-{uuid.uuid4().hex[:6]}"
-    flow = Flow(target, env, workers, recovery, snapshot_s, work / f"{tag}.log",
-                work / f"{tag}.marks", processes, profile)
+    flow = Flow(
+        target,
+        env,
+        workers,
+        recovery,
+        snapshot_s,
+        work / f"{tag}.log",
+        work / f"{tag}.marks",
+        processes,
+        profile,
+    )
     flow.wait(timeout)
     m = flow.read_marks()
     if m["first"] is None or flow.ended is None:
         raise RuntimeError(f"{name}: no record was read\n{flow.tail()}")
     secs = flow.ended - m["first"]
-    return {"records": m["records"], "seconds": secs, "events_per_s": m["records"] / secs,
-            "startup_s": m["first"] - flow.started, "cpu_s": flow.cpu_s,
-            "peak_rss_bytes": flow.peak_rss}
+    return {
+        "records": m["records"],
+        "seconds": secs,
+        "events_per_s": m["records"] / secs,
+        "startup_s": m["first"] - flow.started,
+        "cpu_s": flow.cpu_s,
+        "peak_rss_bytes": flow.peak_rss,
+    }
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> float:
@@ -236,10 +289,13 @@ class Bench:
         dlq = self.topic("dlq", 1)
         settings = {
             "AD_SOURCE": f"kafka://{self.brokers}/{src}?tail={'true' if tail else 'false'}"
-                         f"&batch={self.a.batch}",
+            f"&batch={self.a.batch}",
             "AD_SINK": f"kafka://{self.brokers}/{alerts}",
             "AD_DLQ": f"kafka://{self.brokers}/{dlq}?partitions=1",
-            "AD_FLOW_ID": flow_id, "AD_DETECTOR": self.a.detector, "AD_KEY_BY": self.a.key_by}
+            "AD_FLOW_ID": flow_id,
+            "AD_DETECTOR": self.a.detector,
+            "AD_KEY_BY": self.a.key_by,
+        }
         settings.update(extra)
         env = flow_env(**settings)
         return env, alerts
@@ -255,8 +311,10 @@ class Bench:
         src = self.topic("in", a.partitions)
         t = time.perf_counter()
         n = bk.produce_all(self.brokers, src, bk.dataset(a.records, a.sensors, a.interval_ms))
-        self.log(f"produced {n} records over {a.sensors} sensors, {a.partitions} partitions "
-                 f"in {time.perf_counter() - t:.1f} s")
+        self.log(
+            f"produced {n} records over {a.sensors} sensors, {a.partitions} partitions "
+            f"in {time.perf_counter() - t:.1f} s"
+        )
         samples: dict[str, list[dict[str, Any]]] = {}
         for rnd in range(a.repeat):
             for name, run in self._throughput_runs(src):
@@ -279,9 +337,24 @@ class Bench:
 
         def ceiling() -> dict[str, Any]:
             out = self.topic("ceiling-out", 4)
-            proc = subprocess.run([PY, "-m", "benchmarks.bench_kafka", "ceiling", self.brokers,
-                                   src, out, str(a.batch)], cwd=ROOT, env=flow_env(),
-                                  capture_output=True, text=True, timeout=timeout, check=True)
+            proc = subprocess.run(
+                [
+                    PY,
+                    "-m",
+                    "benchmarks.bench_kafka",
+                    "ceiling",
+                    self.brokers,
+                    src,
+                    out,
+                    str(a.batch),
+                ],
+                cwd=ROOT,
+                env=flow_env(),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=True,
+            )
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             r["events_per_s"] = r["records"] / r["seconds"]
             return r
@@ -290,8 +363,16 @@ class Bench:
             out = self.topic("baseline-out", 4)
             env = flow_env(BENCH_BROKERS=self.brokers, BENCH_IN=src, BENCH_OUT=out)
             rec = init_recovery(self.work / f"rec-baseline-{uuid.uuid4().hex[:6]}")
-            return timed_run("benchmarks.bench_flows:baseline_flow()", env, 1, rec,
-                             a.snapshot_s, self.work, "baseline", timeout)
+            return timed_run(
+                "benchmarks.bench_flows:baseline_flow()",
+                env,
+                1,
+                rec,
+                a.snapshot_s,
+                self.work,
+                "baseline",
+                timeout,
+            )
 
         def flow(det: str, workers: int, procs: int, key_by: str, name: str) -> dict[str, Any]:
             env, _alerts = self.flow_env(src, tail=False, AD_DETECTOR=det, AD_KEY_BY=key_by)
@@ -301,8 +382,18 @@ class Bench:
                 prof += f".{key_by}"
             if prof and procs > 1:
                 prof += f".{procs}p"
-            r = timed_run("benchmarks.bench_flows:detector_flow()", env, workers, rec,
-                          a.snapshot_s, self.work, name, timeout, procs, prof)
+            r = timed_run(
+                "benchmarks.bench_flows:detector_flow()",
+                env,
+                workers,
+                rec,
+                a.snapshot_s,
+                self.work,
+                name,
+                timeout,
+                procs,
+                prof,
+            )
             r.update(detector=det, workers=workers * procs, processes=procs, key_by=key_by)
             return r
 
@@ -317,22 +408,32 @@ class Bench:
             # between 2 processes; by partition (AD_KEY_BY=partition: the input is keyed
             # by sensor) each group stays on the worker that reads its partition.
             d = a.detector
-            variants = [(d, 1, 1, "sensor"), (d, 2, 1, "sensor"), (d, 1, 2, "sensor"),
-                        (d, 1, 1, "partition"), (d, 1, 2, "partition")]
+            variants = [
+                (d, 1, 1, "sensor"),
+                (d, 2, 1, "sensor"),
+                (d, 1, 2, "sensor"),
+                (d, 1, 1, "partition"),
+                (d, 1, 2, "partition"),
+            ]
             if a.mad and a.detector != "mad":
                 variants.append(("mad", 1, 1, "sensor"))
             for det, workers, procs, key_by in variants:
-                name = (f"flow_{det}_w{workers}" + (f"x{procs}p" if procs > 1 else "")
-                        + ("_bypart" if key_by == "partition" else ""))
-                runs.append((name, lambda d=det, w=workers, p=procs, k=key_by, n=name:
-                             flow(d, w, p, k, n)))
+                name = (
+                    f"flow_{det}_w{workers}"
+                    + (f"x{procs}p" if procs > 1 else "")
+                    + ("_bypart" if key_by == "partition" else "")
+                )
+                runs.append(
+                    (name, lambda d=det, w=workers, p=procs, k=key_by, n=name: flow(d, w, p, k, n))
+                )
         return runs
 
     # 4 ---------------------------------------------------------------------------------
     def latency(self) -> None:
         a = self.a
-        flow_rate = self.results.get("throughput", {}).get(
-            f"flow_{a.detector}_w1", {}).get("events_per_s")
+        flow_rate = (
+            self.results.get("throughput", {}).get(f"flow_{a.detector}_w1", {}).get("events_per_s")
+        )
         rate = a.latency_rate or (a.latency_load * flow_rate if flow_rate else 20000.0)
         out: list[dict[str, Any]] = []
         for snap in a.latency_snapshots:
@@ -365,17 +466,28 @@ class Bench:
         watcher = bk.Watcher(self.brokers, alerts)
         watcher.start()
         rec = init_recovery(self.work / f"rec-lat-{uuid.uuid4().hex[:6]}")
-        flow = Flow("benchmarks.bench_flows:detector_flow()", env, 1, rec, snapshot_s,
-                    self.work / f"latency-s{snapshot_s}.log", self.work / f"lat-{snapshot_s}.marks")
+        flow = Flow(
+            "benchmarks.bench_flows:detector_flow()",
+            env,
+            1,
+            rec,
+            snapshot_s,
+            self.work / f"latency-s{snapshot_s}.log",
+            self.work / f"lat-{snapshot_s}.marks",
+        )
         times = [0.0] * len(payloads)
         try:
-            wait_for(lambda: flow.poll() or flow.read_marks()["built"] >= a.partitions, 120,
-                     "the flow to start")
+            wait_for(
+                lambda: flow.poll() or flow.read_marks()["built"] >= a.partitions,
+                120,
+                "the flow to start",
+            )
             if flow.code is not None:
                 raise RuntimeError(f"latency flow exited early:\n{flow.tail()}")
             time.sleep(1.0)  # sink partitions initialise after the source partitions
-            self.log(f"latency: producing {total} records at {rate:,.0f}/s "
-                     f"(snapshot {snapshot_s} s)")
+            self.log(
+                f"latency: producing {total} records at {rate:,.0f}/s (snapshot {snapshot_s} s)"
+            )
             t0 = time.time()
             bk.paced_produce(self.brokers, src, payloads, rate, times)
             achieved = len(payloads) / (time.time() - t0)
@@ -402,14 +514,25 @@ class Bench:
         def q(p: float) -> float | None:
             return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else None
 
-        r = {"snapshot_s": snapshot_s, "rate": rate, "achieved_rate": achieved,
-             "load_vs_flow_max": rate / flow_rate if flow_rate else None,
-             "samples": len(lat), "expected": expected, "p50_ms": q(0.50), "p90_ms": q(0.90),
-             "p99_ms": q(0.99), "max_ms": lat[-1] * 1000 if lat else None,
-             "target_ms": snapshot_s * 1000 + 250,
-             "flow_cpu_s": cpu.user + cpu.system, "window_closes_per_s": expected / dur}
-        self.log(f"latency (s={snapshot_s}): p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
-                 f"{len(lat)}/{expected} samples")
+        r = {
+            "snapshot_s": snapshot_s,
+            "rate": rate,
+            "achieved_rate": achieved,
+            "load_vs_flow_max": rate / flow_rate if flow_rate else None,
+            "samples": len(lat),
+            "expected": expected,
+            "p50_ms": q(0.50),
+            "p90_ms": q(0.90),
+            "p99_ms": q(0.99),
+            "max_ms": lat[-1] * 1000 if lat else None,
+            "target_ms": snapshot_s * 1000 + 250,
+            "flow_cpu_s": cpu.user + cpu.system,
+            "window_closes_per_s": expected / dur,
+        }
+        self.log(
+            f"latency (s={snapshot_s}): p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
+            f"{len(lat)}/{expected} samples"
+        )
         return r
 
     # 5 ---------------------------------------------------------------------------------
@@ -428,8 +551,14 @@ class Bench:
         snap = a.snapshot_s
 
         def probe(p: int, ts_min: int, tag: str) -> None:
-            body = orjson.dumps({"sensor_id": f"probe-{p}", "value": 1.0, "tenant_id": tag,
-                                 "timestamp": bk.START_MS + ts_min * bk.WINDOW_MS})
+            body = orjson.dumps(
+                {
+                    "sensor_id": f"probe-{p}",
+                    "value": 1.0,
+                    "tenant_id": tag,
+                    "timestamp": bk.START_MS + ts_min * bk.WINDOW_MS,
+                }
+            )
             bk.produce_all(self.brokers, src, [(f"probe-{p}".encode(), body)], partition=p)
 
         def probes_seen(tag: str) -> int:
@@ -443,20 +572,36 @@ class Bench:
             probe(p, 10, "watermark")
         t = time.perf_counter()
         for k in (0, 60):  # two readings a window apart: every key is scored once
-            bk.produce_all(self.brokers, src, ((bk.sensor_id(i).encode(), bk.reading(i, k, 1000))
-                                               for i in range(keys)))
+            bk.produce_all(
+                self.brokers,
+                src,
+                ((bk.sensor_id(i).encode(), bk.reading(i, k, 1000)) for i in range(keys)),
+            )
         for p in parts:
             probe(p, 0, "loaded")
-        self.log(f"recovery: produced {2 * keys} records for {keys} keys "
-                 f"in {time.perf_counter() - t:.1f} s")
+        self.log(
+            f"recovery: produced {2 * keys} records for {keys} keys "
+            f"in {time.perf_counter() - t:.1f} s"
+        )
         watcher = bk.Watcher(self.brokers, dlq)
         watcher.start()
         rec = init_recovery(self.work / f"rec-recovery-{uuid.uuid4().hex[:6]}")
-        flow = Flow("benchmarks.bench_flows:detector_flow()", env, 1, rec, snap,
-                    self.work / "recovery.log", self.work / "recovery.marks")
+        flow = Flow(
+            "benchmarks.bench_flows:detector_flow()",
+            env,
+            1,
+            rec,
+            snap,
+            self.work / "recovery.log",
+            self.work / "recovery.marks",
+        )
         try:
-            t_load = wait_for(lambda: flow.poll() or probes_seen("loaded") >= len(parts),
-                              a.recovery_timeout, "the initial load", poll=0.5)
+            t_load = wait_for(
+                lambda: flow.poll() or probes_seen("loaded") >= len(parts),
+                a.recovery_timeout,
+                "the initial load",
+                poll=0.5,
+            )
             if flow.code is not None:
                 raise RuntimeError(f"recovery flow exited:\n{flow.tail()}")
             m = flow.read_marks()
@@ -466,18 +611,32 @@ class Bench:
             rec_bytes = sum(f.stat().st_size for f in rec.rglob("*") if f.is_file())
             # more input for existing keys, then SIGKILL while the flow works on it
             tail_n = min(keys, max(1000, keys // 10))
-            bk.produce_all(self.brokers, src, ((bk.sensor_id(i).encode(),
-                                                bk.reading(i, 61, 1000)) for i in range(tail_n)))
+            bk.produce_all(
+                self.brokers,
+                src,
+                ((bk.sensor_id(i).encode(), bk.reading(i, 61, 1000)) for i in range(tail_n)),
+            )
             flow.kill()
             t_kill = time.time()
-            flow = Flow("benchmarks.bench_flows:detector_flow()", env, 1, rec, snap,
-                        self.work / "recovery.log", self.work / "recovery2.marks",
-                        profile=a.profile_restart)
+            flow = Flow(
+                "benchmarks.bench_flows:detector_flow()",
+                env,
+                1,
+                rec,
+                snap,
+                self.work / "recovery.log",
+                self.work / "recovery2.marks",
+                profile=a.profile_restart,
+            )
             t_restart = flow.started
             for p in parts:
                 probe(p, 0, "recovered")
-            t_done = wait_for(lambda: flow.poll() or probes_seen("recovered") >= len(parts),
-                              a.recovery_timeout, "recovery", poll=0.1)
+            t_done = wait_for(
+                lambda: flow.poll() or probes_seen("recovered") >= len(parts),
+                a.recovery_timeout,
+                "recovery",
+                poll=0.1,
+            )
             if flow.code is not None:
                 raise RuntimeError(f"restarted flow exited:\n{flow.tail()}")
             m2 = flow.read_marks()
@@ -486,16 +645,26 @@ class Bench:
             flow.kill()
             watcher.stop.set()
             watcher.join(5)
-        r = {"keys": keys, "detector": a.detector, "snapshot_s": snap,
-             "initial_load_s": load_s, "initial_load_records_per_s": 2 * keys / load_s,
-             "rss_bytes": rss, "rss_bytes_per_key": rss / keys, "recovery_store_bytes": rec_bytes,
-             "records_after_last_catch_up": tail_n, "kill_to_restart_s": t_restart - t_kill,
-             "recovery_s": t_done - t_restart,
-             "restart_to_first_read_s": (m2["first"] - t_restart) if m2["first"] else None,
-             "rss_after_recovery_bytes": rss2}
+        r = {
+            "keys": keys,
+            "detector": a.detector,
+            "snapshot_s": snap,
+            "initial_load_s": load_s,
+            "initial_load_records_per_s": 2 * keys / load_s,
+            "rss_bytes": rss,
+            "rss_bytes_per_key": rss / keys,
+            "recovery_store_bytes": rec_bytes,
+            "records_after_last_catch_up": tail_n,
+            "kill_to_restart_s": t_restart - t_kill,
+            "recovery_s": t_done - t_restart,
+            "restart_to_first_read_s": (m2["first"] - t_restart) if m2["first"] else None,
+            "rss_after_recovery_bytes": rss2,
+        }
         self.results["recovery"] = r
-        self.log(f"recovery: {keys} keys, restart -> caught up {r['recovery_s']:.1f} s, "
-                 f"RSS {rss / 2**30:.2f} GiB")
+        self.log(
+            f"recovery: {keys} keys, restart -> caught up {r['recovery_s']:.1f} s, "
+            f"RSS {rss / 2**30:.2f} GiB"
+        )
 
     # 6 ---------------------------------------------------------------------------------
     def state(self) -> None:
@@ -514,21 +683,34 @@ class Bench:
             avail = psutil.virtual_memory().available
             need = keys * per_key * 1.5 if per_key else 0.0
             if need > avail - a.state_spare_gib * 2**30:
-                rows.append({"keys": keys, "detector": det, "mode": mode, "skipped":
-                             f"needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB free"})
+                rows.append(
+                    {
+                        "keys": keys,
+                        "detector": det,
+                        "mode": mode,
+                        "skipped": f"needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB free",
+                    }
+                )
                 self.log(f"state {det} {mode} {keys}: skipped (memory)")
                 continue
-            proc = subprocess.run([PY, "-m", "benchmarks.bench_state", str(keys), det, mode],
-                                  cwd=ROOT, env=flow_env(), capture_output=True, text=True,
-                                  timeout=3600)
+            proc = subprocess.run(
+                [PY, "-m", "benchmarks.bench_state", str(keys), det, mode],
+                cwd=ROOT,
+                env=flow_env(),
+                capture_output=True,
+                text=True,
+                timeout=3600,
+            )
             if proc.returncode != 0:
                 raise RuntimeError(f"bench_state {keys} {det}:\n{proc.stderr[-3000:]}")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             per_key = max(r["rss_bytes_per_key"], r["snapshot_bytes_per_key"])
             rows.append(r)
-            self.log(f"state {det} {mode} {keys}: {r['rss_bytes_per_key']:.0f} B/key "
-                     f"resident, snapshot {r['snapshot_bytes'] / 2**20:.1f} MiB "
-                     f"in {r['snapshot_s']:.2f} s")
+            self.log(
+                f"state {det} {mode} {keys}: {r['rss_bytes_per_key']:.0f} B/key "
+                f"resident, snapshot {r['snapshot_bytes'] / 2**20:.1f} MiB "
+                f"in {r['snapshot_s']:.2f} s"
+            )
 
     def cleanup(self) -> None:
         if not self.a.keep:
@@ -539,10 +721,15 @@ class Bench:
 # -- report ----------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
     load = os.getloadavg()
-    return {"host": platform.node(), "cpus": os.cpu_count(), "cpu_model": _cpu_model(),
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "loadavg_at_start": [round(x, 2) for x in load]}
+    return {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": [round(x, 2) for x in load],
+    }
 
 
 def _cpu_model() -> str:
@@ -566,9 +753,11 @@ def table(res: dict[str, Any]) -> str:
     ceiling = tp.get("ceiling", {}).get("events_per_s")
     base = tp.get("baseline", {}).get("events_per_s")
     if tp:
-        lines += ["| run | events/s (median) | vs ceiling | vs baseline | seconds | CPU s | "
-                  "peak RSS MiB | every round, k events/s |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            "| run | events/s (median) | vs ceiling | vs baseline | seconds | CPU s | "
+            "peak RSS MiB | every round, k events/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for name, r in tp.items():
             eps = r["events_per_s"]
             rounds = ", ".join(f"{x / 1000:.0f}" for x in r.get("runs_events_per_s", [eps]))
@@ -577,33 +766,47 @@ def table(res: dict[str, Any]) -> str:
                 f"{_f(eps / base if base else None, '{:.2f}')} | {r['seconds']:.2f} | "
                 f"{_f(r.get('cpu_s'), '{:.1f}')} | "
                 f"{_f(r.get('peak_rss_bytes', 0) / 2**20 if r.get('peak_rss_bytes') else None)} "
-                f"| {rounds} |")
+                f"| {rounds} |"
+            )
     if res.get("latency"):
-        lines += ["", "| latency: snapshot s | load events/s (vs flow max) | samples | p50 ms | "
-                  "p90 ms | p99 ms | max ms | target p99 ms |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| latency: snapshot s | load events/s (vs flow max) | samples | p50 ms | "
+            "p90 ms | p99 ms | max ms | target p99 ms |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in res["latency"]:
             lines.append(
                 f"| {r['snapshot_s']} | {r['achieved_rate']:,.0f} "
                 f"({_f(r['load_vs_flow_max'], '{:.0%}')}) | {r['samples']}/{r['expected']} | "
                 f"{_f(r['p50_ms'])} | {_f(r['p90_ms'])} | {_f(r['p99_ms'])} | "
-                f"{_f(r['max_ms'])} | {r['target_ms']} |")
+                f"{_f(r['max_ms'])} | {r['target_ms']} |"
+            )
     if res.get("recovery"):
         r = res["recovery"]
-        lines += ["", "| recovery: keys | detector | initial load s | RSS MiB (B/key) | "
-                  "recovery store MiB | restart -> caught up s |", "|---:|---|---:|---:|---:|---:|",
-                  f"| {r['keys']:,} | {r['detector']} | {r['initial_load_s']:.1f} | "
-                  f"{r['rss_bytes'] / 2**20:,.0f} ({r['rss_bytes_per_key']:,.0f}) | "
-                  f"{r['recovery_store_bytes'] / 2**20:,.0f} | {r['recovery_s']:.1f} |"]
+        lines += [
+            "",
+            "| recovery: keys | detector | initial load s | RSS MiB (B/key) | "
+            "recovery store MiB | restart -> caught up s |",
+            "|---:|---|---:|---:|---:|---:|",
+            f"| {r['keys']:,} | {r['detector']} | {r['initial_load_s']:.1f} | "
+            f"{r['rss_bytes'] / 2**20:,.0f} ({r['rss_bytes_per_key']:,.0f}) | "
+            f"{r['recovery_store_bytes'] / 2**20:,.0f} | {r['recovery_s']:.1f} |",
+        ]
     if res.get("state"):
-        lines += ["", "| state: keys | detector | detector states | resident B/key | "
-                  "resident MiB | full snapshot MiB | full snapshot s | 1% delta MiB | "
-                  "1% delta s | manifests to SQLite s | restore s |",
-                  "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| state: keys | detector | detector states | resident B/key | "
+            "resident MiB | full snapshot MiB | full snapshot s | 1% delta MiB | "
+            "1% delta s | manifests to SQLite s | restore s |",
+            "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in res["state"]:
             if "skipped" in r:
-                lines.append(f"| {r['keys']:,} | {r['detector']} | {r['mode']} | skipped: "
-                             f"{r['skipped']} | | | | | | | |")
+                lines.append(
+                    f"| {r['keys']:,} | {r['detector']} | {r['mode']} | skipped: "
+                    f"{r['skipped']} | | | | | | | |"
+                )
                 continue
             lines.append(
                 f"| {r['keys']:,} | {r['detector']} | {r['mode']} | "
@@ -611,53 +814,90 @@ def table(res: dict[str, Any]) -> str:
                 f"{r['rss_bytes_per_key'] * r['keys'] / 2**20:,.0f} | "
                 f"{r['snapshot_bytes'] / 2**20:,.1f} | {r['snapshot_s']:.2f} | "
                 f"{r.get('delta_bytes', 0) / 2**20:,.1f} | {r.get('delta_s', 0):.2f} | "
-                f"{r['store_s']:.2f} | {r['restore_s']:.2f} |")
+                f"{r['store_s']:.2f} | {r['restore_s']:.2f} |"
+            )
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     port = os.environ.get("AD_STACK_KAFKA_PORT", "19092")
-    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.throughput",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--brokers", default=f"127.0.0.1:{port}")
     p.add_argument("--records", type=int, default=1_000_000)
     p.add_argument("--sensors", type=int, default=10_000)
     p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--interval-ms", type=int, default=1000,
-                   help="event-time step between a sensor's readings (default 1 s)")
+    p.add_argument(
+        "--interval-ms",
+        type=int,
+        default=1000,
+        help="event-time step between a sensor's readings (default 1 s)",
+    )
     p.add_argument("--batch", type=int, default=2000, help="source batch size (the flow's default)")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="rounds of the throughput runs (the table shows the median)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of the throughput runs (the table shows the median)",
+    )
     p.add_argument("--snapshot-s", type=int, default=1, help="Bytewax -s (epoch = snapshot)")
     p.add_argument("--detector", default="ensemble")
-    p.add_argument("--mad", action=argparse.BooleanOptionalAction, default=True,
-                   help="also measure the mad detector")
-    p.add_argument("--latency-load", type=float, default=0.5,
-                   help="latency load as a fraction of the 1-worker flow's throughput")
+    p.add_argument(
+        "--mad",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the mad detector",
+    )
+    p.add_argument(
+        "--latency-load",
+        type=float,
+        default=0.5,
+        help="latency load as a fraction of the 1-worker flow's throughput",
+    )
     p.add_argument("--latency-rate", type=float, default=0.0, help="absolute rate (overrides)")
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--latency-warmup", type=float, default=3.0)
-    p.add_argument("--key-by", default="sensor", choices=("sensor", "partition"),
-                   help="AD_KEY_BY of the latency and recovery flows (the throughput "
-                        "section runs both)")
+    p.add_argument(
+        "--key-by",
+        default="sensor",
+        choices=("sensor", "partition"),
+        help="AD_KEY_BY of the latency and recovery flows (the throughput section runs both)",
+    )
     p.add_argument("--latency-snapshots", default="1", help="snapshot intervals, e.g. 1,2")
     p.add_argument("--recovery-keys", type=int, default=1_000_000)
     p.add_argument("--recovery-timeout", type=float, default=1800.0)
-    p.add_argument("--profile-restart", default="",
-                   help="record the restarted flow with py-spy into this file")
-    p.add_argument("--profile-flow", default="",
-                   help="record the 1-worker flow runs with py-spy into this file (the "
-                        "2-process run into FILE.2p.p0 and FILE.2p.p1) "
-                        "(sampling slows them: for where the time goes, not for speed; "
-                        "BENCH_PROFILE_NATIVE=1 adds native frames, which name the "
-                        "compiled modules' functions)")
+    p.add_argument(
+        "--profile-restart", default="", help="record the restarted flow with py-spy into this file"
+    )
+    p.add_argument(
+        "--profile-flow",
+        default="",
+        help="record the 1-worker flow runs with py-spy into this file (the "
+        "2-process run into FILE.2p.p0 and FILE.2p.p1) "
+        "(sampling slows them: for where the time goes, not for speed; "
+        "BENCH_PROFILE_NATIVE=1 adds native frames, which name the "
+        "compiled modules' functions)",
+    )
     p.add_argument("--state-keys", default="10000,100000,1000000")
-    p.add_argument("--state-spare-gib", type=float, default=6.0,
-                   help="skip a state size that would leave less memory than this free")
-    p.add_argument("--sections", default=",".join(SECTIONS),
-                   help=f"comma-separated subset of {', '.join(SECTIONS)}")
-    p.add_argument("--quick", action="store_true",
-                   help="small sizes: 50k records, 1k sensors, 20k recovery keys, 5 s latency")
+    p.add_argument(
+        "--state-spare-gib",
+        type=float,
+        default=6.0,
+        help="skip a state size that would leave less memory than this free",
+    )
+    p.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {', '.join(SECTIONS)}",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes: 50k records, 1k sensors, 20k recovery keys, 5 s latency",
+    )
     p.add_argument("--out", default="", help="JSON path (default benchmarks/results/<time>.json)")
     p.add_argument("--keep", action="store_true", help="keep topics and the work directory")
     a = p.parse_args(argv)
@@ -688,7 +928,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cmd = "python -m benchmarks.throughput " + " ".join(argv if argv is not None else sys.argv[1:])
     res: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": cmd.strip(), "machine": machine(),
+        "command": cmd.strip(),
+        "machine": machine(),
         "config": {k: v for k, v in vars(a).items() if k not in ("out",)},
     }
     b = Bench(a)
@@ -707,8 +948,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     res["table"] = table(res)
-    out = Path(a.out) if a.out else (
-        ROOT / "benchmarks" / "results" / f"throughput-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out = (
+        Path(a.out)
+        if a.out
+        else (ROOT / "benchmarks" / "results" / f"throughput-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     print()

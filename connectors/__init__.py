@@ -17,15 +17,20 @@ _SOURCES = {
     "file": "connectors.files",
     "demo": "connectors.demo",
 }
-_SINKS = {**{k: v for k, v in _SOURCES.items() if k != "demo"},
-          "stdout": "connectors.files", "stderr": "connectors.files"}
+_SINKS = {
+    **{k: v for k, v in _SOURCES.items() if k != "demo"},
+    "stdout": "connectors.files",
+    "stderr": "connectors.files",
+}
 
 
 def _module(table: dict[str, str], url: SourceURL, role: str) -> Any:
     name = table.get(url.scheme)
     if name is None:
-        raise ValueError(f"{url.scheme}:// cannot be used as a {role} ({url.raw}); "
-                         f"{role}s: {', '.join(s + '://' for s in table)}")
+        raise ValueError(
+            f"{url.scheme}:// cannot be used as a {role} ({url.raw}); "
+            f"{role}s: {', '.join(s + '://' for s in table)}"
+        )
     return import_module(name)
 
 

@@ -14,8 +14,17 @@ from operator import itemgetter
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["RawRecord", "MessageBatch", "as_raw", "register_message_type", "OutRecord",
-           "SourceURL", "parse_url", "parse_bool", "parse_duration"]
+__all__ = [
+    "RawRecord",
+    "MessageBatch",
+    "as_raw",
+    "register_message_type",
+    "OutRecord",
+    "SourceURL",
+    "parse_url",
+    "parse_bool",
+    "parse_duration",
+]
 
 
 class RawRecord(tuple):
@@ -31,16 +40,18 @@ class RawRecord(tuple):
 
     __slots__ = ()
 
-    def __new__(cls, value: bytes | None, source: str, partition: str, offset: str,
-                key: bytes | None = None) -> RawRecord:
+    def __new__(
+        cls, value: bytes | None, source: str, partition: str, offset: str, key: bytes | None = None
+    ) -> RawRecord:
         return tuple.__new__(cls, (value, source, partition, offset, key))
 
     def __getnewargs__(self) -> tuple:
         return tuple(self)
 
     def __repr__(self) -> str:
-        return ("RawRecord(value={!r}, source={!r}, partition={!r}, offset={!r}, "
-                "key={!r})".format(*self))
+        return "RawRecord(value={!r}, source={!r}, partition={!r}, offset={!r}, key={!r})".format(
+            *self
+        )
 
     value: bytes = property(itemgetter(0))  # type: ignore[assignment]
     source: str = property(itemgetter(1))  # type: ignore[assignment]
@@ -74,8 +85,9 @@ class MessageBatch:
 
     __slots__ = ("values", "items", "source", "group")
 
-    def __init__(self, values: list[bytes | None], items: list[Any], source: str,
-                 group: str | None = None) -> None:
+    def __init__(
+        self, values: list[bytes | None], items: list[Any], source: str, group: str | None = None
+    ) -> None:
         self.values = values
         self.items = items
         self.source = source
@@ -136,7 +148,8 @@ def parse_url(raw: str) -> SourceURL:
         port = parts.port
     except ValueError as exc:
         raise ValueError(
-            f"bad port in {raw!r}: {exc}; e.g. kafka://127.0.0.1:9092/sensors") from exc
+            f"bad port in {raw!r}: {exc}; e.g. kafka://127.0.0.1:9092/sensors"
+        ) from exc
     params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     path = parts.path
     if parts.scheme in ("kinesis", "pubsub"):

@@ -50,8 +50,9 @@ def _series(sensor: int, n: int, step_s: int, seed: int) -> np.ndarray:
     return x
 
 
-def demo_records(part: int, parts: int, sensors: int, hours: float, step_s: int,
-                 seed: int) -> list[bytes]:
+def demo_records(
+    part: int, parts: int, sensors: int, hours: float, step_s: int, seed: int
+) -> list[bytes]:
     """All records of one demo partition, in event-time order (sensors interleaved)."""
     n = int(hours * 3600 // step_s)
     mine = [s for s in range(sensors) if s % parts == part]
@@ -60,19 +61,30 @@ def demo_records(part: int, parts: int, sensors: int, hours: float, step_s: int,
     for i in range(n):
         ts = START_MS + i * step_s * 1000
         for s in mine:
-            out.append(orjson.dumps({"sensor_id": f"sensor-{s:02d}", "timestamp": ts,
-                                     "value": round(float(series[s][i]), 4),
-                                     "tenant_id": "demo"}))
+            out.append(
+                orjson.dumps(
+                    {
+                        "sensor_id": f"sensor-{s:02d}",
+                        "timestamp": ts,
+                        "value": round(float(series[s][i]), 4),
+                        "tenant_id": "demo",
+                    }
+                )
+            )
     if part == 0 and out:  # a few bad records, so the dead-letter path shows itself
         k = len(out) // 3
-        out[k:k] = [b"{not json", orjson.dumps({"sensor_id": "sensor-00", "value": 1.0}),
-                    b'{"sensor_id": "sensor-00", "timestamp": 1767225600000, "value": "NaN?"}']
+        out[k:k] = [
+            b"{not json",
+            orjson.dumps({"sensor_id": "sensor-00", "value": 1.0}),
+            b'{"sensor_id": "sensor-00", "timestamp": 1767225600000, "value": "NaN?"}',
+        ]
     return out
 
 
 class _DemoPartition(StatefulSourcePartition[list[RawRecord], int]):
-    def __init__(self, name: str, records: list[bytes], resume_state: int | None,
-                 batch: int) -> None:
+    def __init__(
+        self, name: str, records: list[bytes], resume_state: int | None, batch: int
+    ) -> None:
         self._name = name
         self._records = records
         self._i = resume_state or 0
@@ -82,8 +94,7 @@ class _DemoPartition(StatefulSourcePartition[list[RawRecord], int]):
         if self._i >= len(self._records):
             raise StopIteration
         j = min(self._i + self._batch, len(self._records))
-        out = [RawRecord(self._records[k], "demo", self._name, str(k))
-               for k in range(self._i, j)]
+        out = [RawRecord(self._records[k], "demo", self._name, str(k)) for k in range(self._i, j)]
         self._i = j
         return [out]
 
@@ -94,8 +105,15 @@ class _DemoPartition(StatefulSourcePartition[list[RawRecord], int]):
 class DemoSource(FixedPartitionedSource[list[RawRecord], int]):
     """The demo stream in ``parts`` partitions. Resume state: index of the next record."""
 
-    def __init__(self, sensors: int = 8, hours: float = 168, step_s: int = 60, seed: int = 7,
-                 parts: int = 2, batch: int = 1000) -> None:
+    def __init__(
+        self,
+        sensors: int = 8,
+        hours: float = 168,
+        step_s: int = 60,
+        seed: int = 7,
+        parts: int = 2,
+        batch: int = 1000,
+    ) -> None:
         self._args = (sensors, hours, step_s, seed)
         self._parts = parts
         self._batch = batch
@@ -109,7 +127,9 @@ class DemoSource(FixedPartitionedSource[list[RawRecord], int]):
 
 
 def source_from_url(url: SourceURL, settings: Any) -> DemoSource:
-    return DemoSource(sensors=int(url.param("sensors", "8") or 8),
-                      hours=float(url.param("hours", "168") or 168),
-                      step_s=int(url.param("step", "60") or 60),
-                      seed=int(url.param("seed", "7") or 7))
+    return DemoSource(
+        sensors=int(url.param("sensors", "8") or 8),
+        hours=float(url.param("hours", "168") or 168),
+        step_s=int(url.param("step", "60") or 60),
+        seed=int(url.param("seed", "7") or 7),
+    )

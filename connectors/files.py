@@ -30,8 +30,9 @@ __all__ = ["FileSource", "FileSink", "StreamSink", "source_from_url", "sink_from
 
 
 class _FileSourcePartition(StatefulSourcePartition[list[RawRecord], tuple[int, int]]):
-    def __init__(self, path: Path, resume_state: tuple[int, int] | None, tail: bool,
-                 batch_size: int) -> None:
+    def __init__(
+        self, path: Path, resume_state: tuple[int, int] | None, tail: bool, batch_size: int
+    ) -> None:
         self._path = path
         self._pos, self._line = resume_state or (0, 0)
         self._f = open(path, "rb")  # noqa: SIM115 - closed in close()
@@ -90,8 +91,9 @@ class FileSource(FixedPartitionedSource[list[RawRecord], tuple[int, int]]):
     def list_parts(self) -> list[str]:
         return sorted(self._paths)
 
-    def build_part(self, step_id: str, for_part: str,
-                   resume_state: tuple[int, int] | None) -> _FileSourcePartition:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: tuple[int, int] | None
+    ) -> _FileSourcePartition:
         return _FileSourcePartition(self._paths[for_part], resume_state, self._tail, self._batch)
 
 
@@ -132,8 +134,9 @@ class FileSink(FixedPartitionedSink[OutRecord, int]):
     def part_fn(self, item_key: str) -> int:
         return 0
 
-    def build_part(self, step_id: str, for_part: str,
-                   resume_state: int | None) -> _FileSinkPartition:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> _FileSinkPartition:
         return _FileSinkPartition(self._path, resume_state)
 
 
@@ -166,8 +169,11 @@ def source_from_url(url: SourceURL, settings: Any) -> FileSource:
     for p in paths:
         if not p.is_file():
             raise ValueError(f"input file {str(p)!r} does not exist ({url.raw})")
-    return FileSource(paths, tail=parse_bool(url.param("tail"), False),
-                      batch_size=int(url.param("batch", "2000") or 2000))
+    return FileSource(
+        paths,
+        tail=parse_bool(url.param("tail"), False),
+        batch_size=int(url.param("batch", "2000") or 2000),
+    )
 
 
 def sink_from_url(url: SourceURL, settings: Any) -> FileSink | StreamSink:

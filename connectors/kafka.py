@@ -66,8 +66,9 @@ log = logging.getLogger(__name__)
 
 def _message_to_raw(m: Message) -> RawRecord:
     """A consumed message as the RawRecord the source used to build for it."""
-    return tuple.__new__(RawRecord, (m.value(), "kafka:" + m.topic(), str(m.partition()),
-                                     str(m.offset()), m.key()))
+    return tuple.__new__(
+        RawRecord, (m.value(), "kafka:" + m.topic(), str(m.partition()), str(m.offset()), m.key())
+    )
 
 
 register_message_type(Message, _message_to_raw)
@@ -92,8 +93,9 @@ def _topic_partitions(brokers: str, topic: str, extra: dict[str, str] | None) ->
     return sorted(t.partitions)
 
 
-def ensure_topic(brokers: str, topic: str, partitions: int,
-                 extra: dict[str, str] | None = None) -> None:
+def ensure_topic(
+    brokers: str, topic: str, partitions: int, extra: dict[str, str] | None = None
+) -> None:
     """Create ``topic`` with ``partitions`` partitions if it does not exist."""
     admin = AdminClient(client_config(brokers, extra))
     md = admin.list_topics(timeout=30)
@@ -114,9 +116,18 @@ def ensure_topic(brokers: str, topic: str, partitions: int,
 
 
 class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[int, str]]):
-    def __init__(self, conf: dict[str, Any], topic: str, part: int, start: int,
-                 resume_state: tuple[int, str] | int | None, tail: bool, batch_size: int,
-                 group: str, max_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        conf: dict[str, Any],
+        topic: str,
+        part: int,
+        start: int,
+        resume_state: tuple[int, str] | int | None,
+        tail: bool,
+        batch_size: int,
+        group: str,
+        max_rate: float = 0.0,
+    ) -> None:
         self._consumer = Consumer(conf)
         low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, part), timeout=30)
         if isinstance(resume_state, int):  # written by versions before key-group names
@@ -156,7 +167,8 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[in
             self._awake = None
         if out:
             _low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self._topic, self._part), cached=True)
+                TopicPartition(self._topic, self._part), cached=True
+            )
             if high is not None and high >= 0:
                 self._lag.set(max(0, high - self._offset))
             return [MessageBatch([m.value() for m in out], out, self._source, self._group)]
@@ -177,8 +189,10 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[in
                     if msg.offset() is not None and msg.offset() > self._offset:
                         self._offset = msg.offset()
                     continue
-                if err.retriable() or err.code() in (KafkaError._TRANSPORT,
-                                                     KafkaError._ALL_BROKERS_DOWN):
+                if err.retriable() or err.code() in (
+                    KafkaError._TRANSPORT,
+                    KafkaError._ALL_BROKERS_DOWN,
+                ):
                     log.warning("kafka source %s/%s: %s", self._topic, self._part, err)
                     continue
                 raise RuntimeError(f"error consuming Kafka {self._topic}/{self._part}: {err}")
@@ -215,9 +229,17 @@ class KafkaSource(FixedPartitionedSource[list[MessageBatch], tuple[int, str]]):
     (records of aborted transactions are never seen).
     """
 
-    def __init__(self, brokers: str, topics: list[str], *, tail: bool = True,
-                 start: str = "earliest", batch_size: int = 2000, max_rate: float = 0.0,
-                 extra: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        brokers: str,
+        topics: list[str],
+        *,
+        tail: bool = True,
+        start: str = "earliest",
+        batch_size: int = 2000,
+        max_rate: float = 0.0,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         if not topics:
             raise ValueError("KafkaSource needs at least one topic, e.g. kafka://host:9092/sensors")
         self._brokers = brokers
@@ -230,62 +252,99 @@ class KafkaSource(FixedPartitionedSource[list[MessageBatch], tuple[int, str]]):
         self._parts: list[str] | None = None
 
     def list_parts(self) -> list[str]:
-        return [f"{t}#{p}" for t in self._topics
-                for p in _topic_partitions(self._brokers, t, self._extra)]
+        return [
+            f"{t}#{p}"
+            for t in self._topics
+            for p in _topic_partitions(self._brokers, t, self._extra)
+        ]
 
-    def build_part(self, step_id: str, for_part: str,
-                   resume_state: tuple[int, str] | int | None) -> _KafkaSourcePartition:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: tuple[int, str] | int | None
+    ) -> _KafkaSourcePartition:
         topic, part = for_part.rsplit("#", 1)
         group = ""
         if not isinstance(resume_state, tuple):  # name the group once, from today's rank
             if self._parts is None:
                 self._parts = self.list_parts()
-            group = placement.partition_group(for_part, placement.part_rank(for_part,
-                                                                            self._parts))
-        conf = client_config(self._brokers, {
-            "group.id": "BYTEWAX_IGNORED",
-            "enable.auto.commit": "false",
-            "enable.partition.eof": "true",
-            "isolation.level": "read_committed",
-            "fetch.wait.max.ms": "50",
-            "queued.min.messages": "20000",
-            # once a partition's queue passes queued.min.messages, librdkafka pauses its
-            # fetching for fetch.queue.backoff.ms (default 1000): with the default a
-            # partition reads ~25k records/s at most; 10 ms keeps the queue bound and
-            # refills it as soon as it drains (benchmarks/RESULTS.md)
-            "fetch.queue.backoff.ms": "10",
-            **self._extra,
-        })
-        return _KafkaSourcePartition(conf, topic, int(part), self._start, resume_state,
-                                     self._tail, self._batch, group, self._rate)
+            group = placement.partition_group(for_part, placement.part_rank(for_part, self._parts))
+        conf = client_config(
+            self._brokers,
+            {
+                "group.id": "BYTEWAX_IGNORED",
+                "enable.auto.commit": "false",
+                "enable.partition.eof": "true",
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": "50",
+                "queued.min.messages": "20000",
+                # once a partition's queue passes queued.min.messages, librdkafka pauses its
+                # fetching for fetch.queue.backoff.ms (default 1000): with the default a
+                # partition reads ~25k records/s at most; 10 ms keeps the queue bound and
+                # refills it as soon as it drains (benchmarks/RESULTS.md)
+                "fetch.queue.backoff.ms": "10",
+                **self._extra,
+            },
+        )
+        return _KafkaSourcePartition(
+            conf,
+            topic,
+            int(part),
+            self._start,
+            resume_state,
+            self._tail,
+            self._batch,
+            group,
+            self._rate,
+        )
 
 
 class _TxnSinkPartition(StatefulSinkPartition[OutRecord, int]):
-    def __init__(self, brokers: str, extra: dict[str, str], topic: str, part: int,
-                 txn_id: str, resume_state: int | None, step: str) -> None:
+    def __init__(
+        self,
+        brokers: str,
+        extra: dict[str, str],
+        topic: str,
+        part: int,
+        txn_id: str,
+        resume_state: int | None,
+        step: str,
+    ) -> None:
         self._topic = topic
         self._part = part
         self._step = step
-        self._producer = Producer(client_config(brokers, {
-            "transactional.id": txn_id,
-            "transaction.timeout.ms": "60000",
-            "linger.ms": "5",
-            "compression.type": "lz4",
-            **extra,
-        }))
+        self._producer = Producer(
+            client_config(
+                brokers,
+                {
+                    "transactional.id": txn_id,
+                    "transaction.timeout.ms": "60000",
+                    "linger.ms": "5",
+                    "compression.type": "lz4",
+                    **extra,
+                },
+            )
+        )
         self._producer.init_transactions(60)  # fences zombies, aborts their open txn
         self._in_txn = False
         self._delivered = -1
         self._errors: list[str] = []
         self._skip, self._offset = self._read_back(brokers, extra, resume_state)
 
-    def _read_back(self, brokers: str, extra: dict[str, str],
-                   resume_state: int | None) -> tuple[set[str], int]:
+    def _read_back(
+        self, brokers: str, extra: dict[str, str], resume_state: int | None
+    ) -> tuple[set[str], int]:
         """Ids committed after ``resume_state`` (all of them when never snapshotted)."""
-        c = Consumer(client_config(brokers, {
-            "group.id": "BYTEWAX_IGNORED", "enable.auto.commit": "false",
-            "isolation.level": "read_committed", "enable.partition.eof": "true", **extra,
-        }))
+        c = Consumer(
+            client_config(
+                brokers,
+                {
+                    "group.id": "BYTEWAX_IGNORED",
+                    "enable.auto.commit": "false",
+                    "isolation.level": "read_committed",
+                    "enable.partition.eof": "true",
+                    **extra,
+                },
+            )
+        )
         tp = TopicPartition(self._topic, self._part)
         low, high = c.get_watermark_offsets(tp, timeout=30)
         start = low if resume_state is None else max(resume_state, low)
@@ -308,8 +367,13 @@ class _TxnSinkPartition(StatefulSinkPartition[OutRecord, int]):
                         done = True
         c.close()
         if ids:
-            log.info("sink %s/%s resumes after offset %s: %d committed ids to skip",
-                     self._topic, self._part, start, len(ids))
+            log.info(
+                "sink %s/%s resumes after offset %s: %d committed ids to skip",
+                self._topic,
+                self._part,
+                start,
+                len(ids),
+            )
         return ids, high
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
@@ -329,9 +393,14 @@ class _TxnSinkPartition(StatefulSinkPartition[OutRecord, int]):
                 continue
             while True:
                 try:
-                    produce(self._topic, rec.value, rec.key.encode(), partition=self._part,
-                            headers=[(ID_HEADER, rec.id.encode())],
-                            on_delivery=self._on_delivery)
+                    produce(
+                        self._topic,
+                        rec.value,
+                        rec.key.encode(),
+                        partition=self._part,
+                        headers=[(ID_HEADER, rec.id.encode())],
+                        on_delivery=self._on_delivery,
+                    )
                     break
                 except BufferError:
                     self._producer.poll(0.05)
@@ -359,7 +428,8 @@ class _TxnSinkPartition(StatefulSinkPartition[OutRecord, int]):
                 # abortable or fatal: this epoch's output cannot be committed; crash so
                 # the restart replays it from the last snapshot (nothing is lost)
                 raise RuntimeError(
-                    f"transaction on {self._topic}/{self._part} failed: {err}") from exc
+                    f"transaction on {self._topic}/{self._part} failed: {err}"
+                ) from exc
         if self._errors:
             raise RuntimeError(f"delivery to {self._topic}/{self._part} failed: {self._errors}")
         self._in_txn = False
@@ -382,8 +452,15 @@ class ExactlyOnceKafkaSink(FixedPartitionedSink[OutRecord, int]):
     Each record carries its id in the ``ad-id`` header and its key as the Kafka key.
     """
 
-    def __init__(self, brokers: str, topic: str, flow_id: str, *, partitions: int = 4,
-                 extra: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        brokers: str,
+        topic: str,
+        flow_id: str,
+        *,
+        partitions: int = 4,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         self._brokers = brokers
         self._topic = topic
         self._flow_id = flow_id
@@ -397,25 +474,37 @@ class ExactlyOnceKafkaSink(FixedPartitionedSink[OutRecord, int]):
     def part_fn(self, item_key: str) -> int:
         return zlib.crc32(item_key.encode())
 
-    def build_part(self, step_id: str, for_part: str,
-                   resume_state: int | None) -> _TxnSinkPartition:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> _TxnSinkPartition:
         part = int(for_part)
         txn_id = f"{self._flow_id}.{step_id}.{self._topic}.{part}"
-        return _TxnSinkPartition(self._brokers, self._extra, self._topic, part, txn_id,
-                                 resume_state, step_id)
+        return _TxnSinkPartition(
+            self._brokers, self._extra, self._topic, part, txn_id, resume_state, step_id
+        )
 
 
 def source_from_url(url: SourceURL, settings: Any) -> KafkaSource:
-    return KafkaSource(url.hostport, url.names, tail=parse_bool(url.param("tail"), True),
-                       start=url.param("start", "earliest") or "earliest",
-                       batch_size=int(url.param("batch", "2000") or 2000),
-                       max_rate=float(url.param("max_rate", "0") or 0), extra=settings.kafka)
+    return KafkaSource(
+        url.hostport,
+        url.names,
+        tail=parse_bool(url.param("tail"), True),
+        start=url.param("start", "earliest") or "earliest",
+        batch_size=int(url.param("batch", "2000") or 2000),
+        max_rate=float(url.param("max_rate", "0") or 0),
+        extra=settings.kafka,
+    )
 
 
 def sink_from_url(url: SourceURL, settings: Any) -> ExactlyOnceKafkaSink:
     if len(url.names) != 1:
-        raise ValueError(f"a Kafka sink URL names one topic, e.g. kafka://host:9092/alerts; "
-                         f"got {url.raw!r}")
-    return ExactlyOnceKafkaSink(url.hostport, url.names[0], settings.flow_id,
-                                partitions=int(url.param("partitions", "4") or 4),
-                                extra=settings.kafka)
+        raise ValueError(
+            f"a Kafka sink URL names one topic, e.g. kafka://host:9092/alerts; got {url.raw!r}"
+        )
+    return ExactlyOnceKafkaSink(
+        url.hostport,
+        url.names[0],
+        settings.flow_id,
+        partitions=int(url.param("partitions", "4") or 4),
+        extra=settings.kafka,
+    )

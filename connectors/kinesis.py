@@ -172,8 +172,9 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
     def _backoff(self, why: object) -> list:
         self._failures += 1
         delay = min(0.1 * 2 ** (self._failures - 1), 5.0)
-        log.warning("kinesis %s/%s: %s; retrying in %.2fs", self._stream, self._shard_id,
-                    why, delay)
+        log.warning(
+            "kinesis %s/%s: %s; retrying in %.2fs", self._stream, self._shard_id, why, delay
+        )
         self._awake = datetime.now(UTC) + timedelta(seconds=delay)
         return []
 
@@ -197,15 +198,15 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
     def _new_iterator(self) -> str:
         args: dict[str, Any] = {"StreamName": self._stream, "ShardId": self._shard_id}
         if self._seq is not None:
-            args.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER",
-                        StartingSequenceNumber=self._seq)
+            args.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=self._seq)
         elif self._fresh_latest:
             # First start at LATEST; ``at`` (build time) is what a re-creation/resume uses.
             self._fresh_latest = False
             args.update(ShardIteratorType="LATEST")
         elif self._at is not None:
-            it, self._not_before = _iterator_since(self._client, self._stream,
-                                                   self._shard_id, self._at)
+            it, self._not_before = _iterator_since(
+                self._client, self._stream, self._shard_id, self._at
+            )
             return it
         else:
             args.update(ShardIteratorType="TRIM_HORIZON")
@@ -230,8 +231,12 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
             code = _code(exc)
             if code == "ExpiredIteratorException":
                 self._iterator = None
-                log.info("kinesis %s/%s: iterator expired; re-created from %s",
-                         self._stream, self._shard_id, self._seq)
+                log.info(
+                    "kinesis %s/%s: iterator expired; re-created from %s",
+                    self._stream,
+                    self._shard_id,
+                    self._seq,
+                )
                 return []
             if code in _THROTTLED:
                 return self._backoff(code)
@@ -248,13 +253,21 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
         if self._not_before and records:
             # Reading from TRIM_HORIZON in place of AT_TIMESTAMP: drop what is older.
             self._seq = records[-1]["SequenceNumber"]
-            records = [r for r in records
-                       if r["ApproximateArrivalTimestamp"].timestamp() >= self._not_before]
+            records = [
+                r
+                for r in records
+                if r["ApproximateArrivalTimestamp"].timestamp() >= self._not_before
+            ]
             if records:
                 self._not_before = 0.0
         batch = [
-            RawRecord(r["Data"], self._source, self._shard_id, r["SequenceNumber"],
-                      r["PartitionKey"].encode())
+            RawRecord(
+                r["Data"],
+                self._source,
+                self._shard_id,
+                r["SequenceNumber"],
+                r["PartitionKey"].encode(),
+            )
             for r in records
         ]
         if batch:
@@ -272,8 +285,7 @@ class _KinesisShardPartition(StatefulSourcePartition[list[RawRecord], ShardState
             if not got_any and not self._tail and behind == 0:
                 self._eof = True  # caught up with the data present: end of a bounded read
                 return []
-            return self._wait(self._poll.total_seconds() if behind == 0 and not got_any
-                              else 0.0)
+            return self._wait(self._poll.total_seconds() if behind == 0 and not got_any else 0.0)
         self._awake = None if behind > 0 else datetime.now(UTC) + self._poll
         return [batch]
 
@@ -352,7 +364,8 @@ class KinesisSource(FixedPartitionedSource[list[RawRecord], ShardState]):
             shard = {"ShardId": for_part}
             resume_state = {"seq": None, "at": None, "done": True}
         parents = [
-            p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId"))
+            p
+            for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId"))
             if p and p in shards
         ]
         fresh = resume_state is None
@@ -361,8 +374,18 @@ class KinesisSource(FixedPartitionedSource[list[RawRecord], ShardState]):
             at = {"AT_TIMESTAMP": self._at, "LATEST": time.time()}.get(self._start)
             resume_state = {"seq": None, "at": at, "done": False}
         return _KinesisShardPartition(
-            client, step_id, self._stream, shard, parents, resume_state, self._start,
-            self._tail, self._batch, self._poll, self._parent_wait, fresh,
+            client,
+            step_id,
+            self._stream,
+            shard,
+            parents,
+            resume_state,
+            self._start,
+            self._tail,
+            self._batch,
+            self._poll,
+            self._parent_wait,
+            fresh,
         )
 
 
@@ -396,8 +419,9 @@ def _iterator_since(client: Any, stream: str, shard: str, since: float) -> tuple
     """
     args = {"StreamName": stream, "ShardId": shard}
     try:
-        it = client.get_shard_iterator(ShardIteratorType="AT_TIMESTAMP",
-                                       Timestamp=datetime.fromtimestamp(since, UTC), **args)
+        it = client.get_shard_iterator(
+            ShardIteratorType="AT_TIMESTAMP", Timestamp=datetime.fromtimestamp(since, UTC), **args
+        )
         return str(it["ShardIterator"]), 0.0
     except (bexc.ReadTimeoutError, bexc.ClientError) as exc:
         if isinstance(exc, bexc.ClientError) and _code(exc) != "InvalidArgumentException":
@@ -406,8 +430,9 @@ def _iterator_since(client: Any, stream: str, shard: str, since: float) -> tuple
     return str(it["ShardIterator"]), since
 
 
-def read_back(client: Any, stream: str, seqs: dict[str, str], since: float | None,
-              retry_for: float = 60.0) -> tuple[set[str], dict[str, str]]:
+def read_back(
+    client: Any, stream: str, seqs: dict[str, str], since: float | None, retry_for: float = 60.0
+) -> tuple[set[str], dict[str, str]]:
     """Ids of records on every shard after ``seqs`` (or after ``since``), and the new tails."""
     found: set[str] = set()
     tails = dict(seqs)
@@ -417,13 +442,17 @@ def read_back(client: Any, stream: str, seqs: dict[str, str], since: float | Non
         not_before = 0.0
         if sid in seqs:
             it: str | None = client.get_shard_iterator(
-                StreamName=stream, ShardId=sid, ShardIteratorType="AFTER_SEQUENCE_NUMBER",
-                StartingSequenceNumber=seqs[sid])["ShardIterator"]
+                StreamName=stream,
+                ShardId=sid,
+                ShardIteratorType="AFTER_SEQUENCE_NUMBER",
+                StartingSequenceNumber=seqs[sid],
+            )["ShardIterator"]
         elif since is not None:
             it, not_before = _iterator_since(client, stream, sid, since)
         else:
-            it = client.get_shard_iterator(StreamName=stream, ShardId=sid,
-                                           ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+            it = client.get_shard_iterator(
+                StreamName=stream, ShardId=sid, ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
         delay = 0.05
         while it is not None:
             try:
@@ -445,8 +474,7 @@ def read_back(client: Any, stream: str, seqs: dict[str, str], since: float | Non
 
 
 class _KinesisSinkPartition(StatefulSinkPartition[OutRecord, SinkState]):
-    def __init__(self, client: Any, stream: str, state: SinkState | None,
-                 retry_for: float) -> None:
+    def __init__(self, client: Any, stream: str, state: SinkState | None, retry_for: float) -> None:
         self._client = client
         self._stream = stream
         self._retry_for = retry_for
@@ -460,8 +488,12 @@ class _KinesisSinkPartition(StatefulSinkPartition[OutRecord, SinkState]):
             found, self._seqs = read_back(client, stream, state["seqs"], since, retry_for)
             self._skip = found | set(state["skip"])
             if found:
-                log.warning("kinesis sink %s: %d records were already written after the "
-                            "snapshot; their replays will be skipped", stream, len(found))
+                log.warning(
+                    "kinesis sink %s: %d records were already written after the "
+                    "snapshot; their replays will be skipped",
+                    stream,
+                    len(found),
+                )
 
     def _chunks(self, recs: list[OutRecord]) -> list[list[tuple[str, dict]]]:
         chunks: list[list[tuple[str, dict]]] = []
@@ -494,20 +526,24 @@ class _KinesisSinkPartition(StatefulSinkPartition[OutRecord, SinkState]):
         unknown = False  # a request may have been applied without us seeing the answer
         while pending:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"kinesis sink {self._stream}: {len(pending)} records "
-                                   f"still failing after {self._retry_for}s")
+                raise RuntimeError(
+                    f"kinesis sink {self._stream}: {len(pending)} records "
+                    f"still failing after {self._retry_for}s"
+                )
             try:
                 if unknown:
                     # Drop what an unanswered request did write: no duplicates from resends.
-                    found, self._seqs = read_back(self._client, self._stream, self._seqs,
-                                                  since, self._retry_for)
+                    found, self._seqs = read_back(
+                        self._client, self._stream, self._seqs, since, self._retry_for
+                    )
                     pending = [e for e in pending if e[0] not in found]
                     unknown = False
                     if not pending:
                         return
                 self.put_calls += 1
-                resp = self._client.put_records(StreamName=self._stream,
-                                                Records=[e[1] for e in pending])
+                resp = self._client.put_records(
+                    StreamName=self._stream, Records=[e[1] for e in pending]
+                )
             except bexc.ClientError as exc:
                 if _code(exc) not in _THROTTLED:
                     raise
@@ -524,8 +560,12 @@ class _KinesisSinkPartition(StatefulSinkPartition[OutRecord, SinkState]):
                         self._note(result)
                 if failed:
                     self.retried += len(failed)
-                    log.warning("kinesis sink %s: %d of %d entries failed; retrying them",
-                                self._stream, len(failed), len(pending))
+                    log.warning(
+                        "kinesis sink %s: %d of %d entries failed; retrying them",
+                        self._stream,
+                        len(failed),
+                        len(pending),
+                    )
                 pending = failed
                 if not pending:
                     return
@@ -540,8 +580,12 @@ class _KinesisSinkPartition(StatefulSinkPartition[OutRecord, SinkState]):
                 continue
             if not self._warned and rec.id.encode() not in rec.value:
                 self._warned = True
-                log.warning("kinesis sink %s: record %s does not carry its id in the value; "
-                            "replays after a crash cannot be deduplicated", self._stream, rec.id)
+                log.warning(
+                    "kinesis sink %s: record %s does not carry its id in the value; "
+                    "replays after a crash cannot be deduplicated",
+                    self._stream,
+                    rec.id,
+                )
             todo.append(rec)
         for chunk in self._chunks(todo):
             self._put(chunk)
@@ -589,8 +633,9 @@ class KinesisSink(FixedPartitionedSink[OutRecord, SinkState]):
 def _stream_name(url: SourceURL) -> str:
     names = url.names
     if len(names) != 1:
-        raise ValueError(f"a kinesis URL names one stream: {url.raw!r}; "
-                         "e.g. kinesis://sensors?region=us-east-1")
+        raise ValueError(
+            f"a kinesis URL names one stream: {url.raw!r}; e.g. kinesis://sensors?region=us-east-1"
+        )
     return names[0]
 
 

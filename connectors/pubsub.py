@@ -119,8 +119,9 @@ def _dedup_key(msg: Any) -> str:
 class _Puller:
     """Background thread: pulls into a queue, keeps leases alive, sends acks."""
 
-    def __init__(self, client: Any, subscription: str, batch: int, lease: float,
-                 max_outstanding: int) -> None:
+    def __init__(
+        self, client: Any, subscription: str, batch: int, lease: float, max_outstanding: int
+    ) -> None:
         self._client = client
         self._sub = subscription
         self._batch = batch
@@ -132,8 +133,9 @@ class _Puller:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.errors = 0
-        self._thread = threading.Thread(target=self._run, name=f"pubsub-pull:{subscription}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"pubsub-pull:{subscription}", daemon=True
+        )
         self._thread.start()
 
     def ack(self, ack_ids: list[str]) -> None:
@@ -160,8 +162,9 @@ class _Puller:
         for i in range(0, len(ids), 1000):
             chunk = ids[i : i + 1000]
             try:
-                self._client.acknowledge(subscription=self._sub, ack_ids=chunk, timeout=10,
-                                         retry=None)
+                self._client.acknowledge(
+                    subscription=self._sub, ack_ids=chunk, timeout=10, retry=None
+                )
             except gexc.GoogleAPICallError as exc:
                 # Expired/unknown ack ids (e.g. after an emulator restart): the message comes
                 # back and is dropped as a duplicate, then acked again.
@@ -171,8 +174,11 @@ class _Puller:
         for i in range(0, len(ack_ids), 1000):
             try:
                 self._client.modify_ack_deadline(
-                    subscription=self._sub, ack_ids=ack_ids[i : i + 1000],
-                    ack_deadline_seconds=int(self._lease), timeout=10, retry=None,
+                    subscription=self._sub,
+                    ack_ids=ack_ids[i : i + 1000],
+                    ack_deadline_seconds=int(self._lease),
+                    timeout=10,
+                    retry=None,
                 )
             except gexc.GoogleAPICallError as exc:
                 log.warning("pubsub %s: lease extension failed: %s", self._sub, exc)
@@ -201,8 +207,12 @@ class _Puller:
                 continue
             except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
                 self.errors += 1
-                log.warning("pubsub %s: pull failed (%s); retrying in %.1fs", self._sub,
-                            type(exc).__name__, delay)
+                log.warning(
+                    "pubsub %s: pull failed (%s); retrying in %.1fs",
+                    self._sub,
+                    type(exc).__name__,
+                    delay,
+                )
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
                 continue
@@ -216,13 +226,15 @@ class _Puller:
                     self._leased[a] = now
             self._extend(got)  # the subscription's own deadline may be only 10 s
             for m in msgs:
-                self.out.put({
-                    "ack_id": m.ack_id,
-                    "message_id": m.message.message_id,
-                    "dedup": _dedup_key(m.message),
-                    "data": bytes(m.message.data),
-                    "ordering_key": m.message.ordering_key,
-                })
+                self.out.put(
+                    {
+                        "ack_id": m.ack_id,
+                        "message_id": m.message.message_id,
+                        "dedup": _dedup_key(m.message),
+                        "data": bytes(m.message.data),
+                        "ordering_key": m.message.ordering_key,
+                    }
+                )
 
 
 class PubSubState(TypedDict):
@@ -231,9 +243,18 @@ class PubSubState(TypedDict):
 
 
 class _PubSubPartition(StatefulSourcePartition[list[RawRecord], PubSubState]):
-    def __init__(self, puller: _Puller, name: str, state: PubSubState | None, *,
-                 batch: int, ack_lag: int, dedup: float, idle_exit: float | None,
-                 lease: float) -> None:
+    def __init__(
+        self,
+        puller: _Puller,
+        name: str,
+        state: PubSubState | None,
+        *,
+        batch: int,
+        ack_lag: int,
+        dedup: float,
+        idle_exit: float | None,
+        lease: float,
+    ) -> None:
         self._puller = puller
         self._name = name
         self._source = f"pubsub:{name}"
@@ -322,10 +343,19 @@ class PubSubSource(FixedPartitionedSource[list[RawRecord], PubSubState]):
     ``{"pending": [message keys], "acked": {message key: time}}`` (see module docstring).
     """
 
-    def __init__(self, project: str, subscription: str, *, emulator: str | None = None,
-                 batch: int = 1000, ack_lag: int = 2, dedup: float = 60.0,
-                 lease: float = 60.0, idle_exit: float | None = None,
-                 max_outstanding: int = 20000) -> None:
+    def __init__(
+        self,
+        project: str,
+        subscription: str,
+        *,
+        emulator: str | None = None,
+        batch: int = 1000,
+        ack_lag: int = 2,
+        dedup: float = 60.0,
+        lease: float = 60.0,
+        idle_exit: float | None = None,
+        max_outstanding: int = 20000,
+    ) -> None:
         self._path = f"projects/{project}/subscriptions/{subscription}"
         self._name = subscription
         self._emulator = emulator
@@ -339,18 +369,28 @@ class PubSubSource(FixedPartitionedSource[list[RawRecord], PubSubState]):
     def list_parts(self) -> list[str]:
         return [self._name]
 
-    def build_part(self, step_id: str, for_part: str,
-                   resume_state: PubSubState | None) -> _PubSubPartition:
-        puller = _Puller(subscriber_client(self._emulator), self._path, self._batch,
-                         self._lease, self._max)
-        return _PubSubPartition(puller, self._name, resume_state, batch=self._batch,
-                                ack_lag=self._ack_lag, dedup=self._dedup,
-                                idle_exit=self._idle_exit, lease=self._lease)
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: PubSubState | None
+    ) -> _PubSubPartition:
+        puller = _Puller(
+            subscriber_client(self._emulator), self._path, self._batch, self._lease, self._max
+        )
+        return _PubSubPartition(
+            puller,
+            self._name,
+            resume_state,
+            batch=self._batch,
+            ack_lag=self._ack_lag,
+            dedup=self._dedup,
+            idle_exit=self._idle_exit,
+            lease=self._lease,
+        )
 
 
 class _PubSubSinkPartition(StatefulSinkPartition[OutRecord, None]):
-    def __init__(self, client: pubsub_v1.PublisherClient, topic: str, flow_id: str,
-                 retry_for: float) -> None:
+    def __init__(
+        self, client: pubsub_v1.PublisherClient, topic: str, flow_id: str, retry_for: float
+    ) -> None:
         self._client = client
         self._topic = topic
         self._flow_id = flow_id
@@ -358,8 +398,9 @@ class _PubSubSinkPartition(StatefulSinkPartition[OutRecord, None]):
         self.published = 0  # for tests and metrics
 
     def _publish(self, rec: OutRecord) -> Any:
-        return self._client.publish(self._topic, rec.value, ordering_key=rec.key,
-                                    alert_id=rec.id, flow_id=self._flow_id)
+        return self._client.publish(
+            self._topic, rec.value, ordering_key=rec.key, alert_id=rec.id, flow_id=self._flow_id
+        )
 
     def write_batch(self, values: list[OutRecord]) -> None:
         deadline = time.monotonic() + self._retry_for
@@ -378,10 +419,13 @@ class _PubSubSinkPartition(StatefulSinkPartition[OutRecord, None]):
             if not failed:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"pubsub sink {self._topic}: {len(failed)} messages "
-                                   f"unpublished after {self._retry_for}s: {last}")
-            log.warning("pubsub sink %s: %d publishes failed (%s); retrying", self._topic,
-                        len(failed), last)
+                raise RuntimeError(
+                    f"pubsub sink {self._topic}: {len(failed)} messages "
+                    f"unpublished after {self._retry_for}s: {last}"
+                )
+            log.warning(
+                "pubsub sink %s: %d publishes failed (%s); retrying", self._topic, len(failed), last
+            )
             # An ordering key pauses after a failure until resumed.
             for key in {r.key for r in failed}:
                 self._client.resume_publish(self._topic, key)
@@ -400,9 +444,16 @@ class PubSubSink(FixedPartitionedSink[OutRecord, None]):
     At-least-once. Resume state: none.
     """
 
-    def __init__(self, project: str, topic: str, flow_id: str, *,
-                 emulator: str | None = None, partitions: int = 1,
-                 retry_for: float = 120.0) -> None:
+    def __init__(
+        self,
+        project: str,
+        topic: str,
+        flow_id: str,
+        *,
+        emulator: str | None = None,
+        partitions: int = 1,
+        retry_for: float = 120.0,
+    ) -> None:
         self._topic = f"projects/{project}/topics/{topic}"
         self._flow_id = flow_id
         self._emulator = emulator
@@ -412,17 +463,18 @@ class PubSubSink(FixedPartitionedSink[OutRecord, None]):
     def list_parts(self) -> list[str]:
         return [str(i) for i in range(self._parts)]
 
-    def build_part(self, step_id: str, for_part: str,
-                   resume_state: None) -> _PubSubSinkPartition:
-        return _PubSubSinkPartition(publisher_client(self._emulator), self._topic,
-                                    self._flow_id, self._retry_for)
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _PubSubSinkPartition:
+        return _PubSubSinkPartition(
+            publisher_client(self._emulator), self._topic, self._flow_id, self._retry_for
+        )
 
 
 def _project_and_name(url: SourceURL, what: str) -> tuple[str, str]:
     parts = [p for p in url.path.strip("/").split("/") if p]
     if len(parts) != 2:
-        raise ValueError(f"a pubsub URL is pubsub://project/{what}: {url.raw!r}; "
-                         f"e.g. pubsub://my-project/{what}")
+        raise ValueError(
+            f"a pubsub URL is pubsub://project/{what}: {url.raw!r}; e.g. pubsub://my-project/{what}"
+        )
     return parts[0], parts[1]
 
 
@@ -436,7 +488,8 @@ def source_from_url(url: SourceURL, settings: object) -> PubSubSource:
     project, sub = _project_and_name(url, "subscription")
     idle = url.param("idle_exit")
     return PubSubSource(
-        project, sub,
+        project,
+        sub,
         emulator=_emulator(url),
         batch=int(url.param("batch", "1000") or 1000),
         ack_lag=int(url.param("ack_lag", "2") or 2),
@@ -450,7 +503,9 @@ def sink_from_url(url: SourceURL, settings: object) -> PubSubSink:
     """``pubsub://project/topic?partitions=1``."""
     project, topic = _project_and_name(url, "topic")
     return PubSubSink(
-        project, topic, str(settings.flow_id),  # type: ignore[attr-defined]
+        project,
+        topic,
+        str(settings.flow_id),  # type: ignore[attr-defined]
         emulator=_emulator(url),
         partitions=int(url.param("partitions", "1") or 1),
     )

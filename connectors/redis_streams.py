@@ -112,8 +112,10 @@ class _RedisStreamPartition(StatefulSourcePartition[list[RawRecord], str]):
             value = fields.get(self._field)
             if value is None:
                 # Entries written without our field keep their content, for the DLQ.
-                text = {k.decode(errors="replace"): v.decode(errors="replace")
-                        for k, v in fields.items()}
+                text = {
+                    k.decode(errors="replace"): v.decode(errors="replace")
+                    for k, v in fields.items()
+                }
                 value = json.dumps(text).encode()
             key = fields.get(b"key")
             batch.append(RawRecord(value, self._source, self._stream, sid, key))
@@ -322,8 +324,10 @@ def sink_from_url(url: SourceURL, settings: object) -> RedisStreamSink:
     """``redis://host:port/alerts?maxlen=N&dedup_ttl=7d&partitions=1``."""
     names = url.names
     if len(names) != 1:
-        raise ValueError(f"a Redis sink URL names exactly one stream: {url.raw!r}; "
-                         "e.g. redis://127.0.0.1:6379/alerts")
+        raise ValueError(
+            f"a Redis sink URL names exactly one stream: {url.raw!r}; "
+            "e.g. redis://127.0.0.1:6379/alerts"
+        )
     return RedisStreamSink(
         stream=names[0],
         flow_id=str(settings.flow_id),  # type: ignore[attr-defined]
@@ -332,4 +336,3 @@ def sink_from_url(url: SourceURL, settings: object) -> RedisStreamSink:
         partitions=int(url.param("partitions", "1") or 1),
         **_common(url),
     )
-

@@ -93,8 +93,14 @@ class AutoscalePolicy:
         cfg = self.cfg
         load = self.load(s)
         if load is None:
-            return Decision(s.t, "hold", self.workers, self.workers, None,
-                            "no lag or CPU reading this time; holding")
+            return Decision(
+                s.t,
+                "hold",
+                self.workers,
+                self.workers,
+                None,
+                "no lag or CPU reading this time; holding",
+            )
         self.window.append((s.t, load))
         while self.window and self.window[0][0] < s.t - cfg.sustain_s:
             self.window.popleft()
@@ -105,27 +111,50 @@ class AutoscalePolicy:
         high = covered and all(v >= cfg.up_threshold for _, v in self.window)
         low = covered and all(v <= cfg.down_threshold for _, v in self.window)
         if not (high or low):
-            why = ("within thresholds" if cfg.down_threshold < load < cfg.up_threshold
-                   else f"not sustained for {cfg.sustain_s:g}s yet")
+            why = (
+                "within thresholds"
+                if cfg.down_threshold < load < cfg.up_threshold
+                else f"not sustained for {cfg.sustain_s:g}s yet"
+            )
             return Decision(s.t, "hold", self.workers, self.workers, load, f"{desc}: {why}")
         action = "up" if high else "down"
-        target = (min(cfg.max_workers, self.workers + cfg.step) if high
-                  else max(cfg.min_workers, self.workers - cfg.step))
+        target = (
+            min(cfg.max_workers, self.workers + cfg.step)
+            if high
+            else max(cfg.min_workers, self.workers - cfg.step)
+        )
         threshold = cfg.up_threshold if high else cfg.down_threshold
         side = "above" if high else "below"
         if target == self.workers:
             bound = "max" if high else "min"
-            return Decision(s.t, "hold", self.workers, self.workers, load,
-                            f"{desc} {side} {threshold:.0%} for {span:.0f}s but already at "
-                            f"{bound} workers ({self.workers})")
+            return Decision(
+                s.t,
+                "hold",
+                self.workers,
+                self.workers,
+                load,
+                f"{desc} {side} {threshold:.0%} for {span:.0f}s but already at "
+                f"{bound} workers ({self.workers})",
+            )
         if self.last_change is not None and s.t - self.last_change < cfg.cooldown_s:
             left = cfg.cooldown_s - (s.t - self.last_change)
-            return Decision(s.t, "hold", self.workers, self.workers, load,
-                            f"{desc} {side} {threshold:.0%} for {span:.0f}s; cooldown "
-                            f"{left:.0f}s left")
-        decision = Decision(s.t, action, self.workers, target, load,
-                            f"{desc} {side} {threshold:.0%} for {span:.0f}s: "
-                            f"scale {action} {self.workers} -> {target} workers")
+            return Decision(
+                s.t,
+                "hold",
+                self.workers,
+                self.workers,
+                load,
+                f"{desc} {side} {threshold:.0%} for {span:.0f}s; cooldown {left:.0f}s left",
+            )
+        decision = Decision(
+            s.t,
+            action,
+            self.workers,
+            target,
+            load,
+            f"{desc} {side} {threshold:.0%} for {span:.0f}s: "
+            f"scale {action} {self.workers} -> {target} workers",
+        )
         self.workers = target
         self.last_change = s.t
         self.window.clear()

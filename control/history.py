@@ -97,8 +97,10 @@ def _kafka_records(
     parts = urlsplit(url)
     topics = [t for t in parts.path.strip("/").split(",") if t]
     if not parts.hostname or not topics:
-        raise HistoryError(f"Kafka source {url!r} needs host:port and a topic, "
-                           "e.g. kafka://127.0.0.1:19092/sensors")
+        raise HistoryError(
+            f"Kafka source {url!r} needs host:port and a topic, "
+            "e.g. kafka://127.0.0.1:19092/sensors"
+        )
     conf = {
         "bootstrap.servers": f"{parts.hostname}:{parts.port or 9092}",
         "group.id": "adctl-history",
@@ -202,8 +204,10 @@ def _file_records(path: Path, stats: ReadStats) -> Iterator[dict[str, Any]]:
                 if line:
                     yield from _decode_value(line, stats)
     else:
-        raise HistoryError(f"unknown history file type {path.name!r}; "
-                           "use .parquet, .csv, .jsonl/.ndjson/.json or a kafka:// URL")
+        raise HistoryError(
+            f"unknown history file type {path.name!r}; "
+            "use .parquet, .csv, .jsonl/.ndjson/.json or a kafka:// URL"
+        )
 
 
 def _expand(source: str) -> list[Path]:

@@ -40,10 +40,16 @@ def scale_patch(target: K8sTarget, processes: int, workers: int) -> dict[str, An
     """The strategic-merge patch: replicas plus the parallelism env of the flow container."""
     if processes < 1 or workers < 1:
         raise K8sError("--processes and --workers must be at least 1")
-    env = [{"name": "FLOW_PROCESSES", "value": str(processes)},
-           {"name": "BYTEWAX_WORKERS_PER_PROCESS", "value": str(workers)}]
-    return {"spec": {"replicas": processes, "template": {"spec": {
-        "containers": [{"name": target.container, "env": env}]}}}}
+    env = [
+        {"name": "FLOW_PROCESSES", "value": str(processes)},
+        {"name": "BYTEWAX_WORKERS_PER_PROCESS", "value": str(workers)},
+    ]
+    return {
+        "spec": {
+            "replicas": processes,
+            "template": {"spec": {"containers": [{"name": target.container, "env": env}]}},
+        }
+    }
 
 
 def _base(target: K8sTarget) -> list[str]:
@@ -53,24 +59,30 @@ def _base(target: K8sTarget) -> list[str]:
     return argv + ["--namespace", target.namespace]
 
 
-def scale_commands(target: K8sTarget, processes: int, workers: int,
-                   timeout_s: int = 300) -> list[list[str]]:
+def scale_commands(
+    target: K8sTarget, processes: int, workers: int, timeout_s: int = 300
+) -> list[list[str]]:
     """The kubectl commands that perform the rescale, in order."""
     patch = json.dumps(scale_patch(target, processes, workers), separators=(",", ":"))
     base = _base(target)
     return [
         base + ["patch", "statefulset", target.statefulset, "--type", "strategic", "-p", patch],
-        base + ["delete", "pod", "-l", target.selector, "--wait=true",
-                f"--timeout={timeout_s}s"],
-        base + ["rollout", "status", f"statefulset/{target.statefulset}",
-                f"--timeout={timeout_s}s"],
+        base + ["delete", "pod", "-l", target.selector, "--wait=true", f"--timeout={timeout_s}s"],
+        base
+        + ["rollout", "status", f"statefulset/{target.statefulset}", f"--timeout={timeout_s}s"],
     ]
 
 
-def scale_k8s(target: K8sTarget, processes: int, workers: int, *, dry_run: bool = False,
-              timeout_s: int = 300, log: Callable[[str], None] = print,
-              runner: Callable[[Sequence[str]], subprocess.CompletedProcess[str]] | None = None
-              ) -> list[list[str]]:
+def scale_k8s(
+    target: K8sTarget,
+    processes: int,
+    workers: int,
+    *,
+    dry_run: bool = False,
+    timeout_s: int = 300,
+    log: Callable[[str], None] = print,
+    runner: Callable[[Sequence[str]], subprocess.CompletedProcess[str]] | None = None,
+) -> list[list[str]]:
     """Run (or with ``dry_run`` only print) the rescale; return the commands."""
     cmds = scale_commands(target, processes, workers, timeout_s)
     if dry_run:
@@ -78,10 +90,12 @@ def scale_k8s(target: K8sTarget, processes: int, workers: int, *, dry_run: bool 
             log("dry-run: " + " ".join(c))
         return cmds
     if shutil.which(target.kubectl) is None:
-        raise K8sError(f"{target.kubectl!r} not found on PATH; install kubectl or pass "
-                       "--kubectl PATH")
-    run = runner or (lambda c: subprocess.run(list(c), capture_output=True, text=True,
-                                              timeout=timeout_s + 30))
+        raise K8sError(
+            f"{target.kubectl!r} not found on PATH; install kubectl or pass --kubectl PATH"
+        )
+    run = runner or (
+        lambda c: subprocess.run(list(c), capture_output=True, text=True, timeout=timeout_s + 30)
+    )
     for c in cmds:
         log("$ " + " ".join(c))
         res = run(c)

@@ -54,7 +54,7 @@ def decode_marker(value: bytes | None) -> dict[str, Any] | None:
     """
     if value is None or not value.startswith(MARKER_PREFIX):
         return None
-    body = json.loads(value[len(MARKER_PREFIX):].decode("utf-8"))
+    body = json.loads(value[len(MARKER_PREFIX) :].decode("utf-8"))
     if not isinstance(body, dict) or body.get("type") != "model":
         raise ValueError(f"unknown control marker: {value[:200]!r}")
     for k in ("detector", "version", "model_ref"):
@@ -120,8 +120,12 @@ def _push_redis(parts: Any, query: dict[str, str], marker: bytes) -> list[Writte
     streams = [s for s in unquote(parts.path).strip("/").split(",") if s]
     if not streams:
         raise MarkerError(f"Redis source needs /stream names, got {parts.geturl()!r}")
-    client = redis.Redis(host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
-                         db=int(query.get("db", "0")), password=parts.password)
+    client = redis.Redis(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 6379,
+        db=int(query.get("db", "0")),
+        password=parts.password,
+    )
     field = query.get("field", "value")
     out = []
     for s in streams:
@@ -136,9 +140,11 @@ def _push_kinesis(parts: Any, query: dict[str, str], marker: bytes) -> list[Writ
 
     stream = unquote(parts.netloc + parts.path).strip("/")
     endpoint = query.get("endpoint") or os.environ.get("AD_KINESIS_ENDPOINT") or None
-    client = boto3.client("kinesis", endpoint_url=endpoint,
-                          region_name=query.get("region") or os.environ.get("AWS_DEFAULT_REGION")
-                          or "us-east-1")
+    client = boto3.client(
+        "kinesis",
+        endpoint_url=endpoint,
+        region_name=query.get("region") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+    )
     shards: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {"StreamName": stream}
     while True:
@@ -151,8 +157,12 @@ def _push_kinesis(parts: Any, query: dict[str, str], marker: bytes) -> list[Writ
     for sh in shards:
         if sh.get("SequenceNumberRange", {}).get("EndingSequenceNumber"):
             continue  # closed shard: nothing reads past its end
-        res = client.put_record(StreamName=stream, Data=marker, PartitionKey="adctl",
-                                ExplicitHashKey=sh["HashKeyRange"]["StartingHashKey"])
+        res = client.put_record(
+            StreamName=stream,
+            Data=marker,
+            PartitionKey="adctl",
+            ExplicitHashKey=sh["HashKeyRange"]["StartingHashKey"],
+        )
         if res["ShardId"] != sh["ShardId"]:
             raise MarkerError(f"marker for {sh['ShardId']} landed in {res['ShardId']}")
         out.append(Written(res["ShardId"], res["SequenceNumber"]))
@@ -186,10 +196,14 @@ def push_marker(
     if parts.scheme == "file":
         return _push_file(parts, marker)
     if parts.scheme == "pubsub":
-        raise MarkerError("Pub/Sub has no ordered partitions, so a model switch cannot be "
-                          "placed at an input position; use Kafka, Redis Streams or Kinesis")
-    raise MarkerError(f"cannot write control markers to {source_url!r} "
-                      "(use kafka://, redis://, kinesis:// or file://)")
+        raise MarkerError(
+            "Pub/Sub has no ordered partitions, so a model switch cannot be "
+            "placed at an input position; use Kafka, Redis Streams or Kinesis"
+        )
+    raise MarkerError(
+        f"cannot write control markers to {source_url!r} "
+        "(use kafka://, redis://, kinesis:// or file://)"
+    )
 
 
 def announce(
@@ -201,8 +215,11 @@ def announce(
     body = {"ts": time.time(), **event}
     try:
         producer = Producer(_kafka_conf(bootstrap, kafka_conf))
-        producer.produce(topic, json.dumps(body, sort_keys=True).encode(),
-                         key=str(event.get("detector", "")).encode())
+        producer.produce(
+            topic,
+            json.dumps(body, sort_keys=True).encode(),
+            key=str(event.get("detector", "")).encode(),
+        )
         left = producer.flush(30)
     except KafkaException as exc:
         raise MarkerError(f"could not announce on {topic!r} at {bootstrap}: {exc}") from None

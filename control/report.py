@@ -28,8 +28,11 @@ class AlertMark:
 
 
 def load_alerts(
-    sources: Sequence[str], sensor: str, key_field: str = "sensor_id",
-    since: float | None = None, until: float | None = None,
+    sources: Sequence[str],
+    sensor: str,
+    key_field: str = "sensor_id",
+    since: float | None = None,
+    until: float | None = None,
     kafka_conf: dict[str, str] | None = None,
 ) -> list[AlertMark]:
     """Alerts of ``sensor`` from alert topics/files (JSON records), sorted by time."""
@@ -74,10 +77,14 @@ def plot_report(
     import matplotlib.pyplot as plt
 
     fields = fields or Fields()
-    series = load_series(input_sources, fields=fields, since=since, until=until,
-                         keys={sensor}, kafka_conf=kafka_conf).get(sensor)
-    alerts = load_alerts(alert_sources, sensor, fields.key, since, until, kafka_conf) \
-        if alert_sources else []
+    series = load_series(
+        input_sources, fields=fields, since=since, until=until, keys={sensor}, kafka_conf=kafka_conf
+    ).get(sensor)
+    alerts = (
+        load_alerts(alert_sources, sensor, fields.key, since, until, kafka_conf)
+        if alert_sources
+        else []
+    )
     if series is None and not alerts:
         raise ValueError(f"sensor {sensor!r} has no readings or alerts in the given range")
     fig, ax = plt.subplots(figsize=(12, 4.5), dpi=110)
@@ -91,16 +98,21 @@ def plot_report(
     labelled: set[str | None] = set()
     for a in alerts:
         color = colors.get(a.model_version, "#d62728")
-        label = (f"alert (model {a.model_version})" if a.model_version else "alert")
+        label = f"alert (model {a.model_version})" if a.model_version else "alert"
         lbl = label if a.model_version not in labelled else None
         labelled.add(a.model_version)
         if a.start is not None and a.end is not None and a.end > a.start:
-            ax.axvspan(np.datetime64(int(a.start * 1000), "ms"),
-                       np.datetime64(int(a.end * 1000), "ms"), color=color, alpha=0.25,
-                       label=lbl)
+            ax.axvspan(
+                np.datetime64(int(a.start * 1000), "ms"),
+                np.datetime64(int(a.end * 1000), "ms"),
+                color=color,
+                alpha=0.25,
+                label=lbl,
+            )
         else:
-            ax.axvline(np.datetime64(int(a.t * 1000), "ms"), color=color, alpha=0.7, lw=1.2,
-                       label=lbl)
+            ax.axvline(
+                np.datetime64(int(a.t * 1000), "ms"), color=color, alpha=0.7, lw=1.2, label=lbl
+            )
     ax.set_title(f"sensor {sensor}: {n_points} readings, {len(alerts)} alerts")
     ax.set_xlabel("event time (UTC)")
     ax.set_ylabel("value")
@@ -112,5 +124,10 @@ def plot_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
-    return {"sensor": sensor, "points": n_points, "alerts": len(alerts),
-            "model_versions": versions, "out": str(out)}
+    return {
+        "sensor": sensor,
+        "points": n_points,
+        "alerts": len(alerts),
+        "model_versions": versions,
+        "out": str(out),
+    }

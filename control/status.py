@@ -72,18 +72,20 @@ def snapshot(endpoints: Sequence[str], timeout: float = 3.0) -> FlowSnapshot:
                 snap.dead_letters[reason] = snap.dead_letters.get(reason, 0.0) + value
             elif name == "ad_model_version_info" and value > 0:
                 versions.setdefault(labels.get("detector", "?"), set()).add(
-                    labels.get("version", "?"))
+                    labels.get("version", "?")
+                )
             elif name == "ad_last_checkpoint_timestamp_seconds" and value > 0:
                 snap.last_checkpoint = max(snap.last_checkpoint or 0.0, value)
     snap.model_versions = {k: sorted(v) for k, v in sorted(versions.items())}
     return snap
 
 
-def summarize(prev: FlowSnapshot | None, cur: FlowSnapshot,
-              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarize(
+    prev: FlowSnapshot | None, cur: FlowSnapshot, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A JSON-friendly status dict; rates need a previous snapshot."""
     dt = (cur.t - prev.t) if prev is not None else 0.0
-    rate = (lambda a, b: max(0.0, (b - a) / dt) if dt > 0 else None)  # noqa: E731
+    rate = lambda a, b: max(0.0, (b - a) / dt) if dt > 0 else None  # noqa: E731
     out: dict[str, Any] = {
         "time": cur.t,
         "endpoints_up": cur.endpoints_up,
@@ -119,16 +121,19 @@ def render(st: dict[str, Any]) -> str:
     if "workers" in st:
         lines.append(f"workers:      {st['workers']} x {st.get('processes', 1)} process(es)")
     up, down = st["endpoints_up"], st["endpoints_down"]
-    lines.append(f"metrics:      {len(up)} up, {len(down)} down"
-                 + "".join(f"\n  down {ep}: {why}" for ep, why in down.items()))
+    lines.append(
+        f"metrics:      {len(up)} up, {len(down)} down"
+        + "".join(f"\n  down {ep}: {why}" for ep, why in down.items())
+    )
     lines.append(f"events/s:     {_fmt(st['events_per_s'])}    (total {_fmt(st['records_in'])})")
     lines.append(f"alerts/s:     {_fmt(st['alerts_per_s'])}    (total {_fmt(st['alerts'])})")
     dl = st["dead_letters"]
-    lines.append(f"dead letters: {_fmt(sum(dl.values())) if dl else '0'}"
-                 + "".join(f"\n  {r}: {v:,.0f}" for r, v in dl.items()))
+    lines.append(
+        f"dead letters: {_fmt(sum(dl.values())) if dl else '0'}"
+        + "".join(f"\n  {r}: {v:,.0f}" for r, v in dl.items())
+    )
     mv = st["model_versions"]
-    lines.append("models:       " + (", ".join(f"{d}={'/'.join(v)}" for d, v in mv.items())
-                                     or "-"))
+    lines.append("models:       " + (", ".join(f"{d}={'/'.join(v)}" for d, v in mv.items()) or "-"))
     lines.append(f"checkpoint:   {_fmt(st['checkpoint_age_s'], ' s ago')}")
     lines.append(f"input lag:    {_fmt(st['total_lag'])}")
     for part, lag in st["lag"].items():

@@ -74,7 +74,7 @@ def load_env_file(path: str | Path) -> dict[str, str]:
         if not line or line.startswith("#"):
             continue
         if line.startswith("export "):
-            line = line[len("export "):].strip()
+            line = line[len("export ") :].strip()
         key, sep, value = line.partition("=")
         key = key.strip()
         if not sep or not key.replace("_", "").isalnum():
@@ -101,8 +101,11 @@ def init_recovery(directory: Path, parts: int, python: str = sys.executable) -> 
     directory.mkdir(parents=True, exist_ok=True)
     if any(directory.glob("part-*.sqlite3")):
         return False
-    res = subprocess.run([python, "-m", "bytewax.recovery", str(directory), str(parts)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [python, "-m", "bytewax.recovery", str(directory), str(parts)],
+        capture_output=True,
+        text=True,
+    )
     if res.returncode != 0:
         raise SupervisorError(f"bytewax.recovery failed: {res.stderr.strip()[-2000:]}")
     return True
@@ -205,15 +208,25 @@ class Supervisor:
 
     def _save(self, spec: FlowSpec, pids: list[int], addresses: list[str]) -> None:
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"spec": asdict(spec), "pids": pids, "addresses": addresses,
-                                   "started": time.time()}, indent=2))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "spec": asdict(spec),
+                    "pids": pids,
+                    "addresses": addresses,
+                    "started": time.time(),
+                },
+                indent=2,
+            )
+        )
         tmp.replace(self.state_file)
 
     def processes(self) -> list[ProcState]:
         """Every process of the last started run (alive or not)."""
         out = []
-        for pidfile in sorted(self.run_dir.glob("flow-*.pid"),
-                              key=lambda p: int(p.stem.split("-")[1])):
+        for pidfile in sorted(
+            self.run_dir.glob("flow-*.pid"), key=lambda p: int(p.stem.split("-")[1])
+        ):
             i = int(pidfile.stem.split("-")[1])
             pid = int(pidfile.read_text().strip())
             rc_file = self.run_dir / f"flow-{i}.rc"
@@ -236,8 +249,10 @@ class Supervisor:
         """Start ``spec.processes`` flow processes; return their (shim) pids."""
         spec.validate()
         if self.running():
-            raise SupervisorError(f"the flow is already running (state dir {self.dir}); "
-                                  "use `adctl stop` or `adctl scale`")
+            raise SupervisorError(
+                f"the flow is already running (state dir {self.dir}); "
+                "use `adctl stop` or `adctl scale`"
+            )
         if not spec.recovery_dir:
             spec.recovery_dir = str(self.dir / "recovery")
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -246,29 +261,51 @@ class Supervisor:
         for pattern in ("flow-*.pid", "flow-*.rc", "flow-*.rc.ready"):
             for old in self.run_dir.glob(pattern):
                 old.unlink()
-        ports = ([spec.base_port + i for i in range(spec.processes)] if spec.base_port
-                 else free_ports(spec.processes))
+        ports = (
+            [spec.base_port + i for i in range(spec.processes)]
+            if spec.base_port
+            else free_ports(spec.processes)
+        )
         addresses = [f"127.0.0.1:{p}" for p in ports]
         env = dict(os.environ if base_env is None else base_env)
         env.update(spec.env)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [spec.cwd, env.get("PYTHONPATH")]))
         pids = []
         for i in range(spec.processes):
-            argv = [spec.python, "-m", "bytewax.run", spec.module, "-w", str(spec.workers),
-                    "-r", spec.recovery_dir, "-s", str(int(spec.snapshot_interval)),
-                    "-b", str(int(spec.backup_interval))]
+            argv = [
+                spec.python,
+                "-m",
+                "bytewax.run",
+                spec.module,
+                "-w",
+                str(spec.workers),
+                "-r",
+                spec.recovery_dir,
+                "-s",
+                str(int(spec.snapshot_interval)),
+                "-b",
+                str(int(spec.backup_interval)),
+            ]
             if spec.processes > 1:
                 argv += ["-i", str(i), "-a", ";".join(addresses)]
             penv = {**env, "AD_PROCESS_ID": str(i)}
             rc_file = self.run_dir / f"flow-{i}.rc"
             shim = [spec.python, "-m", "control.supervisor", "shim", str(rc_file), "--", *argv]
             with open(self.log_path(i), "ab") as log:
-                log.write(f"\n=== adctl start {time.strftime('%Y-%m-%dT%H:%M:%S')} "
-                          f"{' '.join(argv)}\n".encode())
+                log.write(
+                    f"\n=== adctl start {time.strftime('%Y-%m-%dT%H:%M:%S')} "
+                    f"{' '.join(argv)}\n".encode()
+                )
                 log.flush()
-                proc = subprocess.Popen(shim, cwd=spec.cwd, env=penv, stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+                proc = subprocess.Popen(
+                    shim,
+                    cwd=spec.cwd,
+                    env=penv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             (self.run_dir / f"flow-{i}.pid").write_text(str(proc.pid))
             pids.append(proc.pid)
         self._save(spec, pids, addresses)
@@ -337,21 +374,29 @@ class Supervisor:
         self.wait(30)
 
     # ---------------------------------------------------------------- scale
-    def scale(self, workers: int, processes: int | None = None, timeout: float = 60.0,
-              base_env: Mapping[str, str] | None = None) -> FlowSpec:
+    def scale(
+        self,
+        workers: int,
+        processes: int | None = None,
+        timeout: float = 60.0,
+        base_env: Mapping[str, str] | None = None,
+    ) -> FlowSpec:
         """Stop cleanly and restart from the same recovery store with new parallelism."""
         spec = self.load_spec()
         if spec is None:
             raise SupervisorError(f"no flow was started from state dir {self.dir}")
-        new = FlowSpec(**{**asdict(spec), "workers": workers,
-                          "processes": processes or spec.processes})
+        new = FlowSpec(
+            **{**asdict(spec), "workers": workers, "processes": processes or spec.processes}
+        )
         new.validate()
         if self.running():
             clean, procs = self.stop(timeout=timeout, force=False)
             if not clean:
                 codes = {p.index: p.exit_code for p in procs}
-                raise SupervisorError(f"the flow did not stop cleanly (exit codes {codes}); "
-                                      "not restarting — inspect the logs, then `adctl run`")
+                raise SupervisorError(
+                    f"the flow did not stop cleanly (exit codes {codes}); "
+                    "not restarting — inspect the logs, then `adctl run`"
+                )
         self.start(new, base_env=base_env)
         return new
 

@@ -45,8 +45,10 @@ def fit_adapter(
 
     fit = getattr(detectors, "fit", None)
     if fit is None:
-        raise TrainingError("the detectors package has no fit(name, values, timestamps); "
-                            "it is needed to train models")
+        raise TrainingError(
+            "the detectors package has no fit(name, values, timestamps); "
+            "it is needed to train models"
+        )
     return fit(detector, values, timestamps, params=params or None)  # type: ignore[no-any-return]
 
 
@@ -147,7 +149,7 @@ def _batches(
 ) -> list[list[tuple[str, np.ndarray, np.ndarray]]]:
     items = [(k, series[k].timestamps, series[k].values) for k in sorted(series)]
     size = max(1, math.ceil(len(items) / max(1, n_tasks)))
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def train_on_dask(
@@ -183,12 +185,18 @@ def train_on_dask(
         if scheduler:
             client = Client(scheduler, timeout="15s")
         else:
-            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=40)
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=40,
+            )
             client = Client(cluster)
     except (OSError, TimeoutError) as exc:
-        raise TrainingError(f"cannot reach Dask scheduler {scheduler or 'LocalCluster'}: {exc}"
-                            ) from None
+        raise TrainingError(
+            f"cannot reach Dask scheduler {scheduler or 'LocalCluster'}: {exc}"
+        ) from None
     try:
         workers = max(1, len(client.scheduler_info().get("workers", {})) or n_workers)
         batches = _batches(series, workers * tasks_per_worker)
@@ -202,8 +210,7 @@ def train_on_dask(
             try:
                 part = fut.result()
             except Exception as exc:  # noqa: BLE001 - re-raised with context
-                raise TrainingError(f"a training task failed: {type(exc).__name__}: {exc}"
-                                    ) from exc
+                raise TrainingError(f"a training task failed: {type(exc).__name__}: {exc}") from exc
             for key, model in part:
                 results[key] = model
             done_keys += len(part)

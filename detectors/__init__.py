@@ -37,8 +37,12 @@ def get_detector(name: str, params: dict[str, Any] | None = None) -> Detector:
     return cls(params)
 
 
-def fit(name: str, values: np.ndarray, timestamps: np.ndarray | None = None,
-        params: dict[str, Any] | None = None) -> dict[str, Any]:
+def fit(
+    name: str,
+    values: np.ndarray,
+    timestamps: np.ndarray | None = None,
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Learn a model dict for detector ``name`` from history (for the control plane)."""
     if name not in _FITTERS:
         raise ValueError(f"unknown detector {name!r}; choose from {DETECTORS}")

@@ -89,8 +89,9 @@ class BaseDetector:
     def init_state(self) -> Any:
         raise NotImplementedError
 
-    def score(self, state: Any, values: np.ndarray,
-              timestamps: np.ndarray) -> tuple[Any, np.ndarray]:
+    def score(
+        self, state: Any, values: np.ndarray, timestamps: np.ndarray
+    ) -> tuple[Any, np.ndarray]:
         raise NotImplementedError
 
     def score_batch(
@@ -122,5 +123,8 @@ class BaseDetector:
 
     def to_model(self) -> dict[str, Any]:
         """The current parameters as a JSON-serialisable model dict."""
-        return {"detector": self.name, "version": self.model_version,
-                "params": copy.deepcopy(self.params)}
+        return {
+            "detector": self.name,
+            "version": self.model_version,
+            "params": copy.deepcopy(self.params),
+        }

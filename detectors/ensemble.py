@@ -52,8 +52,9 @@ _SMALL = 16  # batches of at most this many values are binned with Python scalar
 _Job = tuple[dict[str, Any], Sequence[int], list[int], list[int], list[float] | None]
 
 
-def novelty_bins(xp: Any, values: Any, ts: Any, m0: Any, s0: Any, c: float, k_max: int,
-                 zdiv: float, n_tod: int) -> tuple[Any, Any]:
+def novelty_bins(
+    xp: Any, values: Any, ts: Any, m0: Any, s0: Any, c: float, k_max: int, zdiv: float, n_tod: int
+) -> tuple[Any, Any]:
     """Vectorised binning: (value bin in [0, 2 k_max], time-of-day bucket) per record
     (``m0``/``s0``: the reference scale, scalars or one per record)."""
     z = (values - m0) / s0
@@ -62,15 +63,26 @@ def novelty_bins(xp: Any, values: Any, ts: Any, m0: Any, s0: Any, c: float, k_ma
     return b, xp.clip(tod, 0, n_tod - 1)
 
 
-def bins_py(x: list[float], ts: list[float], m0: list[float], s0: list[float], c: float,
-            k_max: int, zdiv: float, n_tod: int) -> tuple[list[int], list[int]]:
+def bins_py(
+    x: list[float],
+    ts: list[float],
+    m0: list[float],
+    s0: list[float],
+    c: float,
+    k_max: int,
+    zdiv: float,
+    n_tod: int,
+) -> tuple[list[int], list[int]]:
     """``novelty_bins`` for a few values with scalar Python arithmetic (bit-identical: the same
     IEEE operations, numpy's ``arcsinh``, ``round`` rounds half to even like ``rint``).
     Raises ``ValueError``/``OverflowError`` for non-finite timestamps or scales."""
-    a = np.arcsinh(np.array([(v - m) / s / zdiv for v, m, s in zip(x, m0, s0, strict=True)],
-                            dtype=np.float64)).tolist()
-    bins = [(k_max if y >= k_max else -k_max if y <= -k_max else round(y)) + k_max
-            for y in (c * e for e in a)]
+    a = np.arcsinh(
+        np.array([(v - m) / s / zdiv for v, m, s in zip(x, m0, s0, strict=True)], dtype=np.float64)
+    ).tolist()
+    bins = [
+        (k_max if y >= k_max else -k_max if y <= -k_max else round(y)) + k_max
+        for y in (c * e for e in a)
+    ]
     width, top = 86400.0 / n_tod, n_tod - 1
     tods = [min(max(math.floor(tv % 86400.0 / width), 0), top) for tv in ts]
     return bins, tods
@@ -80,8 +92,11 @@ def reference_scale(warm: np.ndarray) -> tuple[float, float]:
     """Median and robust sigma of the warm-up values (MAD, else mean abs. deviation)."""
     m0 = float(np.median(warm))
     d = np.abs(warm - m0)
-    s0 = max(float(np.median(d)) * MAD_TO_SIGMA, float(np.mean(d)) * MEANAD_TO_SIGMA,
-             1e-9 * max(1.0, abs(m0)))
+    s0 = max(
+        float(np.median(d)) * MAD_TO_SIGMA,
+        float(np.mean(d)) * MEANAD_TO_SIGMA,
+        1e-9 * max(1.0, abs(m0)),
+    )
     return m0, s0
 
 
@@ -129,8 +144,22 @@ class EnsembleDetector(BaseDetector):
         n_tod, nb, cb = int(p["n_tod"]), self._nbins, int(p["cal_bins"])
         nblk = max(int(p["suppress_blocks"]), 1)
         # dtypes and shapes of a state's arrays (``pack_state`` packs states that match)
-        self._sig = (_U16, (n_tod, nb), _I64, (n_tod,), _I64, (nb,), _F64, (cb,), _F64, (cb,),
-                     _F64, (nblk,), _F64, 1)
+        self._sig = (
+            _U16,
+            (n_tod, nb),
+            _I64,
+            (n_tod,),
+            _I64,
+            (nb,),
+            _F64,
+            (cb,),
+            _F64,
+            (cb,),
+            _F64,
+            (nblk,),
+            _F64,
+            1,
+        )
 
     def load_model(self, model: dict[str, Any]) -> None:
         """Params override defaults; an optional ``seed`` state warm-starts new keys."""
@@ -140,18 +169,28 @@ class EnsembleDetector(BaseDetector):
 
     def init_state(self) -> dict[str, Any]:
         if self._seed is not None:
-            return {k: (v.copy() if isinstance(v, np.ndarray) else v)
-                    for k, v in self._seed.items()}
+            return {
+                k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self._seed.items()
+            }
         p = self.params
         nb, cb = self._nbins, int(p["cal_bins"])
         state: dict[str, Any] = {
-            "n": 0, "warm": np.empty(0), "m0": 0.0, "s0": 1.0,
+            "n": 0,
+            "warm": np.empty(0),
+            "m0": 0.0,
+            "s0": 1.0,
             "ct": np.zeros((int(p["n_tod"]), nb), dtype=np.uint16),
             "nt": np.zeros(int(p["n_tod"]), dtype=np.int64),
-            "cm": np.zeros(nb, dtype=np.int64), "regime": 0.0, "lo": nb, "hi": -1,
-            "umax_nov": 0.0, "umax_reg": 0.0,
-            "cal_nov": np.zeros(cb), "cal_reg": np.zeros(cb),
-            "blocks": np.full(max(int(p["suppress_blocks"]), 1), -np.inf), "cur_max": -np.inf,
+            "cm": np.zeros(nb, dtype=np.int64),
+            "regime": 0.0,
+            "lo": nb,
+            "hi": -1,
+            "umax_nov": 0.0,
+            "umax_reg": 0.0,
+            "cal_nov": np.zeros(cb),
+            "cal_reg": np.zeros(cb),
+            "blocks": np.full(max(int(p["suppress_blocks"]), 1), -np.inf),
+            "cur_max": -np.inf,
         }
         if float(p["w_mad"]) > 0:
             state["mad_hist"] = np.empty(0)
@@ -211,9 +250,13 @@ class EnsembleDetector(BaseDetector):
                 own = [i for i, k in enumerate(lens) for _ in range(k)]
                 xl, tl = x.tolist(), t.tolist()
                 try:
-                    binned = bins_py([xl[q] for q in pos], [tl[q] for q in pos],
-                                     [m0l[own[q]] for q in pos], [s0l[own[q]] for q in pos],
-                                     *self._bin_args)
+                    binned = bins_py(
+                        [xl[q] for q in pos],
+                        [tl[q] for q in pos],
+                        [m0l[own[q]] for q in pos],
+                        [s0l[own[q]] for q in pos],
+                        *self._bin_args,
+                    )
                 except (ValueError, OverflowError):  # non-finite timestamps or scale
                     binned = None
             if binned is None:
@@ -232,13 +275,13 @@ class EnsembleDetector(BaseDetector):
             if fast[i]:
                 kf = cnt[i]
                 if kf:
-                    jobs.append((st, pos[f:f + kf], bins[f:f + kf], tods[f:f + kf], None))
+                    jobs.append((st, pos[f : f + kf], bins[f : f + kf], tods[f : f + kf], None))
                     f += kf
             elif k:
-                okk = ok[a:a + k]
+                okk = ok[a : a + k]
                 idx = np.flatnonzero(okk)
                 if idx.size:
-                    x_ok, t_ok = x[a:a + k][okk], t[a:a + k][okk]
+                    x_ok, t_ok = x[a : a + k][okk], t[a : a + k][okk]
                     jobs.append((st, (idx + a).tolist(), *self._prepare(st, x_ok, t_ok)))
             a += k
         out = [0.0] * x.shape[0]
@@ -247,7 +290,7 @@ class EnsembleDetector(BaseDetector):
         outs: list[np.ndarray] = []
         a = 0
         for k in lens:
-            outs.append(res[a:a + k])
+            outs.append(res[a : a + k])
             a += k
         return sts, outs
 
@@ -262,8 +305,9 @@ class EnsembleDetector(BaseDetector):
     def unpack_state(self, data: bytes) -> Any:
         return _unpack(data) if data[:1] == _TAG else super().unpack_state(data)
 
-    def _prepare(self, st: dict[str, Any], x: np.ndarray,
-                 t: np.ndarray) -> tuple[list[int], list[int], list[float] | None]:
+    def _prepare(
+        self, st: dict[str, Any], x: np.ndarray, t: np.ndarray
+    ) -> tuple[list[int], list[int], list[float] | None]:
         """Per-key preparation of finite values ``x``: warm-up collection (bin -1: learn
         nothing, score 0), bins and time-of-day buckets, rolling MAD surprise."""
         p, xp = self.params, self._xp
@@ -279,14 +323,16 @@ class EnsembleDetector(BaseDetector):
                 st["warm"] = np.empty(0)
         bins, tods = [-1] * j, [0] * j
         if j < n:
-            b, td = novelty_bins(xp, xp.asarray(x[j:]), xp.asarray(t[j:]), st["m0"], st["s0"],
-                                 *self._bin_args)
+            b, td = novelty_bins(
+                xp, xp.asarray(x[j:]), xp.asarray(t[j:]), st["m0"], st["s0"], *self._bin_args
+            )
             bins += asnumpy(b).tolist()
             tods += asnumpy(td).tolist()
         mad_u = None
         if self._mad:
-            z, hist = rolling_robust_z(xp, xp.asarray(st["mad_hist"]), xp.asarray(x),
-                                       int(p["mad_window"]), 16)
+            z, hist = rolling_robust_z(
+                xp, xp.asarray(st["mad_hist"]), xp.asarray(x), int(p["mad_window"]), 16
+            )
             st["mad_hist"] = asnumpy(hist)
             mad_u = np.log1p(np.abs(asnumpy(z))).tolist()
         return bins, tods, mad_u
@@ -421,8 +467,9 @@ def state_from_json(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def fit_ensemble(values: np.ndarray, timestamps: np.ndarray | None,
-                 params: dict[str, Any] | None = None) -> dict[str, Any]:
+def fit_ensemble(
+    values: np.ndarray, timestamps: np.ndarray | None, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Learn a warm-start model from history: run the detector over ``values`` and export
     its final state as ``seed`` (reference scale, value and calibration histograms), so a
     new or rebuilt key starts as if it had streamed the history. JSON-serialisable."""
@@ -443,8 +490,24 @@ def fit_ensemble(values: np.ndarray, timestamps: np.ndarray | None,
 # with ``cal_mad``) as float64. Unpacked float arrays (and ``nt``/``cm``) are views of one
 # buffer each. The default format (zlib) starts with 0x78, so both stay readable.
 _TAG = b"\x01"
-_KEYS = ("n", "warm", "m0", "s0", "ct", "nt", "cm", "regime", "lo", "hi", "umax_nov",
-         "umax_reg", "cal_nov", "cal_reg", "blocks", "cur_max")
+_KEYS = (
+    "n",
+    "warm",
+    "m0",
+    "s0",
+    "ct",
+    "nt",
+    "cm",
+    "regime",
+    "lo",
+    "hi",
+    "umax_nov",
+    "umax_reg",
+    "cal_nov",
+    "cal_reg",
+    "blocks",
+    "cur_max",
+)
 _MAD_KEYS = (*_KEYS, "mad_hist", "cal_mad")
 # tag, flags, n_tod, bins, cal bins, blocks, c0, c1, d0, d1, kept cal_nov/cal_reg/cal_mad
 # prefixes, len(warm), len(mad_hist), n, lo, hi, m0, s0, regime, umax_nov, umax_reg, cur_max
@@ -460,14 +523,37 @@ def _pack(st: dict[str, Any], sig: tuple[Any, ...]) -> bytes:
     mad = keys == _MAD_KEYS
     if not (_LITTLE and (mad or keys == _KEYS)):
         raise ValueError("unexpected state layout")
-    sc = (st["n"], st["lo"], st["hi"], st["m0"], st["s0"], st["regime"], st["umax_nov"],
-          st["umax_reg"], st["cur_max"])
+    sc = (
+        st["n"],
+        st["lo"],
+        st["hi"],
+        st["m0"],
+        st["s0"],
+        st["regime"],
+        st["umax_nov"],
+        st["umax_reg"],
+        st["cur_max"],
+    )
     if tuple(map(type, sc)) != _SCALARS:
         raise TypeError("unexpected scalar types")
     ct, nt, cm, nov, reg = st["ct"], st["nt"], st["cm"], st["cal_nov"], st["cal_reg"]
     blk, warm = st["blocks"], st["warm"]
-    if (ct.dtype, ct.shape, nt.dtype, nt.shape, cm.dtype, cm.shape, nov.dtype, nov.shape,
-            reg.dtype, reg.shape, blk.dtype, blk.shape, warm.dtype, warm.ndim) != sig:
+    if (
+        ct.dtype,
+        ct.shape,
+        nt.dtype,
+        nt.shape,
+        cm.dtype,
+        cm.shape,
+        nov.dtype,
+        nov.shape,
+        reg.dtype,
+        reg.shape,
+        blk.dtype,
+        blk.shape,
+        warm.dtype,
+        warm.ndim,
+    ) != sig:
         raise TypeError("unexpected dtypes or shapes")
     (n_tod, nb), cb, nblk, nw = ct.shape, nov.shape[0], blk.shape[0], warm.shape[0]
     histb = madb = b""
@@ -492,38 +578,116 @@ def _pack(st: dict[str, Any], sig: tuple[Any, ...]) -> bytes:
     # float64 arrays without their trailing zero entries
     kn, kr = (len(novb.rstrip(b"\0")) + 7) >> 3, (len(regb.rstrip(b"\0")) + 7) >> 3
     km = (len(madb.rstrip(b"\0")) + 7) >> 3
-    head = _HEAD.pack(1, mad | wide << 1, n_tod, nb, cb, nblk, c0, c1, d0, d1, kn, kr, km,
-                      nw, len(histb) >> 3, *sc)
-    return b"".join((head, raw if wide else raw[::2], ints, novb[:8 * kn], regb[:8 * kr],
-                     blk.tobytes(), warm.tobytes(), histb, madb[:8 * km]))
+    head = _HEAD.pack(
+        1,
+        mad | wide << 1,
+        n_tod,
+        nb,
+        cb,
+        nblk,
+        c0,
+        c1,
+        d0,
+        d1,
+        kn,
+        kr,
+        km,
+        nw,
+        len(histb) >> 3,
+        *sc,
+    )
+    return b"".join(
+        (
+            head,
+            raw if wide else raw[::2],
+            ints,
+            novb[: 8 * kn],
+            regb[: 8 * kr],
+            blk.tobytes(),
+            warm.tobytes(),
+            histb,
+            madb[: 8 * km],
+        )
+    )
 
 
 def _unpack(data: bytes) -> dict[str, Any]:
-    (_, flags, n_tod, nb, cb, nblk, c0, c1, d0, d1, kn, kr, km, nw, nh, n, lo, hi, m0, s0,
-     regime, umax_nov, umax_reg, cur_max) = _HEAD.unpack_from(data)
+    (
+        _,
+        flags,
+        n_tod,
+        nb,
+        cb,
+        nblk,
+        c0,
+        c1,
+        d0,
+        d1,
+        kn,
+        kr,
+        km,
+        nw,
+        nh,
+        n,
+        lo,
+        hi,
+        m0,
+        s0,
+        regime,
+        umax_nov,
+        umax_reg,
+        cur_max,
+    ) = _HEAD.unpack_from(data)
     o = _HEAD.size
     ct = np.zeros((n_tod, nb), dtype=np.uint16)
     if c1 > c0:
         size, wide = n_tod * (c1 - c0), flags & 2
         ct[:, c0:c1] = np.frombuffer(data, _U16 if wide else np.uint8, size, o).reshape(
-            n_tod, c1 - c0)
+            n_tod, c1 - c0
+        )
         o += 2 * size if wide else size
     a, b = o + 2 * n_tod, o + 2 * (n_tod + d1 - d0)
-    iv = np.frombuffer(b"".join((data[o:a], bytes(2 * d0), data[a:b], bytes(2 * (nb - d1)))),
-                       _U16).astype(np.int64)
+    iv = np.frombuffer(
+        b"".join((data[o:a], bytes(2 * d0), data[a:b], bytes(2 * (nb - d1)))), _U16
+    ).astype(np.int64)
     o = b
     mad = flags & 1
     a, b = o + 8 * kn, o + 8 * (kn + kr)
     c = b + 8 * (nblk + nw + nh)
-    f = np.frombuffer(bytearray().join((
-        data[o:a], bytes(8 * (cb - kn)), data[a:b], bytes(8 * (cb - kr)), data[b:c],
-        data[c:c + 8 * km], bytes(8 * (cb - km) if mad else 0))), np.float64)
-    blocks, warm = f[2 * cb:2 * cb + nblk], f[2 * cb + nblk:2 * cb + nblk + nw]
-    st = {"n": n, "warm": warm, "m0": m0, "s0": s0, "ct": ct, "nt": iv[:n_tod],
-          "cm": iv[n_tod:], "regime": regime, "lo": lo, "hi": hi, "umax_nov": umax_nov,
-          "umax_reg": umax_reg, "cal_nov": f[:cb], "cal_reg": f[cb:2 * cb], "blocks": blocks,
-          "cur_max": cur_max}
+    f = np.frombuffer(
+        bytearray().join(
+            (
+                data[o:a],
+                bytes(8 * (cb - kn)),
+                data[a:b],
+                bytes(8 * (cb - kr)),
+                data[b:c],
+                data[c : c + 8 * km],
+                bytes(8 * (cb - km) if mad else 0),
+            )
+        ),
+        np.float64,
+    )
+    blocks, warm = f[2 * cb : 2 * cb + nblk], f[2 * cb + nblk : 2 * cb + nblk + nw]
+    st = {
+        "n": n,
+        "warm": warm,
+        "m0": m0,
+        "s0": s0,
+        "ct": ct,
+        "nt": iv[:n_tod],
+        "cm": iv[n_tod:],
+        "regime": regime,
+        "lo": lo,
+        "hi": hi,
+        "umax_nov": umax_nov,
+        "umax_reg": umax_reg,
+        "cal_nov": f[:cb],
+        "cal_reg": f[cb : 2 * cb],
+        "blocks": blocks,
+        "cur_max": cur_max,
+    }
     if mad:
         e = 2 * cb + nblk + nw
-        st["mad_hist"], st["cal_mad"] = f[e:e + nh], f[e + nh:]
+        st["mad_hist"], st["cal_mad"] = f[e : e + nh], f[e + nh :]
     return st

@@ -55,15 +55,19 @@ class MadDetector(BaseDetector):
         return new_state, z_to_score(np, z, float(self.params["z_scale"]))
 
 
-def fit_mad(values: np.ndarray, timestamps: np.ndarray | None = None,
-            params: dict[str, Any] | None = None, target_quantile: float = 0.999) -> dict[str, Any]:
+def fit_mad(
+    values: np.ndarray,
+    timestamps: np.ndarray | None = None,
+    params: dict[str, Any] | None = None,
+    target_quantile: float = 0.999,
+) -> dict[str, Any]:
     """Learn ``z_scale`` from history so the ``target_quantile`` of |z| scores 0.5.
 
     Returns a JSON-serialisable model dict for ``MadDetector.load_model``.
     """
     det = MadDetector(params)
     _, z = det.zscores(det.init_state(), np.asarray(values, dtype=np.float64))
-    z = np.abs(z[int(det.params["min_periods"]):])
+    z = np.abs(z[int(det.params["min_periods"]) :])
     q = float(np.quantile(z, target_quantile)) if z.size else 0.0
     model = det.to_model()
     if q > 0 and np.isfinite(q):

@@ -54,11 +54,19 @@ def _choose() -> None:
         if not any((here / f"{name}{s}").exists() for s in EXTENSION_SUFFIXES):
             IMPLEMENTATION[name] = "interpreted"
             continue
-        stale = not off and src.exists() and (  # (an install may ship the compiled module alone)
-            digests.get(f"{__name__}.{name}") != hashlib.sha256(src.read_bytes()).hexdigest())
+        stale = (
+            not off
+            and src.exists()
+            and (  # (an install may ship the compiled module alone)
+                digests.get(f"{__name__}.{name}") != hashlib.sha256(src.read_bytes()).hexdigest()
+            )
+        )
         if stale:
-            warnings.warn(f"flows/{name}.py differs from the source of its compiled module: "
-                          "running the source (rebuild with `make install`)", stacklevel=3)
+            warnings.warn(
+                f"flows/{name}.py differs from the source of its compiled module: "
+                "running the source (rebuild with `make install`)",
+                stacklevel=3,
+            )
         if off or stale:
             _load_source(name, src)
             IMPLEMENTATION[name] = "interpreted"

@@ -96,8 +96,15 @@ def _validate(obj: Any, raw: RawRecord) -> Reading:
         ts = obj.get("timestamp")
         value = obj.get("value")
         n = len(obj)
-        if type(sensor) is str and sensor and type(ts) is int and type(value) is float \
-                and _MIN_TS <= ts < _MAX_TS and math.isfinite(value) and sensor.isascii():
+        if (
+            type(sensor) is str
+            and sensor
+            and type(ts) is int
+            and type(value) is float
+            and _MIN_TS <= ts < _MAX_TS
+            and math.isfinite(value)
+            and sensor.isascii()
+        ):
             if n == 3:
                 return Reading(sensor, ts, value, None, None, raw)
             if n == 4:
@@ -133,8 +140,12 @@ def _validate(obj: Any, raw: RawRecord) -> Reading:
     if len(obj) > 3 and (len(obj) > 4 or "tenant_id" not in obj):  # not just the std fields
         extra = obj.get("extra") if isinstance(obj.get("extra"), dict) else None
         for k, v in obj.items():
-            if k not in _STD_FIELDS and k != "extra" and isinstance(v, (int, float)) \
-                    and not isinstance(v, bool):
+            if (
+                k not in _STD_FIELDS
+                and k != "extra"
+                and isinstance(v, (int, float))
+                and not isinstance(v, bool)
+            ):
                 extra = dict(extra or {})
                 extra[k] = float(v)
     return Reading(sensor, parse_timestamp(ts), value, tenant, extra or None, raw)
@@ -183,8 +194,9 @@ class _Avro:
                     return json.loads(json.loads(resp.read())["schema"])
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:
-                    raise BadRecord("schema_mismatch",
-                                    f"schema id {schema_id} not in the registry") from None
+                    raise BadRecord(
+                        "schema_mismatch", f"schema id {schema_id} not in the registry"
+                    ) from None
                 err: Exception = exc
             except (OSError, ValueError, KeyError) as exc:
                 err = exc
@@ -252,7 +264,11 @@ class Decoder:
     """Decode + validate batches; counts nothing itself (the flow does metrics)."""
 
     def __init__(
-        self, fmt: str, schema: str = "", registry: str = "", max_bytes: int = 1 << 20,
+        self,
+        fmt: str,
+        schema: str = "",
+        registry: str = "",
+        max_bytes: int = 1 << 20,
         flow_id: str = "anomaly-detector",
     ) -> None:
         self.max_bytes = max_bytes
@@ -297,7 +313,10 @@ class Decoder:
         return good, bad
 
     def decode_grouped(
-        self, batch: list[RawRecord] | MessageBatch, groups: int, cache: dict[str, str],
+        self,
+        batch: list[RawRecord] | MessageBatch,
+        groups: int,
+        cache: dict[str, str],
         by_partition: bool = False,
     ) -> tuple[dict[str, SubBatch], list[tuple[str, OutRecord]]]:
         """Decode a batch straight into per-key-group :class:`SubBatch` columns.
@@ -324,8 +343,10 @@ class Decoder:
         if by_partition:
             fixed = getattr(batch, "group", None)
             if not fixed:
-                raise ValueError("key groups by partition need batches that name their "
-                                 "partition's group (a Kafka source)")
+                raise ValueError(
+                    "key groups by partition need batches that name their "
+                    "partition's group (a Kafka source)"
+                )
         for data, raw in zip(values, items, strict=True):
             o = None
             if fast is not None and data is not None and len(data) <= maxb:
@@ -333,8 +354,12 @@ class Decoder:
                     o = fast(data)
                 except invalid:
                     pass
-            if o is not None and o.sensor_id and 0 <= o.timestamp < max_ts \
-                    and o.value - o.value == 0.0:
+            if (
+                o is not None
+                and o.sensor_id
+                and 0 <= o.timestamp < max_ts
+                and o.value - o.value == 0.0
+            ):
                 sid, t, v, ten = o.sensor_id, o.timestamp, o.value, o.tenant_id
             else:  # everything the fast path does not take: the general path
                 raw = as_raw(raw)

@@ -34,8 +34,13 @@ class _Detect(KeyGroupLogic, StatefulBatchLogic):
 
 
 def _decode_step(settings: Settings) -> Any:
-    decoder = Decoder(settings.format, settings.schema, settings.schema_registry,
-                      settings.max_record_bytes, settings.flow_id)
+    decoder = Decoder(
+        settings.format,
+        settings.schema,
+        settings.schema_registry,
+        settings.max_record_bytes,
+        settings.flow_id,
+    )
     groups = settings.key_groups
     by_partition = settings.key_by == "partition"
     cache: dict[str, str] = {}
@@ -72,10 +77,14 @@ def _check_keyed(raw: RawRecord) -> None:
         metrics.UNKEYED_BATCHES.inc()
         if not _warned_unkeyed:
             _warned_unkeyed = True
-            log.warning("AD_KEY_BY=partition, but %s/%s has records without a key: Kafka "
-                        "then spreads a sensor over partitions, and each partition keeps "
-                        "a state of its own for it; key records by sensor_id or use "
-                        "AD_KEY_BY=sensor", raw.source, raw.partition)
+            log.warning(
+                "AD_KEY_BY=partition, but %s/%s has records without a key: Kafka "
+                "then spreads a sensor over partitions, and each partition keeps "
+                "a state of its own for it; key records by sensor_id or use "
+                "AD_KEY_BY=sensor",
+                raw.source,
+                raw.partition,
+            )
 
 
 def rec_reason(rec: OutRecord) -> str:
@@ -106,8 +115,9 @@ def tune_gc() -> None:
     gc.set_threshold(max(GC_THRESHOLD, t0), t1, t2)
 
 
-def build_flow(settings: Settings | None = None, *, source: Any = None, sink: Any = None,
-               dlq: Any = None) -> Dataflow:
+def build_flow(
+    settings: Settings | None = None, *, source: Any = None, sink: Any = None, dlq: Any = None
+) -> Dataflow:
     """The dataflow for ``settings`` (default: from the environment). ``source``,
     ``sink`` and ``dlq`` replace the configured connectors (tests use Bytewax's
     ``TestingSource``/``TestingSink``)."""
@@ -123,15 +133,17 @@ def build_flow(settings: Settings | None = None, *, source: Any = None, sink: An
     split = op.branch("split-bad", decoded, lambda kv: kv[0] != DLQ)
     bad_in = op.map("bad-input", split.falses, lambda kv: kv[1])
     snap_dir = resolve_snapshot_dir(s.snapshot_dir)
-    scored = op.stateful_batch("detect", split.trues,
-                               lambda resume: _Detect(s, models, resume, snap_dir))
+    scored = op.stateful_batch(
+        "detect", split.trues, lambda resume: _Detect(s, models, resume, snap_dir)
+    )
     results = op.map("unkey", scored, lambda kv: kv[1])
     is_alert = op.branch("split-alerts", results, lambda tr: tr[0] == ALERT)
     alerts = op.map("alerts", is_alert.trues, lambda tr: tr[1])
     late = op.map("late", is_alert.falses, lambda tr: tr[1])
     op.output("alerts-out", alerts, sink or make_sink(s.sink, s))
-    op.output("dead-letters-out", op.merge("dead-letters", bad_in, late),
-              dlq or make_sink(s.dlq, s))
+    op.output(
+        "dead-letters-out", op.merge("dead-letters", bad_in, late), dlq or make_sink(s.dlq, s)
+    )
     return flow
 
 

@@ -109,9 +109,17 @@ def freeze_sensor(sensor: Sensor) -> bytes:
     back, against ~5 us and ~4 us for pickling the objects). Its detector state must
     already be packed (or ``None``)."""
     w, det = sensor.win, sensor.det
-    return pickle.dumps((w.max_ts, w.open, w.sessions,
-                         None if det is None else bytes(det), sensor.model, sensor.tenant),
-                        pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(
+        (
+            w.max_ts,
+            w.open,
+            w.sessions,
+            None if det is None else bytes(det),
+            sensor.model,
+            sensor.tenant,
+        ),
+        pickle.HIGHEST_PROTOCOL,
+    )
 
 
 def thaw_sensor(data: bytes) -> Sensor:
@@ -184,8 +192,9 @@ class KeyGroupLogic:
     #: take the specialised tumbling-window loop when it applies (tests compare both)
     lean = True
 
-    def __init__(self, settings: Any, models: Models, resume: bytes | None,
-                 snapshot_dir: Path | None = None) -> None:
+    def __init__(
+        self, settings: Any, models: Models, resume: bytes | None, snapshot_dir: Path | None = None
+    ) -> None:
         self.s = settings
         self.spec = WindowSpec.from_settings(settings)
         self.models = models
@@ -234,8 +243,9 @@ class KeyGroupLogic:
                     if lean and not self.switches:
                         self._add_tumbling(part, pending, out)
                     else:
-                        for r in zip(part.sids, part.ts, part.vals, part.tenants, part.raws,
-                                     strict=True):
+                        for r in zip(
+                            part.sids, part.ts, part.vals, part.tenants, part.raws, strict=True
+                        ):
                             self._add(*r, pending, out)
                 else:
                     self._control(part, pending, out)
@@ -260,12 +270,15 @@ class KeyGroupLogic:
         self._freeze()
         with _gc_paused():
             if self._snap_dir is None or self.group is None:
-                return pickle.dumps((self.sensors, self.switches),
-                                    protocol=pickle.HIGHEST_PROTOCOL)
+                return pickle.dumps((self.sensors, self.switches), protocol=pickle.HIGHEST_PROTOCOL)
             sensors = self.sensors
             self._manifest = self._segments().save(
-                self.group, self._manifest, {sid: sensors[sid] for sid in changed},
-                sensors, self.switches)
+                self.group,
+                self._manifest,
+                {sid: sensors[sid] for sid in changed},
+                sensors,
+                self.switches,
+            )
             return pickle.dumps(self._manifest, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _check_placement(self) -> None:
@@ -275,19 +288,24 @@ class KeyGroupLogic:
         self._placed = True
         if not placement.is_local(self.group):  # type: ignore[arg-type]
             metrics.REMOTE_KEY_GROUPS.inc()
-            log.warning("key group %s runs on another worker than the one reading its "
-                        "partition: its records cross between workers (a worker count "
-                        "that does not divide %d, or a Bytewax whose placement changed)",
-                        self.group, placement.MODULUS)
+            log.warning(
+                "key group %s runs on another worker than the one reading its "
+                "partition: its records cross between workers (a worker count "
+                "that does not divide %d, or a Bytewax whose placement changed)",
+                self.group,
+                placement.MODULUS,
+            )
 
     def _segments(self) -> SegmentStore:
         if self._store is None:
             if self._snap_dir is None:
                 raise SnapshotError(
                     "this snapshot was written incrementally (segment files): resume it "
-                    "with the same recovery directory / AD_SNAPSHOT_DIR, not inline")
-            self._store = SegmentStore(self._snap_dir / f"kg-{self.group}",
-                                       fsync=self.s.snapshot_fsync)
+                    "with the same recovery directory / AD_SNAPSHOT_DIR, not inline"
+                )
+            self._store = SegmentStore(
+                self._snap_dir / f"kg-{self.group}", fsync=self.s.snapshot_fsync
+            )
         return self._store
 
     def _freeze(self) -> None:
@@ -298,8 +316,7 @@ class KeyGroupLogic:
                 sensor = sensors[sid]
                 det = sensor.det
                 if det is not None and type(det) is not PackedState:
-                    sensor.det = PackedState(
-                        self.models.get(*sensor.model, sid).pack_state(det))
+                    sensor.det = PackedState(self.models.get(*sensor.model, sid).pack_state(det))
                 sensors[sid] = freeze_sensor(sensor)
         self._warm.clear()
 
@@ -376,8 +393,16 @@ class KeyGroupLogic:
                         for s in ready:
                             closed.append(Closed(s, s + size, wins.pop(s)))
 
-    def _add(self, sid: str, ts: int, value: float, tenant: str | None, raw: RawRecord,
-             pending: dict[str, list[Closed]], out: list) -> None:
+    def _add(
+        self,
+        sid: str,
+        ts: int,
+        value: float,
+        tenant: str | None,
+        raw: RawRecord,
+        pending: dict[str, list[Closed]],
+        out: list,
+    ) -> None:
         """One reading, any window kind, with model switches."""
         sensor = self._sensor(sid)
         switches = self.switches
@@ -406,15 +431,17 @@ class KeyGroupLogic:
     def _control(self, c: Control, pending: dict[str, list[Closed]], out: list) -> None:
         body = c.body
         if body.get("type") != "model" or "version" not in body:
-            out.append((DLQ, dead_letter(c.raw, "bad_control", f"unknown control {body}",
-                                         self.flow_id)))
+            out.append(
+                (DLQ, dead_letter(c.raw, "bad_control", f"unknown control {body}", self.flow_id))
+            )
             return
         version, ref = str(body["version"]), str(body.get("model_ref", ""))
         try:
             self.models.get(version, ref)
         except Exception as exc:  # noqa: BLE001 - a bad artifact must not stop the flow
-            out.append((DLQ, dead_letter(c.raw, "bad_control", f"model {ref}: {exc}",
-                                         self.flow_id)))
+            out.append(
+                (DLQ, dead_letter(c.raw, "bad_control", f"model {ref}: {exc}", self.flow_id))
+            )
             return
         self.switches[self._origin(c.raw)] = (version, ref)
         metrics.MODEL_VERSION.labels(self.models.name, version).set(1)
@@ -438,8 +465,7 @@ class KeyGroupLogic:
                 state = sensors[sid].det  # type: ignore[union-attr]
                 states.append(unpack(state) if type(state) is PackedState else state)
                 values.append(np.fromiter((w.mean for w in closed), np.float64, len(closed)))
-                ends.append(np.fromiter((w.end / 1000.0 for w in closed), np.float64,
-                                        len(closed)))
+                ends.append(np.fromiter((w.end / 1000.0 for w in closed), np.float64, len(closed)))
             new_states, scores = det.score_batch(states, values, ends)
             for sid, state, sc in zip(sids, new_states, scores, strict=True):
                 sensor = sensors[sid]
@@ -449,8 +475,15 @@ class KeyGroupLogic:
             last = max(pending[sid][-1].end for sid in sids)
             metrics.WINDOW_CLOSE_LATENCY.observe(max(0.0, time.time() - last / 1000.0))
 
-    def _emit(self, sid: str, sensor: Sensor, det: Any, closed: list[Closed],
-              scores: list[float], out: list) -> None:
+    def _emit(
+        self,
+        sid: str,
+        sensor: Sensor,
+        det: Any,
+        closed: list[Closed],
+        scores: list[float],
+        out: list,
+    ) -> None:
         name, threshold, emit_all = det.name, self.threshold, self.emit_all
         for w, score in zip(closed, scores, strict=True):
             if score < threshold and not emit_all:
@@ -465,8 +498,13 @@ class KeyGroupLogic:
                 "score": score,
                 "is_anomaly": score >= threshold,
                 "value": w.mean,
-                "features": {"count": w.count, "mean": w.mean, "min": w.min, "max": w.max,
-                             "last": w.last},
+                "features": {
+                    "count": w.count,
+                    "mean": w.mean,
+                    "min": w.min,
+                    "max": w.max,
+                    "last": w.last,
+                },
                 "detector": name,
                 "model_version": det.model_version,
             }

@@ -12,8 +12,17 @@ import orjson
 
 from connectors.base import OutRecord, RawRecord, as_raw
 
-__all__ = ["Reading", "Control", "Columns", "SubBatch", "dead_letter", "iso", "stable_id",
-           "REASONS", "key_group"]
+__all__ = [
+    "Reading",
+    "Control",
+    "Columns",
+    "SubBatch",
+    "dead_letter",
+    "iso",
+    "stable_id",
+    "REASONS",
+    "key_group",
+]
 
 #: Every reason a record can be dead-lettered for, with what it means.
 REASONS = {
@@ -93,8 +102,12 @@ class Columns:
         self.raws.append(r.raw)
 
     def readings(self) -> list[Reading]:
-        return [Reading(*row, None, as_raw(raw)) for *row, raw in  # type: ignore[call-arg]
-                zip(self.sids, self.ts, self.vals, self.tenants, self.raws, strict=True)]
+        return [
+            Reading(*row, None, as_raw(raw))
+            for *row, raw in zip(  # type: ignore[call-arg]
+                self.sids, self.ts, self.vals, self.tenants, self.raws, strict=True
+            )
+        ]
 
     def __reduce__(self) -> tuple:
         raws = list(map(as_raw, self.raws))  # a part may mix RawRecords and messages
@@ -139,8 +152,7 @@ class SubBatch(list):
 
     def items(self) -> list[Reading | Control]:
         """The readings and markers in order (slow; tests and the general path)."""
-        return [x for part in self for x in
-                (part.readings() if type(part) is Columns else [part])]
+        return [x for part in self for x in (part.readings() if type(part) is Columns else [part])]
 
 
 def key_group(sensor_id: str, groups: int) -> str:

@@ -102,8 +102,15 @@ _DURATIONS = {"window_size", "window_slide", "session_gap", "allowed_lateness", 
 _URLS = {"source", "sink", "dlq"}
 _KNOWN = {f.name for f in fields(Settings)}
 # AD_ variables that belong to other tools, not to the flow's settings.
-_FOREIGN = {"config", "process_id", "metrics_addr", "stack_dir", "keep_stack", "state_dir",
-            "compiled"}
+_FOREIGN = {
+    "config",
+    "process_id",
+    "metrics_addr",
+    "stack_dir",
+    "keep_stack",
+    "state_dir",
+    "compiled",
+}
 
 
 def _err(key: str, msg: str) -> SettingsError:
@@ -174,12 +181,15 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             continue
         key = name[3:].lower()
         if key.startswith("kafka_"):
-            kafka[key[len("kafka_"):].replace("_", ".")] = value
+            kafka[key[len("kafka_") :].replace("_", ".")] = value
         elif key.startswith("stack_") or key in _FOREIGN:
             continue
         elif key not in _KNOWN:
-            raise _err(key, f"unknown environment variable {name} "
-                       f"(known: {', '.join('AD_' + k.upper() for k in sorted(_KNOWN))})")
+            raise _err(
+                key,
+                f"unknown environment variable {name} "
+                f"(known: {', '.join('AD_' + k.upper() for k in sorted(_KNOWN))})",
+            )
         else:
             raw[key] = value
     values = {k: _coerce(k, v) for k, v in raw.items()}
@@ -194,8 +204,11 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if s.key_by not in KEY_BY:
         raise _err("key_by", f"{s.key_by!r} is not one of {KEY_BY}")
     if s.key_by == "partition" and s.url("source").scheme != "kafka":
-        raise _err("key_by", "'partition' needs a kafka:// source (its partitions are "
-                   "stable and keyed by the producer); use 'sensor' for other sources")
+        raise _err(
+            "key_by",
+            "'partition' needs a kafka:// source (its partitions are "
+            "stable and keyed by the producer); use 'sensor' for other sources",
+        )
     if s.window in ("tumbling", "sliding") and s.window_size <= 0:
         raise _err("window_size", "must be > 0")
     if s.window == "sliding" and not 0 < s.window_slide <= s.window_size:

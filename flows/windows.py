@@ -35,8 +35,14 @@ class WindowSpec:
     @classmethod
     def from_settings(cls, s: object) -> WindowSpec:
         ms = lambda sec: int(round(float(sec) * 1000))  # noqa: E731
-        return cls(s.window, ms(s.window_size), ms(s.window_slide), ms(s.session_gap),
-                   ms(s.allowed_lateness), ms(s.max_future))
+        return cls(
+            s.window,
+            ms(s.window_size),
+            ms(s.window_slide),
+            ms(s.session_gap),
+            ms(s.allowed_lateness),
+            ms(s.max_future),
+        )
 
 
 class Closed:
@@ -143,8 +149,13 @@ class WindowState:
                 merged[1] = max(merged[1], s[1])
                 # merge aggregates; "last" keeps the value of the later session
                 later_last = other[4] if s[1] > end else agg[4]
-                merged[2] = [agg[0] + other[0], agg[1] + other[1], min(agg[2], other[2]),
-                             max(agg[3], other[3]), later_last]
+                merged[2] = [
+                    agg[0] + other[0],
+                    agg[1] + other[1],
+                    min(agg[2], other[2]),
+                    max(agg[3], other[3]),
+                    later_last,
+                ]
             else:
                 keep.append(s)
         keep.append(merged)

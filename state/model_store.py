@@ -318,7 +318,7 @@ class _S3Backend(_Backend):
             Bucket=self.bucket, Prefix=prefix
         ):
             for obj in page.get("Contents", []):
-                name = obj["Key"][len(prefix):]
+                name = obj["Key"][len(prefix) :]
                 if "/" not in name and name.endswith(".json"):
                     out.append(name[: -len(".json")])
         return out
@@ -351,8 +351,9 @@ def _retry(fn: Callable[[], Any], what: str, attempts: int = 3) -> Any:
 
 def model_ref(store_url: str, detector: str, version: str) -> str:
     """The ref of ``detector``/``version`` in ``store_url`` (no I/O)."""
-    return _parse_store(store_url).ref(_check_name("detector", detector),
-                                       _check_name("version", version))
+    return _parse_store(store_url).ref(
+        _check_name("detector", detector), _check_name("version", version)
+    )
 
 
 def put(
@@ -420,8 +421,10 @@ def _fetch_text(ref: str) -> str:
     data = _retry(lambda: backend.read(detector, version), f"reading {ref}")
     env = _decode(ref, data)
     if env.get("detector") != detector or env.get("version") != version:
-        raise ModelStoreError(f"model artifact {ref} names {env.get('detector')}/"
-                              f"{env.get('version')}, not {detector}/{version}")
+        raise ModelStoreError(
+            f"model artifact {ref} names {env.get('detector')}/"
+            f"{env.get('version')}, not {detector}/{version}"
+        )
     return canonical_json(env)
 
 
@@ -439,8 +442,9 @@ def list_versions(store_url: str, detector: str) -> list[str]:
     """All versions of ``detector`` in ``store_url``, oldest (naturally smallest) first."""
     store = _parse_store(store_url)
     backend = _backend(store)
-    names = _retry(lambda: backend.versions(_check_name("detector", detector)),
-                   f"listing {store_url}")
+    names = _retry(
+        lambda: backend.versions(_check_name("detector", detector)), f"listing {store_url}"
+    )
     return sorted((n for n in names if _NAME.match(n)), key=version_key)
 
 

@@ -83,21 +83,29 @@ class SegmentStore:
                 raise SnapshotError(
                     f"snapshot segment {self.root / name} is missing: the recovery "
                     f"directory must be restored together with its ad-state/ folder "
-                    f"({exc})") from exc
+                    f"({exc})"
+                ) from exc
             sensors.update(pickle.loads(data))
         self._chains = [manifest.segments]
         return sensors
 
-    def save(self, group: str, prev: Manifest | None, changed: dict[str, bytes],
-             everything: dict[str, Any], extra: Any) -> Manifest:
+    def save(
+        self,
+        group: str,
+        prev: Manifest | None,
+        changed: dict[str, bytes],
+        everything: dict[str, Any],
+        extra: Any,
+    ) -> Manifest:
         """Write the changes since ``prev`` (or a new base) and return the new manifest.
 
         ``everything`` is only read when a base is written: the key group's whole
         sensor dict, every value already serialised (``bytes``).
         """
         base = prev is None or (
-            prev.delta_bytes + _estimate(changed) > max(
-                self.compact_ratio * prev.base_bytes, self.min_compact_bytes))
+            prev.delta_bytes + _estimate(changed)
+            > max(self.compact_ratio * prev.base_bytes, self.min_compact_bytes)
+        )
         if base:
             name, size = self._write(everything, "b")
             segments: tuple[str, ...] = (name,)
@@ -135,15 +143,16 @@ class SegmentStore:
 
     def _collect(self) -> None:
         """Delete segment files in neither the current chain nor the ``keep`` before it."""
-        self._chains = self._chains[-(self.keep + 1):]
+        self._chains = self._chains[-(self.keep + 1) :]
         live = {n for chain in self._chains for n in chain}
         for path in self.root.glob("*" + _SUFFIX + "*"):
             if path.name not in live:
                 path.unlink(missing_ok=True)
 
 
-def resolve_snapshot_dir(setting: str, argv: list[str] | None = None,
-                         env: dict[str, str] | None = None) -> Path | None:
+def resolve_snapshot_dir(
+    setting: str, argv: list[str] | None = None, env: dict[str, str] | None = None
+) -> Path | None:
     """The directory for segment files, or ``None`` for inline (whole-group) snapshots.
 
     ``setting`` is ``AD_SNAPSHOT_DIR``: ``"inline"``; a directory; or ``""`` for

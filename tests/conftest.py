@@ -25,8 +25,11 @@ def _require(port: int, name: str) -> None:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
     except OSError:
-        pytest.fail(f"{name} is not running on 127.0.0.1:{port}; start the stack with "
-                    f"`make stack-up` (make test does this)", pytrace=False)
+        pytest.fail(
+            f"{name} is not running on 127.0.0.1:{port}; start the stack with "
+            f"`make stack-up` (make test does this)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -55,8 +55,15 @@ def init_recovery(path: Path, parts: int = 2) -> Path:
 class FlowProcs:
     """One flow execution: ``processes`` OS processes with ``workers`` workers each."""
 
-    def __init__(self, env: dict[str, str], recovery: Path | None, workers: int = 1,
-                 processes: int = 1, log: Path | None = None, snapshot_s: int = 1) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        recovery: Path | None,
+        workers: int = 1,
+        processes: int = 1,
+        log: Path | None = None,
+        snapshot_s: int = 1,
+    ) -> None:
         base = [PY, "-m", "bytewax.run", "flows.detector", "-w", str(workers)]
         if recovery is not None:
             base += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
@@ -65,10 +72,16 @@ class FlowProcs:
         for i in range(processes):
             cmd = base + (["-i", str(i), "-a", addrs] if processes > 1 else [])
             out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-            self.procs.append(subprocess.Popen(
-                cmd, cwd=ROOT, env={**env, "AD_PROCESS_ID": str(i)}, stdout=out,
-                stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
-                start_new_session=True))
+            self.procs.append(
+                subprocess.Popen(
+                    cmd,
+                    cwd=ROOT,
+                    env={**env, "AD_PROCESS_ID": str(i)},
+                    stdout=out,
+                    stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
 
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs)
@@ -91,9 +104,14 @@ class FlowProcs:
         return [p.returncode for p in self.procs]
 
 
-def run_to_completion(env: dict[str, str], recovery: Path | None, workers: int = 1,
-                      processes: int = 1, log: Path | None = None,
-                      timeout: float = 300) -> None:
+def run_to_completion(
+    env: dict[str, str],
+    recovery: Path | None,
+    workers: int = 1,
+    processes: int = 1,
+    log: Path | None = None,
+    timeout: float = 300,
+) -> None:
     procs = FlowProcs(env, recovery, workers, processes, log)
     codes = procs.wait(timeout)
     if any(codes):
@@ -101,10 +119,20 @@ def run_to_completion(env: dict[str, str], recovery: Path | None, workers: int =
         raise AssertionError(f"flow exited with {codes}\n{tail}")
 
 
-def crash_run(env: dict[str, str], recovery: Path, *, kills: int = 5, workers: int = 1,
-              processes: int = 1, log: Path | None = None, seed: int = 0,
-              min_s: float = 1.0, max_s: float = 4.0, timeout: float = 600,
-              between: Callable[[int], None] | None = None) -> int:
+def crash_run(
+    env: dict[str, str],
+    recovery: Path,
+    *,
+    kills: int = 5,
+    workers: int = 1,
+    processes: int = 1,
+    log: Path | None = None,
+    seed: int = 0,
+    min_s: float = 1.0,
+    max_s: float = 4.0,
+    timeout: float = 600,
+    between: Callable[[int], None] | None = None,
+) -> int:
     """Run, SIGKILL at random moments ``kills`` times (only counting kills that hit a
     running flow), then run to completion. Returns the number of kills made."""
     rng = random.Random(seed)
@@ -129,8 +157,13 @@ def crash_run(env: dict[str, str], recovery: Path, *, kills: int = 5, workers: i
     return made
 
 
-def make_readings(sensors: int = 50, per_sensor: int = 2000, bad_every: int = 100,
-                  seed: int = 1, step_ms: int = 10_000) -> list[tuple[str, bytes]]:
+def make_readings(
+    sensors: int = 50,
+    per_sensor: int = 2000,
+    bad_every: int = 100,
+    seed: int = 1,
+    step_ms: int = 10_000,
+) -> list[tuple[str, bytes]]:
     """Keyed JSON readings, time-ordered per sensor, with injected spikes and level
     shifts and one bad record of a rotating class every ``bad_every`` records."""
     rng = random.Random(seed)
@@ -146,8 +179,19 @@ def make_readings(sensors: int = 50, per_sensor: int = 2000, bad_every: int = 10
             if s in shift_at and i >= shift_at[s]:
                 v += 15
             sid = f"sensor-{s:03d}"
-            out.append((sid, json.dumps({"sensor_id": sid, "timestamp": START_MS + i * step_ms,
-                                         "value": round(v, 4), "tenant_id": "t1"}).encode()))
+            out.append(
+                (
+                    sid,
+                    json.dumps(
+                        {
+                            "sensor_id": sid,
+                            "timestamp": START_MS + i * step_ms,
+                            "value": round(v, 4),
+                            "tenant_id": "t1",
+                        }
+                    ).encode(),
+                )
+            )
             if len(out) % bad_every == 0:
                 raw, _reason = BAD_RECORDS[bad_i % len(BAD_RECORDS)]
                 bad_i += 1
@@ -157,9 +201,17 @@ def make_readings(sensors: int = 50, per_sensor: int = 2000, bad_every: int = 10
 
 def crash_env(source: str, sink: str, dlq: str, flow_id: str, **extra: str) -> dict[str, str]:
     """The settings every whole-flow crash test uses: every window emitted."""
-    return flow_env(AD_SOURCE=source, AD_SINK=sink, AD_DLQ=dlq, AD_FORMAT="json",
-                    AD_EMIT="all", AD_WINDOW="tumbling", AD_WINDOW_SIZE="60s",
-                    AD_FLOW_ID=flow_id, **extra)
+    return flow_env(
+        AD_SOURCE=source,
+        AD_SINK=sink,
+        AD_DLQ=dlq,
+        AD_FORMAT="json",
+        AD_EMIT="all",
+        AD_WINDOW="tumbling",
+        AD_WINDOW_SIZE="60s",
+        AD_FLOW_ID=flow_id,
+        **extra,
+    )
 
 
 def by_id(rows: list[dict[str, Any]], id_field: str) -> dict[str, dict[str, Any]]:
@@ -168,8 +220,10 @@ def by_id(rows: list[dict[str, Any]], id_field: str) -> dict[str, dict[str, Any]
     counts = Counter(r[id_field] for r in rows)
     dups = {k: n for k, n in counts.items() if n > 1}
     assert not dups, f"{len(dups)} duplicated {id_field}s, e.g. {list(dups.items())[:3]}"
-    return {r[id_field]: {k: v for k, v in r.items() if not k.startswith("_") and k != "flow_id"}
-            for r in rows}
+    return {
+        r[id_field]: {k: v for k, v in r.items() if not k.startswith("_") and k != "flow_id"}
+        for r in rows
+    }
 
 
 def assert_same_output(ref: list[dict], got: list[dict], id_field: str) -> None:
@@ -177,6 +231,16 @@ def assert_same_output(ref: list[dict], got: list[dict], id_field: str) -> None:
     a, b = by_id(ref, id_field), by_id(got, id_field)
     missing, extra = a.keys() - b.keys(), b.keys() - a.keys()
     assert not missing and not extra, f"{len(missing)} lost, {len(extra)} unexpected"
-    diff = [(k, {f: (a[k].get(f), b[k].get(f)) for f in a[k].keys() | b[k].keys()
-                 if a[k].get(f) != b[k].get(f)}) for k in a if a[k] != b[k]]
+    diff = [
+        (
+            k,
+            {
+                f: (a[k].get(f), b[k].get(f))
+                for f in a[k].keys() | b[k].keys()
+                if a[k].get(f) != b[k].get(f)
+            },
+        )
+        for k in a
+        if a[k] != b[k]
+    ]
     assert not diff, f"{len(diff)} records differ, e.g. {diff[:2]}"

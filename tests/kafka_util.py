@@ -23,9 +23,15 @@ def produce(brokers: str, topic: str, records: list[tuple[str, bytes]]) -> None:
 
 def read_committed(brokers: str, topic: str) -> list[dict[str, Any]]:
     """Every committed record of ``topic`` (read_committed), as dicts with metadata."""
-    c = Consumer({"bootstrap.servers": brokers, "group.id": "test-reader",
-                  "enable.auto.commit": False, "isolation.level": "read_committed",
-                  "enable.partition.eof": True})
+    c = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": "test-reader",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
     md = c.list_topics(topic, timeout=30).topics[topic]
     parts = sorted(md.partitions)
     ends = {}

@@ -10,8 +10,12 @@ from tests.flowrun import ROOT
 
 
 def test_compose_file_validates() -> None:
-    proc = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config",
-                           "-q"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -19,15 +23,28 @@ def test_compose_has_the_whole_stack() -> None:
     spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     assert spec["kafka"]["image"].startswith("apache/kafka:")
     assert spec["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    for name in ("redis", "pubsub", "kinesis", "dask-scheduler", "dask-worker", "detector",
-                 "prometheus"):
+    for name in (
+        "redis",
+        "pubsub",
+        "kinesis",
+        "dask-scheduler",
+        "dask-worker",
+        "detector",
+        "prometheus",
+    ):
         assert name in spec, name
     env = spec["detector"]["environment"]
     assert env["AD_SOURCE"].startswith("kafka://kafka:9092/")
     from flows.settings import load_settings
 
-    entrypoint_only = {"AD_WORKERS", "AD_SNAPSHOT_S", "AD_BACKUP_S", "AD_RECOVERY_DIR",
-                       "AD_RECOVERY_PARTS"}  # docker/entrypoint.sh consumes and unsets them
-    load_settings({k: str(v) for k, v in env.items()
-                   if k.startswith("AD_") and k not in entrypoint_only})
+    entrypoint_only = {
+        "AD_WORKERS",
+        "AD_SNAPSHOT_S",
+        "AD_BACKUP_S",
+        "AD_RECOVERY_DIR",
+        "AD_RECOVERY_PARTS",
+    }  # docker/entrypoint.sh consumes and unsets them
+    load_settings(
+        {k: str(v) for k, v in env.items() if k.startswith("AD_") and k not in entrypoint_only}
+    )
     assert (ROOT / "deploy" / "prometheus.yml").is_file()

@@ -87,13 +87,20 @@ def _merged_records(series: Sequence[Series]) -> Iterator[tuple[float, int, int]
         for r, t in enumerate(s.ts.tolist()):
             yield t, k, r
 
-    return heapq.merge(*(rows(k, s) for k, s in enumerate(series)),
-                       key=lambda rec: (rec[0], rec[1]))
+    return heapq.merge(
+        *(rows(k, s) for k, s in enumerate(series)), key=lambda rec: (rec[0], rec[1])
+    )
 
 
-def run_flow(series: Sequence[Series], detector: str, params: dict[str, Any] | None,
-             workdir: Path, workers: int = 2, module: str = "flows.detector",
-             timeout_s: float = 3600.0) -> dict[str, np.ndarray]:
+def run_flow(
+    series: Sequence[Series],
+    detector: str,
+    params: dict[str, Any] | None,
+    workdir: Path,
+    workers: int = 2,
+    module: str = "flows.detector",
+    timeout_s: float = 3600.0,
+) -> dict[str, np.ndarray]:
     """Stream all series (one key each) through ``python -m bytewax.run <module>``.
 
     Returns each series' scores in file order; rows missing from the output (e.g. sent
@@ -105,22 +112,31 @@ def run_flow(series: Sequence[Series], detector: str, params: dict[str, Any] | N
         p.unlink(missing_ok=True)
     with src.open("w") as fh:
         for ts, k, r in _merged_records(series):
-            rec = {"sensor_id": series[k].name, "timestamp": _rfc3339(ts),
-                   "value": float(series[k].values[r])}
+            rec = {
+                "sensor_id": series[k].name,
+                "timestamp": _rfc3339(ts),
+                "value": float(series[k].values[r]),
+            }
             fh.write(json.dumps(rec) + "\n")
     env = dict(os.environ)
-    env.update({
-        "AD_SOURCE": f"file://{src}", "AD_SINK": f"file://{sink}", "AD_DLQ": f"file://{dlq}",
-        "AD_WINDOW": "none", "AD_EMIT": "all", "AD_DETECTOR": detector,
-        "AD_DETECTOR_PARAMS": json.dumps(params or {}),
-        # NAB files have multi-day gaps and one backward clock jump (machine_temperature,
-        # -55 min): accept both instead of dead-lettering them as future/late records.
-        "AD_MAX_FUTURE": "3650d", "AD_ALLOWED_LATENESS": "1d",
-    })
+    env.update(
+        {
+            "AD_SOURCE": f"file://{src}",
+            "AD_SINK": f"file://{sink}",
+            "AD_DLQ": f"file://{dlq}",
+            "AD_WINDOW": "none",
+            "AD_EMIT": "all",
+            "AD_DETECTOR": detector,
+            "AD_DETECTOR_PARAMS": json.dumps(params or {}),
+            # NAB files have multi-day gaps and one backward clock jump (machine_temperature,
+            # -55 min): accept both instead of dead-lettering them as future/late records.
+            "AD_MAX_FUTURE": "3650d",
+            "AD_ALLOWED_LATENESS": "1d",
+        }
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "bytewax.run", module, "-w", str(workers)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout_s)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"flow failed ({proc.returncode}): {proc.stderr[-4000:]}")
     return _collect(series, sink)
@@ -147,13 +163,17 @@ def _collect(series: Sequence[Series], sink: Path) -> dict[str, np.ndarray]:
         out[s.name] = scores
     extra = sum(len(q) for q in queues.values())
     if missing or extra:
-        print(f"warning: {missing} input rows had no flow output (scored 0); "
-              f"{extra} unmatched output records", file=sys.stderr)
+        print(
+            f"warning: {missing} input rows had no flow output (scored 0); "
+            f"{extra} unmatched output records",
+            file=sys.stderr,
+        )
     return out
 
 
-def run_direct(series: Sequence[Series], detector: str, params: dict[str, Any] | None,
-               batch: int = 0) -> dict[str, np.ndarray]:
+def run_direct(
+    series: Sequence[Series], detector: str, params: dict[str, Any] | None, batch: int = 0
+) -> dict[str, np.ndarray]:
     """Call ``detector.score`` in file order (``batch`` rows per call; 0 = whole series)."""
     from detectors import get_detector
 
@@ -163,7 +183,7 @@ def run_direct(series: Sequence[Series], detector: str, params: dict[str, Any] |
         state, parts = det.init_state(), []
         step = batch or len(s.values)
         for i in range(0, len(s.values), step):
-            state, sc = det.score(state, s.values[i:i + step], s.ts[i:i + step])
+            state, sc = det.score(state, s.values[i : i + step], s.ts[i : i + step])
             parts.append(np.asarray(sc, dtype=np.float64))
         out[s.name] = np.concatenate(parts)
     return out
@@ -181,9 +201,12 @@ def write_results(out_dir: Path, series: Sequence[Series], scores: dict[str, np.
                 w.writerow([t, repr(float(v)), repr(float(sc))])
 
 
-def score_corpus(series: Sequence[Series], scores: dict[str, np.ndarray],
-                 profiles: dict[str, dict[str, float]],
-                 threshold: float | None = None) -> dict[str, dict[str, float]]:
+def score_corpus(
+    series: Sequence[Series],
+    scores: dict[str, np.ndarray],
+    profiles: dict[str, dict[str, float]],
+    threshold: float | None = None,
+) -> dict[str, dict[str, float]]:
     files = [ScoredFile(s.name, scores[s.name], s.windows) for s in series]
     return evaluate(files, profiles, threshold)
 
@@ -191,8 +214,10 @@ def score_corpus(series: Sequence[Series], scores: dict[str, np.ndarray],
 def format_table(results: dict[str, dict[str, float]]) -> str:
     lines = [f"{'profile':<20} {'score':>7} {'threshold':>10} {'TP':>4} {'FP':>5} {'FN':>4}"]
     for name, r in results.items():
-        lines.append(f"{name:<20} {r['score']:>7.2f} {r['threshold']:>10.5f} "
-                     f"{int(r['tp']):>4} {int(r['fp']):>5} {int(r['fn']):>4}")
+        lines.append(
+            f"{name:<20} {r['score']:>7.2f} {r['threshold']:>10.5f} "
+            f"{int(r['tp']):>4} {int(r['fp']):>5} {int(r['fn']):>4}"
+        )
     return "\n".join(lines)
 
 
@@ -204,8 +229,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threshold", type=float, help="score at this fixed threshold")
     ap.add_argument("--detector", default="ensemble")
     ap.add_argument("--params", default="{}", help="detector params (JSON)")
-    ap.add_argument("--mode", choices=["flow", "direct"], default="flow",
-                    help="flow: the real Bytewax flow (default); direct: detector.score")
+    ap.add_argument(
+        "--mode",
+        choices=["flow", "direct"],
+        default="flow",
+        help="flow: the real Bytewax flow (default); direct: detector.score",
+    )
     ap.add_argument("--workers", type=int, default=2, help="Bytewax workers (flow mode)")
     ap.add_argument("--batch", type=int, default=0, help="rows per score call (direct mode)")
     ap.add_argument("--flow-module", default="flows.detector")
@@ -216,13 +245,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     params = json.loads(args.params)
     series = load_corpus(args.data, args.only)
     prof_path = args.data / "profiles.json"
-    profiles = load_profiles(json.loads(prof_path.read_text())) if prof_path.exists() \
-        else PROFILES
+    profiles = load_profiles(json.loads(prof_path.read_text())) if prof_path.exists() else PROFILES
     t0 = time.perf_counter()
     if args.mode == "flow":
         with tempfile.TemporaryDirectory(prefix="nab-flow-") as tmp:
-            scores = run_flow(series, args.detector, params, args.flow_dir or Path(tmp),
-                              args.workers, args.flow_module)
+            scores = run_flow(
+                series,
+                args.detector,
+                params,
+                args.flow_dir or Path(tmp),
+                args.workers,
+                args.flow_module,
+            )
     else:
         scores = run_direct(series, args.detector, params, args.batch)
     elapsed = time.perf_counter() - t0
@@ -230,15 +264,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = score_corpus(series, scores, profiles, args.threshold)
     n_rows = sum(len(s.ts) for s in series)
     summary = {
-        "detector": args.detector, "params": params, "mode": args.mode,
-        "data": str(args.data), "series": len(series),
-        "windows": sum(len(s.windows) for s in series), "rows": n_rows,
-        "stream_seconds": round(elapsed, 2), "fixed_threshold": args.threshold,
-        "results": {k: {**v, "threshold": v["threshold"] if np.isfinite(v["threshold"])
-                        else None} for k, v in results.items()},
+        "detector": args.detector,
+        "params": params,
+        "mode": args.mode,
+        "data": str(args.data),
+        "series": len(series),
+        "windows": sum(len(s.windows) for s in series),
+        "rows": n_rows,
+        "stream_seconds": round(elapsed, 2),
+        "fixed_threshold": args.threshold,
+        "results": {
+            k: {**v, "threshold": v["threshold"] if np.isfinite(v["threshold"]) else None}
+            for k, v in results.items()
+        },
     }
-    print(f"NAB: {len(series)} series, {summary['windows']} windows, {n_rows} rows; "
-          f"{args.detector} via {args.mode} in {elapsed:.1f}s")
+    print(
+        f"NAB: {len(series)} series, {summary['windows']} windows, {n_rows} rows; "
+        f"{args.detector} via {args.mode} in {elapsed:.1f}s"
+    )
     print(format_table(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

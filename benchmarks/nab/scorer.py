@@ -32,8 +32,11 @@ def load_profiles(obj: dict) -> dict[str, dict[str, float]]:
     out = {}
     for name, prof in obj.items():
         cm = prof["CostMatrix"]
-        out[name] = {"tp": float(cm["tpWeight"]), "fn": float(cm["fnWeight"]),
-                     "fp": float(cm["fpWeight"])}
+        out[name] = {
+            "tp": float(cm["tpWeight"]),
+            "fn": float(cm["fnWeight"]),
+            "fp": float(cm["fpWeight"]),
+        }
     return out
 
 
@@ -59,8 +62,9 @@ class ScoredFile:
     windows: list[tuple[int, int]]
 
 
-def window_rows(timestamps: np.ndarray, windows: Sequence[tuple[object, object]]) -> list[
-        tuple[int, int]]:
+def window_rows(
+    timestamps: np.ndarray, windows: Sequence[tuple[object, object]]
+) -> list[tuple[int, int]]:
     """Map ``[start, end]`` timestamps to inclusive row ranges ``(L, R)`` in file order.
 
     ``L`` is the first row at or after ``start``; ``R`` the last row of the run from ``L``
@@ -81,14 +85,15 @@ def window_rows(timestamps: np.ndarray, windows: Sequence[tuple[object, object]]
     return out
 
 
-def _row_weights(n: int, windows: list[tuple[int, int]], fp: float) -> tuple[
-        np.ndarray, np.ndarray]:
+def _row_weights(
+    n: int, windows: list[tuple[int, int]], fp: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Per row: window id (-1 outside) and the FP value of a detection there."""
     win_id = np.full(n, -1, dtype=np.int64)
     fp_val = np.full(n, -fp, dtype=np.float64)
     idx = np.arange(n)
     for k, (left, right) in enumerate(sorted(windows)):
-        win_id[left:right + 1] = k
+        win_id[left : right + 1] = k
         width = right - left + 1
         after = idx > right
         fp_val[after] = fp * sig((idx[after] - right) / max(width - 1, 1))
@@ -137,15 +142,14 @@ def _events(f: ScoredFile, profile: dict[str, float]) -> tuple[np.ndarray, np.nd
     for left, right in wins:
         width = right - left + 1
         prev_val = -profile["fn"]
-        seg = f.scores[max(left, prob):right + 1]
+        seg = f.scores[max(left, prob) : right + 1]
         if seg.size == 0:
             continue
         # Record highs of the window: the earliest detection for any threshold.
         run_max = np.maximum.accumulate(seg)
         is_rec = np.r_[True, run_max[1:] > run_max[:-1]]
         rec_idx = np.flatnonzero(is_rec)
-        vals = [_tp_value(max(left, prob) + int(j), right, width, profile["tp"])
-                for j in rec_idx]
+        vals = [_tp_value(max(left, prob) + int(j), right, width, profile["tp"]) for j in rec_idx]
         # Walking thresholds down from the maximum, detection moves to earlier records.
         for j, v in zip(rec_idx[::-1], vals[::-1], strict=True):
             thr.append(np.array([seg[j]]))
@@ -181,8 +185,11 @@ def normalise(raw: float, n_windows: int, profile: dict[str, float]) -> float:
     return 100.0 * (raw - null) / (perfect - null) if perfect != null else 0.0
 
 
-def evaluate(files: Sequence[ScoredFile], profiles: dict[str, dict[str, float]] | None = None,
-             threshold: float | None = None) -> dict[str, dict[str, float]]:
+def evaluate(
+    files: Sequence[ScoredFile],
+    profiles: dict[str, dict[str, float]] | None = None,
+    threshold: float | None = None,
+) -> dict[str, dict[str, float]]:
     """Score every profile (optimised threshold, or the fixed ``threshold``)."""
     profiles = profiles or PROFILES
     n_win = sum(len(f.windows) for f in files)

@@ -20,9 +20,13 @@ def _make_split(root: Path) -> None:
         ts = np.datetime64("2014-01-01T00:00:00") + np.arange(2000) * np.timedelta64(300, "s")
         v = 10 + rng.normal(0, 1, 2000)
         if spike is not None:
-            v[spike:spike + 5] += 40
-            windows[f"{cat}/{name}"] = [[str(ts[spike - 50]).replace("T", " ") + ".000000",
-                                         str(ts[spike + 50]).replace("T", " ") + ".000000"]]
+            v[spike : spike + 5] += 40
+            windows[f"{cat}/{name}"] = [
+                [
+                    str(ts[spike - 50]).replace("T", " ") + ".000000",
+                    str(ts[spike + 50]).replace("T", " ") + ".000000",
+                ]
+            ]
         else:
             windows[f"{cat}/{name}"] = []
         (root / "data" / cat).mkdir(parents=True, exist_ok=True)
@@ -42,8 +46,20 @@ def _read(out: Path, name: str) -> list[list[str]]:
 
 def test_direct_mode_writes_nab_layout_and_scores(tmp_path: Path) -> None:
     _make_split(tmp_path / "split")
-    summary = main(["--data", str(tmp_path / "split"), "--out", str(tmp_path / "out"),
-                    "--mode", "direct", "--batch", "17", "--json", str(tmp_path / "r.json")])
+    summary = main(
+        [
+            "--data",
+            str(tmp_path / "split"),
+            "--out",
+            str(tmp_path / "out"),
+            "--mode",
+            "direct",
+            "--batch",
+            "17",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     rows = _read(tmp_path / "out", "catA/s1.csv")
     src = _read(tmp_path / "split" / "data", "catA/s1.csv")
     assert rows[0] == ["timestamp", "value", "anomaly_score"] and len(rows) == len(src)
@@ -52,8 +68,18 @@ def test_direct_mode_writes_nab_layout_and_scores(tmp_path: Path) -> None:
     assert saved["series"] == 2 and saved["windows"] == 1
     std = summary["results"]["standard"]
     assert std["tp"] == 1 and std["fn"] == 0 and std["score"] > 50
-    fixed = main(["--data", str(tmp_path / "split"), "--out", str(tmp_path / "out2"),
-                  "--mode", "direct", "--threshold", "1.0"])
+    fixed = main(
+        [
+            "--data",
+            str(tmp_path / "split"),
+            "--out",
+            str(tmp_path / "out2"),
+            "--mode",
+            "direct",
+            "--threshold",
+            "1.0",
+        ]
+    )
     assert fixed["results"]["standard"]["score"] == 0.0  # scores < 1 never fire
 
 

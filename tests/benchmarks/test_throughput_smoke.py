@@ -17,18 +17,43 @@ RECORDS = 20_000
 
 def test_throughput_benchmark_runs_at_a_tiny_size(kafka_brokers: str, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    res = main([
-        "--brokers", kafka_brokers, "--quick", "--records", str(RECORDS), "--sensors", "500",
-        "--partitions", "4", "--no-mad", "--latency-seconds", "2", "--latency-warmup", "1",
-        "--recovery-keys", "2000", "--state-keys", "1000", "--out", str(out),
-    ])
+    res = main(
+        [
+            "--brokers",
+            kafka_brokers,
+            "--quick",
+            "--records",
+            str(RECORDS),
+            "--sensors",
+            "500",
+            "--partitions",
+            "4",
+            "--no-mad",
+            "--latency-seconds",
+            "2",
+            "--latency-warmup",
+            "1",
+            "--recovery-keys",
+            "2000",
+            "--state-keys",
+            "1000",
+            "--out",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     assert res["machine"]["cpus"] >= 1 and res["command"].startswith("python -m benchmarks")
 
     tp = res["throughput"]
-    assert set(tp) == {"ceiling", "baseline", "flow_ensemble_w1", "flow_ensemble_w2",
-                       "flow_ensemble_w1x2p", "flow_ensemble_w1_bypart",
-                       "flow_ensemble_w1x2p_bypart"}
+    assert set(tp) == {
+        "ceiling",
+        "baseline",
+        "flow_ensemble_w1",
+        "flow_ensemble_w2",
+        "flow_ensemble_w1x2p",
+        "flow_ensemble_w1_bypart",
+        "flow_ensemble_w1x2p_bypart",
+    }
     for name, row in tp.items():
         assert row["records"] == RECORDS, name  # every record was read, by every run
         assert row["seconds"] > 0 and row["events_per_s"] > 0, name

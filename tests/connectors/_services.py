@@ -80,13 +80,37 @@ class Service:
 
     def _argv(self) -> list[str]:
         if self.kind == "redis":
-            return [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-                    "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-                    "--dir", str(self.data_dir)]
+            return [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.data_dir),
+            ]
         if self.kind == "kinesis":
-            return [str(KINESALITE), "--port", str(self.port), "--path", str(self.data_dir),
-                    "--createStreamMs", "0", "--deleteStreamMs", "0", "--updateStreamMs", "0",
-                    "--shardLimit", "100"]
+            return [
+                str(KINESALITE),
+                "--port",
+                str(self.port),
+                "--path",
+                str(self.data_dir),
+                "--createStreamMs",
+                "0",
+                "--deleteStreamMs",
+                "0",
+                "--updateStreamMs",
+                "0",
+                "--shardLimit",
+                "100",
+            ]
         if self.kind == "pubsub":
             return [str(PUBSUB_EMULATOR), "--host=127.0.0.1", f"--port={self.port}"]
         raise ValueError(self.kind)

@@ -32,8 +32,9 @@ def _drain(part: Any, limit: int | None = None) -> list[str]:
     return got
 
 
-def test_source_resumes_from_snapshot_without_gap_or_repeat(kafka_brokers: str,
-                                                            kafka_topic: Any) -> None:
+def test_source_resumes_from_snapshot_without_gap_or_repeat(
+    kafka_brokers: str, kafka_topic: Any
+) -> None:
     topic = kafka_topic(1)
     produce(kafka_brokers, topic, [("k", str(i).encode()) for i in range(1000)])
     src = KafkaSource(kafka_brokers, [topic], tail=False, batch_size=100)
@@ -56,8 +57,9 @@ def test_source_resumes_from_snapshot_without_gap_or_repeat(kafka_brokers: str,
     assert first + rest == [str(i) for i in range(1000)]
 
 
-def test_source_batches_carry_a_key_group_fixed_at_first_read(kafka_brokers: str,
-                                                              kafka_topic: Any) -> None:
+def test_source_batches_carry_a_key_group_fixed_at_first_read(
+    kafka_brokers: str, kafka_topic: Any
+) -> None:
     topic = kafka_topic(3)
     produce(kafka_brokers, topic, [(f"k{i}", b"x") for i in range(60)])
     src = KafkaSource(kafka_brokers, [topic], tail=False, batch_size=100)
@@ -79,12 +81,14 @@ def test_source_batches_carry_a_key_group_fixed_at_first_read(kafka_brokers: str
         part.close()
 
 
-def test_source_tail_false_stops_at_the_end_seen_at_start(kafka_brokers: str,
-                                                          kafka_topic: Any) -> None:
+def test_source_tail_false_stops_at_the_end_seen_at_start(
+    kafka_brokers: str, kafka_topic: Any
+) -> None:
     topic = kafka_topic(2)
     produce(kafka_brokers, topic, [(f"k{i}", b"x") for i in range(50)])
-    src = source_from_url(parse_url(f"kafka://{kafka_brokers}/{topic}?tail=false"),
-                          type("S", (), {"kafka": {}})())
+    src = source_from_url(
+        parse_url(f"kafka://{kafka_brokers}/{topic}?tail=false"), type("S", (), {"kafka": {}})()
+    )
     total = 0
     for p in src.list_parts():
         part = src.build_part("read", p, None)
@@ -101,12 +105,15 @@ def test_source_reports_a_missing_topic_clearly(kafka_brokers: str) -> None:
 
 
 def _recs(lo: int, hi: int) -> list[OutRecord]:
-    return [OutRecord(f"id-{i}", "k", json.dumps({"alert_id": f"id-{i}"}).encode())
-            for i in range(lo, hi)]
+    return [
+        OutRecord(f"id-{i}", "k", json.dumps({"alert_id": f"id-{i}"}).encode())
+        for i in range(lo, hi)
+    ]
 
 
-def test_sink_skips_records_committed_after_the_resumed_snapshot(kafka_brokers: str,
-                                                                 kafka_topic: Any) -> None:
+def test_sink_skips_records_committed_after_the_resumed_snapshot(
+    kafka_brokers: str, kafka_topic: Any
+) -> None:
     topic = kafka_topic(1)
     sink = ExactlyOnceKafkaSink(kafka_brokers, topic, "unit-flow")
     (pname,) = sink.list_parts()
@@ -125,7 +132,8 @@ def test_sink_skips_records_committed_after_the_resumed_snapshot(kafka_brokers: 
 
 
 def test_sink_new_instance_fences_the_zombie_and_aborts_its_transaction(
-        kafka_brokers: str, kafka_topic: Any) -> None:
+    kafka_brokers: str, kafka_topic: Any
+) -> None:
     topic = kafka_topic(1)
     sink = ExactlyOnceKafkaSink(kafka_brokers, topic, "zombie-flow")
     (pname,) = sink.list_parts()
@@ -148,11 +156,20 @@ def test_security_settings_pass_through_to_the_clients(kafka_brokers: str) -> No
     from connectors import make_sink, make_source
     from flows.settings import load_settings
 
-    s = load_settings({"AD_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-                       "AD_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-                       "AD_KAFKA_SASL_USERNAME": "svc", "AD_KAFKA_SASL_PASSWORD": "pw"})
-    want = {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
-            "sasl.username": "svc", "sasl.password": "pw"}
+    s = load_settings(
+        {
+            "AD_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "AD_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "AD_KAFKA_SASL_USERNAME": "svc",
+            "AD_KAFKA_SASL_PASSWORD": "pw",
+        }
+    )
+    want = {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "svc",
+        "sasl.password": "pw",
+    }
     assert s.kafka == want
     src = make_source(f"kafka://{kafka_brokers}/in", s)
     sink = make_sink(f"kafka://{kafka_brokers}/out", s)

@@ -42,7 +42,8 @@ def kclient(kinesis_endpoint: str) -> Any:
 def _create(client: Any, name: str, shards: int) -> None:
     client.create_stream(StreamName=name, ShardCount=shards)
     client.get_waiter("stream_exists").wait(
-        StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 150})
+        StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 150}
+    )
 
 
 @pytest.fixture
@@ -64,13 +65,19 @@ def make_stream(kclient: Any) -> Iterator[Callable[..., str]]:
             pass
 
 
-def put(client: Any, stream: str, n: int, start: int = 0, key: Callable[[int], str] | None = None,
-        ) -> list[dict]:
+def put(
+    client: Any,
+    stream: str,
+    n: int,
+    start: int = 0,
+    key: Callable[[int], str] | None = None,
+) -> list[dict]:
     key = key or (lambda i: f"sensor-{i % 7}")
     out = []
     for i in range(start, start + n):
-        r = client.put_record(StreamName=stream, Data=json.dumps({"i": i}).encode(),
-                              PartitionKey=key(i))
+        r = client.put_record(
+            StreamName=stream, Data=json.dumps({"i": i}).encode(), PartitionKey=key(i)
+        )
         out.append({"i": i, "shard": r["ShardId"], "seq": r["SequenceNumber"]})
     return out
 
@@ -112,8 +119,11 @@ def test_source_resume_per_shard_no_gap_no_repeat(kclient, kinesis_endpoint, mak
         rest = drain(src.build_part("k", shard, state))
         assert ints(first + rest) == expect
         r = first[0]
-        assert (r.source, r.partition, r.key) == (f"kinesis:{stream}", shard,
-                                                   f"sensor-{expect[0] % 7}".encode())
+        assert (r.source, r.partition, r.key) == (
+            f"kinesis:{stream}",
+            shard,
+            f"sensor-{expect[0] % 7}".encode(),
+        )
 
 
 def test_source_next_batch_never_waits(kinesis_endpoint, make_stream):
@@ -167,21 +177,24 @@ def test_source_at_timestamp(kclient, kinesis_endpoint, make_stream):
     at = time.time()
     time.sleep(0.1)
     put(kclient, stream, 2, start=3)
-    src = source_from_url(parse_url(
-        f"kinesis://{stream}?endpoint={kinesis_endpoint}&start=AT_TIMESTAMP"
-        f"&at={datetime.fromtimestamp(at, UTC).isoformat()}&tail=false"), SETTINGS)
+    src = source_from_url(
+        parse_url(
+            f"kinesis://{stream}?endpoint={kinesis_endpoint}&start=AT_TIMESTAMP"
+            f"&at={datetime.fromtimestamp(at, UTC).isoformat()}&tail=false"
+        ),
+        SETTINGS,
+    )
     assert ints(drain(src.build_part("k", src.list_parts()[0], None))) == [3, 4]
 
 
-def test_source_resharding_drains_parent_before_children(kclient, kinesis_endpoint,
-                                                         make_stream):
+def test_source_resharding_drains_parent_before_children(kclient, kinesis_endpoint, make_stream):
     stream = make_stream(1)
     before = put(kclient, stream, 30)
     parent = before[0]["shard"]
-    kclient.split_shard(StreamName=stream, ShardToSplit=parent,
-                        NewStartingHashKey=str(2**127))
-    kclient.get_waiter("stream_exists").wait(StreamName=stream,
-                                             WaiterConfig={"Delay": 0.2, "MaxAttempts": 150})
+    kclient.split_shard(StreamName=stream, ShardToSplit=parent, NewStartingHashKey=str(2**127))
+    kclient.get_waiter("stream_exists").wait(
+        StreamName=stream, WaiterConfig={"Delay": 0.2, "MaxAttempts": 150}
+    )
     after = put(kclient, stream, 30, start=30)
     children = sorted({w["shard"] for w in after})
     assert len(children) == 2 and parent not in children
@@ -230,8 +243,9 @@ def _expire(iterator: str) -> str:
     process.stdout.write(Buffer.concat([buf.slice(0, 8), c.update(p.join('/'), 'utf8'),
                                         c.final()]).toString('base64'));
     """
-    return subprocess.run(["node", "-e", js, iterator], check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(
+        ["node", "-e", js, iterator], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def test_source_recovers_from_expired_iterator(kclient, kinesis_endpoint, make_stream):
@@ -257,8 +271,15 @@ def test_source_backs_off_when_throttled(kclient, kinesis_endpoint, make_stream)
     def throttle(**_kw: Any) -> None:  # fault injection: kinesalite never throttles
         if throttles["left"]:
             throttles["left"] -= 1
-            raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException",
-                                         "Message": "Rate exceeded for shard"}}, "GetRecords")
+            raise ClientError(
+                {
+                    "Error": {
+                        "Code": "ProvisionedThroughputExceededException",
+                        "Message": "Rate exceeded for shard",
+                    }
+                },
+                "GetRecords",
+            )
 
     part._client.meta.events.register("before-call.kinesis.GetRecords", throttle)
     waits = []
@@ -299,16 +320,20 @@ def test_source_survives_kinesalite_restart(tmp_path: Path):
 
 def alerts(n: int, start: int = 0, size: int = 0) -> list[OutRecord]:
     pad = "x" * size
-    return [OutRecord(f"a{i}", f"sensor-{i % 5}",
-                      json.dumps({"alert_id": f"a{i}", "pad": pad}).encode())
-            for i in range(start, start + n)]
+    return [
+        OutRecord(
+            f"a{i}", f"sensor-{i % 5}", json.dumps({"alert_id": f"a{i}", "pad": pad}).encode()
+        )
+        for i in range(start, start + n)
+    ]
 
 
 def stream_alert_ids(client: Any, stream: str) -> list[str]:
     ids = []
     for shard in list_shards(client, stream):
-        it = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
-                                       ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        it = client.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
         while it:
             resp = client.get_records(ShardIterator=it, Limit=10000)
             ids += [json.loads(r["Data"])["alert_id"] for r in resp["Records"]]
@@ -357,9 +382,13 @@ def test_sink_retries_only_failed_entries(kclient, kinesis_endpoint, make_stream
     def report_failed(parsed: dict, **_kw: Any) -> None:
         if withheld["pos"]:
             for k in withheld["pos"]:
-                parsed["Records"].insert(k, {
-                    "ErrorCode": "ProvisionedThroughputExceededException",
-                    "ErrorMessage": "Rate exceeded for shard"})
+                parsed["Records"].insert(
+                    k,
+                    {
+                        "ErrorCode": "ProvisionedThroughputExceededException",
+                        "ErrorMessage": "Rate exceeded for shard",
+                    },
+                )
             parsed["FailedRecordCount"] = len(withheld["pos"])
             withheld["pos"] = []
 
@@ -401,8 +430,10 @@ def test_sink_dedup_from_a_snapshot_without_positions(kclient, kinesis_endpoint,
     part = sink.build_part("o", "0", None)
     old = part.snapshot()  # nothing written yet: only the time
     assert old["seqs"] == {}
-    recs = [OutRecord(f"b{i}", "one-sensor", json.dumps({"alert_id": f"b{i}"}).encode())
-            for i in range(10)]
+    recs = [
+        OutRecord(f"b{i}", "one-sensor", json.dumps({"alert_id": f"b{i}"}).encode())
+        for i in range(10)
+    ]
     part.write_batch(recs[:6])
     part2 = sink.build_part("o", "0", old)
     part2.write_batch(recs)
@@ -410,8 +441,7 @@ def test_sink_dedup_from_a_snapshot_without_positions(kclient, kinesis_endpoint,
     assert sorted(got) == sorted(f"b{i}" for i in range(10)) and len(got) == 10
 
 
-def test_sink_new_execution_without_state_writes_everything(kclient, kinesis_endpoint,
-                                                            make_stream):
+def test_sink_new_execution_without_state_writes_everything(kclient, kinesis_endpoint, make_stream):
     stream = make_stream(1)
     sink = KinesisSink(stream, endpoint=kinesis_endpoint)
     sink.build_part("o", "0", None).write_batch(alerts(3))
@@ -420,13 +450,24 @@ def test_sink_new_execution_without_state_writes_everything(kclient, kinesis_end
 
 
 def test_from_url(kinesis_endpoint):
-    src = source_from_url(parse_url(
-        f"kinesis://sensors?endpoint={kinesis_endpoint}&region=eu-west-1&start=latest"
-        "&tail=false&batch=50&poll=1s"), SETTINGS)
+    src = source_from_url(
+        parse_url(
+            f"kinesis://sensors?endpoint={kinesis_endpoint}&region=eu-west-1&start=latest"
+            "&tail=false&batch=50&poll=1s"
+        ),
+        SETTINGS,
+    )
     assert (src._stream, src._region, src._start, src._tail, src._batch, src._poll) == (
-        "sensors", "eu-west-1", "LATEST", False, 50, 1.0)
+        "sensors",
+        "eu-west-1",
+        "LATEST",
+        False,
+        50,
+        1.0,
+    )
     with pytest.raises(ValueError, match="AT_TIMESTAMP"):
         source_from_url(parse_url("kinesis://s?start=AT_TIMESTAMP"), SETTINGS)
-    sink = sink_from_url(parse_url(f"kinesis://alerts?endpoint={kinesis_endpoint}"
-                                   "&partitions=3"), SETTINGS)
+    sink = sink_from_url(
+        parse_url(f"kinesis://alerts?endpoint={kinesis_endpoint}&partitions=3"), SETTINGS
+    )
     assert sink.list_parts() == ["0", "1", "2"]

@@ -41,17 +41,24 @@ class PS:
         """A unique topic and subscription; returns their short names."""
         name = uuid.uuid4().hex[:10]
         topic = self.pub.create_topic(name=f"projects/{PROJECT}/topics/t-{name}").name
-        self.sub.create_subscription(request={
-            "name": f"projects/{PROJECT}/subscriptions/s-{name}", "topic": topic,
-            "enable_message_ordering": ordering, "ack_deadline_seconds": deadline})
+        self.sub.create_subscription(
+            request={
+                "name": f"projects/{PROJECT}/subscriptions/s-{name}",
+                "topic": topic,
+                "enable_message_ordering": ordering,
+                "ack_deadline_seconds": deadline,
+            }
+        )
         self.made.append((f"t-{name}", f"s-{name}"))
         return f"t-{name}", f"s-{name}"
 
     def publish(self, topic: str, n: int, start: int = 0, keys: int = 3) -> list[bytes]:
         path = f"projects/{PROJECT}/topics/{topic}"
         data = [f"m{i}".encode() for i in range(start, start + n)]
-        futs = [self.pub.publish(path, d, ordering_key=f"k{i % keys}")
-                for i, d in enumerate(data, start)]
+        futs = [
+            self.pub.publish(path, d, ordering_key=f"k{i % keys}")
+            for i, d in enumerate(data, start)
+        ]
         for f in futs:
             f.result(timeout=30)
         return data
@@ -59,8 +66,7 @@ class PS:
     def cleanup(self) -> None:
         for topic, sub in self.made:
             try:
-                self.sub.delete_subscription(
-                    subscription=f"projects/{PROJECT}/subscriptions/{sub}")
+                self.sub.delete_subscription(subscription=f"projects/{PROJECT}/subscriptions/{sub}")
                 self.pub.delete_topic(topic=f"projects/{PROJECT}/topics/{topic}")
             except gexc.GoogleAPICallError:
                 pass
@@ -79,8 +85,9 @@ def make_sub(ps: PS) -> Callable[..., tuple[str, str]]:
     return ps.make
 
 
-def drain(part: Any, until: int | None = None, timeout: float = 20.0,
-          quiet: float | None = None) -> list[RawRecord]:
+def drain(
+    part: Any, until: int | None = None, timeout: float = 20.0, quiet: float | None = None
+) -> list[RawRecord]:
     """Read until ``until`` records, StopIteration, or ``quiet`` seconds without data."""
     got: list[RawRecord] = []
     deadline = time.monotonic() + timeout
@@ -170,8 +177,9 @@ def test_source_keeps_ordering_key_order(ps, make_sub):
 
 def test_source_never_blocks_and_idle_exit(ps, make_sub):
     _topic, sub = make_sub()
-    src = source_from_url(parse_url(f"pubsub://{PROJECT}/{sub}?emulator={ps.host}"
-                                    "&idle_exit=1s"), SETTINGS)
+    src = source_from_url(
+        parse_url(f"pubsub://{PROJECT}/{sub}?emulator={ps.host}&idle_exit=1s"), SETTINGS
+    )
     part = src.build_part("p", sub, None)
     t_start = time.monotonic()
     with pytest.raises(StopIteration):
@@ -203,9 +211,13 @@ def test_source_continues_after_emulator_restart(tmp_path: Path):
         # The emulator keeps nothing across a restart: topic and subscription are recreated.
         ps2 = PS(svc.endpoint)
         ps2.pub.create_topic(name=f"projects/{PROJECT}/topics/{topic}")
-        ps2.sub.create_subscription(request={
-            "name": f"projects/{PROJECT}/subscriptions/{sub}",
-            "topic": f"projects/{PROJECT}/topics/{topic}", "enable_message_ordering": True})
+        ps2.sub.create_subscription(
+            request={
+                "name": f"projects/{PROJECT}/subscriptions/{sub}",
+                "topic": f"projects/{PROJECT}/topics/{topic}",
+                "enable_message_ordering": True,
+            }
+        )
         second = ps2.publish(topic, 10, start=10)
         got += drain(part, until=10, timeout=40)
         assert sorted(r.value for r in got) == sorted(first + second)
@@ -216,8 +228,10 @@ def test_source_continues_after_emulator_restart(tmp_path: Path):
 
 
 def alerts(n: int, start: int = 0) -> list[OutRecord]:
-    return [OutRecord(f"a{i}", f"sensor-{i % 3}", f'{{"alert_id": "a{i}"}}'.encode())
-            for i in range(start, start + n)]
+    return [
+        OutRecord(f"a{i}", f"sensor-{i % 3}", f'{{"alert_id": "a{i}"}}'.encode())
+        for i in range(start, start + n)
+    ]
 
 
 def pull_all(ps: PS, sub: str, quiet: float = 2.0) -> list[Any]:
@@ -231,8 +245,9 @@ def pull_all(ps: PS, sub: str, quiet: float = 2.0) -> list[Any]:
             continue
         if resp.received_messages:
             out += [m.message for m in resp.received_messages]
-            ps.sub.acknowledge(subscription=path,
-                               ack_ids=[m.ack_id for m in resp.received_messages])
+            ps.sub.acknowledge(
+                subscription=path, ack_ids=[m.ack_id for m in resp.received_messages]
+            )
             last = time.monotonic()
     return out
 
@@ -282,9 +297,12 @@ def test_sink_retries_through_emulator_restart(tmp_path: Path):
             svc.start()
             ps2 = PS(svc.endpoint)
             ps2.pub.create_topic(name=f"projects/{PROJECT}/topics/{topic}")
-            ps2.sub.create_subscription(request={
-                "name": f"projects/{PROJECT}/subscriptions/after",
-                "topic": f"projects/{PROJECT}/topics/{topic}"})
+            ps2.sub.create_subscription(
+                request={
+                    "name": f"projects/{PROJECT}/subscriptions/after",
+                    "topic": f"projects/{PROJECT}/topics/{topic}",
+                }
+            )
 
         threading.Timer(1.0, back).start()
         part.write_batch(alerts(4, start=3))  # fails until the topic is back, then succeeds
@@ -299,10 +317,17 @@ def test_sink_retries_through_emulator_restart(tmp_path: Path):
 
 
 def test_from_url(pubsub_host):
-    src = source_from_url(parse_url(f"pubsub://proj/sub1?emulator={pubsub_host}&ack_lag=3"
-                                    "&dedup=2m&batch=10"), SETTINGS)
+    src = source_from_url(
+        parse_url(f"pubsub://proj/sub1?emulator={pubsub_host}&ack_lag=3&dedup=2m&batch=10"),
+        SETTINGS,
+    )
     assert (src._path, src._ack_lag, src._dedup, src._batch, src._idle_exit) == (
-        "projects/proj/subscriptions/sub1", 3, 120.0, 10, None)
+        "projects/proj/subscriptions/sub1",
+        3,
+        120.0,
+        10,
+        None,
+    )
     sink = sink_from_url(parse_url("pubsub://proj/alerts"), SETTINGS)
     assert (sink._topic, sink._flow_id) == ("projects/proj/topics/alerts", "test-flow")
     with pytest.raises(ValueError):

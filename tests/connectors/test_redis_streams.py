@@ -96,7 +96,11 @@ def test_source_resume_no_gap_no_repeat(rclient, rport, make_stream):
     assert rest[0].offset == lost[0].offset
     r = first[0]
     assert (r.value, r.source, r.partition, r.key) == (
-        b'{"i": 0}', f"redis:{stream}", stream, b"s0")
+        b'{"i": 0}',
+        f"redis:{stream}",
+        stream,
+        b"s0",
+    )
 
 
 def test_source_batches_are_single_items(rclient, rport, make_stream):
@@ -152,7 +156,8 @@ def test_source_reconnects_after_redis_restart(tmp_path: Path):
         stream = "restart-stream"
         ids = add(client, stream, 30)
         part = RedisStreamSource("127.0.0.1", svc.port, [stream], count=10).build_part(
-            "s", stream, None)
+            "s", stream, None
+        )
         got = drain(part, until=10)
         svc.stop()
         for _ in range(5):  # down: no exception, no blocking, backoff through next_awake
@@ -202,9 +207,11 @@ def test_sink_dedup_after_rebuild_from_older_snapshot(rclient, rport, make_strea
 def test_sink_dedup_is_per_flow(rclient, rport, make_stream):
     stream = make_stream()
     RedisStreamSink("127.0.0.1", rport, stream, "f1").build_part("o", "0", None).write_batch(
-        alerts(3))
+        alerts(3)
+    )
     RedisStreamSink("127.0.0.1", rport, stream, "f2").build_part("o", "0", None).write_batch(
-        alerts(3))
+        alerts(3)
+    )
     assert len(stream_ids(rclient, stream)) == 6
 
 
@@ -236,8 +243,9 @@ def test_from_url(rport):
     src = source_from_url(url, SETTINGS)
     assert src.list_parts() == ["a", "b"]
     assert (src._tail, src._count, src._start, src._poll) == (False, 5, "$", 0.05)
-    sink = sink_from_url(parse_url(f"redis://127.0.0.1:{rport}/out?maxlen=9&dedup_ttl=1h"),
-                         SETTINGS)
+    sink = sink_from_url(
+        parse_url(f"redis://127.0.0.1:{rport}/out?maxlen=9&dedup_ttl=1h"), SETTINGS
+    )
     assert (sink._maxlen, sink._ttl, sink._prefix) == (9, 3600, "ad:dedup:{out}:test-flow:")
     with pytest.raises(ValueError):
         sink_from_url(parse_url(f"redis://127.0.0.1:{rport}/a,b"), SETTINGS)

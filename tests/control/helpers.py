@@ -18,23 +18,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_readings(path: Path | None, sensors: int = 4, per_sensor: int = 300,
-                   step_ms: int = 10_000, spike_every: int = 97) -> list[tuple[str, bytes]]:
+def write_readings(
+    path: Path | None,
+    sensors: int = 4,
+    per_sensor: int = 300,
+    step_ms: int = 10_000,
+    spike_every: int = 97,
+) -> list[tuple[str, bytes]]:
     """Deterministic keyed JSON readings (time-major), optionally written as JSON lines."""
     out = []
     for i in range(per_sensor):
         for s in range(sensors):
             v = 10.0 + s + ((i * 7 + s * 3) % 11) * 0.1 + (40.0 if i % spike_every == 50 else 0.0)
             sid = f"sensor-{s:03d}"
-            out.append((sid, json.dumps({"sensor_id": sid, "timestamp": START_MS + i * step_ms,
-                                         "value": round(v, 3)}).encode()))
+            out.append(
+                (
+                    sid,
+                    json.dumps(
+                        {
+                            "sensor_id": sid,
+                            "timestamp": START_MS + i * step_ms,
+                            "value": round(v, 3),
+                        }
+                    ).encode(),
+                )
+            )
     if path is not None:
         path.write_bytes(b"".join(v + b"\n" for _k, v in out))
     return out
 
 
-def produce_json(brokers: str, topic: str, records: list[tuple[str, bytes]],
-                 partition: int | None = None) -> None:
+def produce_json(
+    brokers: str, topic: str, records: list[tuple[str, bytes]], partition: int | None = None
+) -> None:
     p = Producer({"bootstrap.servers": brokers, "linger.ms": 20, "enable.idempotence": True})
     for key, value in records:
         kw: dict[str, Any] = {} if partition is None else {"partition": partition}
@@ -49,8 +65,14 @@ def produce_json(brokers: str, topic: str, records: list[tuple[str, bytes]],
 
 def read_topic(brokers: str, topic: str, raw: bool = False) -> list[Any]:
     """Every record of ``topic`` (read_committed) in partition/offset order."""
-    c = Consumer({"bootstrap.servers": brokers, "group.id": "ctl-test",
-                  "enable.auto.commit": False, "isolation.level": "read_committed"})
+    c = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": "ctl-test",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
     md = c.list_topics(topic, timeout=30).topics[topic]
     out: list[Any] = []
     for p in sorted(md.partitions):

@@ -6,14 +6,25 @@ import pytest
 
 from control.autoscale import AutoscalePolicy, Decision, PolicyConfig, Sample
 
-CFG = PolicyConfig(min_workers=1, max_workers=4, up_threshold=0.8, down_threshold=0.2,
-                   cooldown_s=300, sustain_s=60, lag_high=10_000, step=1)
+CFG = PolicyConfig(
+    min_workers=1,
+    max_workers=4,
+    up_threshold=0.8,
+    down_threshold=0.2,
+    cooldown_s=300,
+    sustain_s=60,
+    lag_high=10_000,
+    step=1,
+)
 
 
-def run(policy: AutoscalePolicy, lags: list[float], dt: float = 15.0,
-        cpu: list[float] | None = None) -> list[Decision]:
-    return [policy.observe(Sample(i * dt, lag, None if cpu is None else cpu[i]))
-            for i, lag in enumerate(lags)]
+def run(
+    policy: AutoscalePolicy, lags: list[float], dt: float = 15.0, cpu: list[float] | None = None
+) -> list[Decision]:
+    return [
+        policy.observe(Sample(i * dt, lag, None if cpu is None else cpu[i]))
+        for i, lag in enumerate(lags)
+    ]
 
 
 def changes(ds: list[Decision]) -> list[tuple[float, str, int]]:

@@ -13,16 +13,30 @@ import pytest
 from control import cli
 from tests.conftest import ROOT
 
-COMMANDS = ["retrain", "push-model", "models", "run", "stop", "scale", "autoscale", "status",
-            "report"]
+COMMANDS = [
+    "retrain",
+    "push-model",
+    "models",
+    "run",
+    "stop",
+    "scale",
+    "autoscale",
+    "status",
+    "report",
+]
 
 
 def _adctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("AD_")}
     base["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-m", "control", *args], cwd=ROOT,
-                          env={**base, **(env or {})}, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "control", *args],
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -33,8 +47,15 @@ def test_every_subcommand_has_help_naming_its_env_vars(command: str) -> None:
     assert "[env: AD_" in text
     # every option except --help/--dry-run/--json/--watch/--kill/--sensor/-e has an env var
     for action in sub.choices[command]._actions:
-        if action.option_strings and action.dest not in ("help", "dry_run", "json", "watch",
-                                                          "kill", "sensor", "env"):
+        if action.option_strings and action.dest not in (
+            "help",
+            "dry_run",
+            "json",
+            "watch",
+            "kill",
+            "sensor",
+            "env",
+        ):
             assert "[env: AD_" in (action.help or ""), (command, action.dest)
 
 
@@ -54,9 +75,14 @@ def test_env_defaults_and_flags_override_them(monkeypatch: pytest.MonkeyPatch) -
     p = cli.build_parser()
     a = p.parse_args(["retrain"])
     assert (a.model_store, a.detector, a.source, a.push) == (
-        "file:///m", "ensemble", ["a.csv", "b.jsonl"], True)
-    a = p.parse_args(["retrain", "--from", "x.parquet", "--from", "y.csv", "--no-push",
-                      "--detector", "mad"])
+        "file:///m",
+        "ensemble",
+        ["a.csv", "b.jsonl"],
+        True,
+    )
+    a = p.parse_args(
+        ["retrain", "--from", "x.parquet", "--from", "y.csv", "--no-push", "--detector", "mad"]
+    )
     assert (a.source, a.push, a.detector) == (["x.parquet", "y.csv"], False, "mad")
     assert p.parse_args(["autoscale"]).cooldown == 42.0
 
@@ -72,8 +98,7 @@ def test_bad_env_values_and_args_are_clear_errors(tmp_path: Path) -> None:
     assert res.returncode == 2 and "no metrics endpoints" in res.stderr
     res = _adctl("push-model", "--model-store", tmp_path.as_uri())
     assert res.returncode == 2 and "no versions of 'ensemble'" in res.stderr
-    res = _adctl("--state-dir", str(tmp_path), "run", "--env-file",
-                 str(tmp_path / "missing.env"))
+    res = _adctl("--state-dir", str(tmp_path), "run", "--env-file", str(tmp_path / "missing.env"))
     assert res.returncode == 2 and "does not exist" in res.stderr
     res = _adctl("--state-dir", str(tmp_path), "stop")
     assert res.returncode == 0 and "not running" in res.stderr
@@ -81,12 +106,26 @@ def test_bad_env_values_and_args_are_clear_errors(tmp_path: Path) -> None:
 
 def test_flow_env_keeps_flow_settings_and_drops_adctl_ones() -> None:
     cli.build_parser()
-    env = cli.flow_env({"AD_SOURCE": "kafka://x/y", "AD_WORKERS": "3", "AD_DASK_SCHEDULER": "t",
-                        "AD_MODEL_STORE": "redis://r", "AD_CONFIG": "c.yaml", "PATH": "/bin",
-                        "AD_STATE_DIR": ".adctl", "AD_KAFKA_SECURITY_PROTOCOL": "SSL"})
-    assert env == {"AD_SOURCE": "kafka://x/y", "AD_MODEL_STORE": "redis://r",
-                   "AD_CONFIG": "c.yaml", "PATH": "/bin", "AD_STATE_DIR": ".adctl",
-                   "AD_KAFKA_SECURITY_PROTOCOL": "SSL"}
+    env = cli.flow_env(
+        {
+            "AD_SOURCE": "kafka://x/y",
+            "AD_WORKERS": "3",
+            "AD_DASK_SCHEDULER": "t",
+            "AD_MODEL_STORE": "redis://r",
+            "AD_CONFIG": "c.yaml",
+            "PATH": "/bin",
+            "AD_STATE_DIR": ".adctl",
+            "AD_KAFKA_SECURITY_PROTOCOL": "SSL",
+        }
+    )
+    assert env == {
+        "AD_SOURCE": "kafka://x/y",
+        "AD_MODEL_STORE": "redis://r",
+        "AD_CONFIG": "c.yaml",
+        "PATH": "/bin",
+        "AD_STATE_DIR": ".adctl",
+        "AD_KAFKA_SECURITY_PROTOCOL": "SSL",
+    }
     # and the flow's own settings loader accepts what is left
     from flows.settings import load_settings
 
@@ -110,13 +149,27 @@ def test_report_plots_a_sensor_with_alerts(tmp_path: Path) -> None:
     inp = tmp_path / "in.jsonl"
     write_readings(inp, sensors=2, per_sensor=200)
     alerts = tmp_path / "alerts.jsonl"
-    alerts.write_text("\n".join(
-        f'{{"sensor_id": "sensor-001", "window_start": {START_MS + i * 10_000}, '
-        f'"window_end": {START_MS + i * 10_000 + 60_000}, "score": 0.99, '
-        f'"model_version": "{v}"}}' for i, v in ((50, "builtin-1"), (147, "v2"))) + "\n")
+    alerts.write_text(
+        "\n".join(
+            f'{{"sensor_id": "sensor-001", "window_start": {START_MS + i * 10_000}, '
+            f'"window_end": {START_MS + i * 10_000 + 60_000}, "score": 0.99, '
+            f'"model_version": "{v}"}}'
+            for i, v in ((50, "builtin-1"), (147, "v2"))
+        )
+        + "\n"
+    )
     out = tmp_path / "r.png"
-    res = _adctl("report", "--sensor", "sensor-001", "--input", str(inp), "--alerts",
-                 str(alerts), "--out", str(out))
+    res = _adctl(
+        "report",
+        "--sensor",
+        "sensor-001",
+        "--input",
+        str(inp),
+        "--alerts",
+        str(alerts),
+        "--out",
+        str(out),
+    )
     assert res.returncode == 0, res.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     assert '"alerts": 2' in res.stdout and '"points": 200' in res.stdout

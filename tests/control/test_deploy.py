@@ -32,15 +32,23 @@ def _docs() -> list[dict[str, Any]]:
 
 def test_manifests_validate_against_the_kubernetes_schemas() -> None:
     import kubernetes_validate as kv  # a dev dependency
+
     docs = _docs()
-    assert {d["kind"] for d in docs} >= {"StatefulSet", "Service", "Deployment", "ConfigMap",
-                                         "PersistentVolumeClaim", "Namespace"}
+    assert {d["kind"] for d in docs} >= {
+        "StatefulSet",
+        "Service",
+        "Deployment",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Namespace",
+    }
     for d in docs:
         kv.validate(d, "1.32", strict=True)  # raises ValidationError on any problem
 
 
 def test_the_validator_rejects_a_broken_manifest() -> None:
     import kubernetes_validate as kv  # a dev dependency
+
     sts = next(d for d in _docs() if d["kind"] == "StatefulSet")
     sts["spec"]["replicas"] = "two"
     with pytest.raises(kv.ValidationError):
@@ -54,8 +62,9 @@ def test_statefulset_wiring() -> None:
     assert spec["podManagementPolicy"] == "Parallel"
     assert spec["updateStrategy"]["type"] == "OnDelete"
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
-    svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] ==
-               spec["serviceName"])
+    svc = next(
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == spec["serviceName"]
+    )
     assert svc["spec"]["clusterIP"] == "None"
     pod = spec["template"]["spec"]
     claim = next(v for v in pod["volumes"] if v["name"] == "recovery")["persistentVolumeClaim"]
@@ -78,8 +87,9 @@ def test_statefulset_wiring() -> None:
     from flows.settings import Settings
 
     known = {f"AD_{f.name.upper()}" for f in fields(Settings)} | {"AD_METRICS_ADDR"}
-    cfg = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] ==
-               "ad-flow-config")
+    cfg = next(
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "ad-flow-config"
+    )
     assert set(cfg["data"]) <= known
     assert {e for e in env if e.startswith("AD_")} <= known
 
@@ -90,18 +100,35 @@ def test_kubectl_applies_the_scale_patch_offline(tmp_path: Path) -> None:
     patch = patch_cmd[patch_cmd.index("-p") + 1]
     sts_file = tmp_path / "sts.yaml"
     sts_file.write_text(yaml.safe_dump(next(d for d in _docs() if d["kind"] == "StatefulSet")))
-    res = subprocess.run(["kubectl", "patch", "--local", "-f", str(sts_file),
-                          "--type", "strategic", "-p", patch, "-o", "json"],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [
+            "kubectl",
+            "patch",
+            "--local",
+            "-f",
+            str(sts_file),
+            "--type",
+            "strategic",
+            "-p",
+            patch,
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     sts = json.loads(res.stdout)
     assert sts["spec"]["replicas"] == 3
-    env = {e["name"]: e.get("value") for e in
-           sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["FLOW_PROCESSES"] == "3" and env["BYTEWAX_WORKERS_PER_PROCESS"] == "2"
     assert env["RECOVERY_DIR"] == "/var/lib/ad-flow/recovery"  # other env kept (merged by name)
-    res = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0 and "kind: StatefulSet" in res.stdout, res.stderr
 
 
@@ -120,8 +147,11 @@ def test_prometheus_config_scrapes_the_flow_ports() -> None:
     assert jobs["ad-flow"]["metrics_path"] == "/metrics"
     promtool = shutil.which("promtool")
     if promtool:
-        res = subprocess.run([promtool, "check", "config", str(ROOT / "deploy" / "prometheus.yml")],
-                             capture_output=True, text=True)
+        res = subprocess.run(
+            [promtool, "check", "config", str(ROOT / "deploy" / "prometheus.yml")],
+            capture_output=True,
+            text=True,
+        )
         assert res.returncode == 0, res.stderr
 
 
@@ -149,8 +179,14 @@ def test_dashboard_queries_only_use_exported_metrics() -> None:
     assert used and used <= known, used - known
     # every flow metric is on the dashboard
     bases = {m.removesuffix("_bucket") for m in used}
-    assert {"ad_records_in_total", "ad_alerts_total", "ad_input_lag", "ad_dead_letters_total",
-            "ad_model_version_info", "ad_last_checkpoint_timestamp_seconds"} <= bases
+    assert {
+        "ad_records_in_total",
+        "ad_alerts_total",
+        "ad_input_lag",
+        "ad_dead_letters_total",
+        "ad_model_version_info",
+        "ad_last_checkpoint_timestamp_seconds",
+    } <= bases
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     for p in dash["panels"]:
@@ -160,10 +196,12 @@ def test_dashboard_queries_only_use_exported_metrics() -> None:
 
 def test_dask_manifests_point_workers_at_the_scheduler_service() -> None:
     docs = _docs()
-    svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] ==
-               "dask-scheduler")
-    worker = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] ==
-                  "dask-worker")
+    svc = next(
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "dask-scheduler"
+    )
+    worker = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "dask-worker"
+    )
     cmd = worker["spec"]["template"]["spec"]["containers"][0]["command"]
     port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "scheduler")
     assert f"tcp://dask-scheduler.anomaly.svc:{port}" in cmd

@@ -33,8 +33,9 @@ SENSORS, PER_SENSOR, STEP_MS = 8, 300, 10_000
 SWITCH_I = 150  # readings with index >= this come after the marker
 
 
-def _flow_settings(brokers: str, src: str, alerts: str, dlq: str, tail: bool,
-                   **extra: str) -> dict[str, str]:
+def _flow_settings(
+    brokers: str, src: str, alerts: str, dlq: str, tail: bool, **extra: str
+) -> dict[str, str]:
     return {
         "AD_SOURCE": f"kafka://{brokers}/{src}?tail={'true' if tail else 'false'}",
         "AD_SINK": f"kafka://{brokers}/{alerts}",
@@ -50,8 +51,14 @@ def _flow_settings(brokers: str, src: str, alerts: str, dlq: str, tail: bool,
 def _adctl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AD_")}
     env["PYTHONPATH"] = str(ROOT)
-    res = subprocess.run([sys.executable, "-m", "control", *args], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        [sys.executable, "-m", "control", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return res
 
 
@@ -60,8 +67,9 @@ def _ok(res: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[st
     return res
 
 
-def _wait_count(brokers: str, topic: str, n: int, timeout: float = 120,
-                state_dir: Path | None = None) -> list[dict[str, Any]]:
+def _wait_count(
+    brokers: str, topic: str, n: int, timeout: float = 120, state_dir: Path | None = None
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
         rows = read_committed(brokers, topic)
@@ -88,8 +96,9 @@ def _readings() -> list[tuple[str, bytes]]:
 def _ts_ms(row: dict[str, Any]) -> int:
     from datetime import datetime
 
-    return int(datetime.fromisoformat(row["window_start"].replace("Z", "+00:00"))
-               .timestamp() * 1000)
+    return int(
+        datetime.fromisoformat(row["window_start"].replace("Z", "+00:00")).timestamp() * 1000
+    )
 
 
 @pytest.fixture
@@ -101,30 +110,50 @@ def redis_store() -> Any:
         client.delete(k)
 
 
-def test_retrain_push_switches_a_running_flow(kafka_brokers: str, kafka_topic: Any,
-                                              redis_store: str, tmp_path: Path) -> None:
+def test_retrain_push_switches_a_running_flow(
+    kafka_brokers: str, kafka_topic: Any, redis_store: str, tmp_path: Path
+) -> None:
     src, alerts, dlq, control = kafka_topic(2), kafka_topic(2), kafka_topic(1), kafka_topic(1)
     rows = _readings()
     first = [r for r in rows if json.loads(r[1])["timestamp"] < START_MS + SWITCH_I * STEP_MS]
-    second = rows[len(first):]
+    second = rows[len(first) :]
     produce_json(kafka_brokers, src, first)
     state = tmp_path / "adctl"
     port = free_port()
-    settings = _flow_settings(kafka_brokers, src, alerts, dlq, tail=True,
-                              AD_METRICS_PORT=str(port), AD_MODEL_STORE=redis_store)
+    settings = _flow_settings(
+        kafka_brokers,
+        src,
+        alerts,
+        dlq,
+        tail=True,
+        AD_METRICS_PORT=str(port),
+        AD_MODEL_STORE=redis_store,
+    )
     env_args = [a for k, v in settings.items() for a in ("-e", f"{k}={v}")]
-    _ok(_adctl("--state-dir", str(state), "run", "-w", "1", "--snapshot-interval", "1",
-               *env_args))
+    _ok(_adctl("--state-dir", str(state), "run", "-w", "1", "--snapshot-interval", "1", *env_args))
     try:
         _wait_count(kafka_brokers, alerts, len(first), state_dir=state)
         # retrain on the history so far (the input topic itself) and push it live
-        res = _ok(_adctl("retrain", "--from", f"kafka://{kafka_brokers}/{src}",
-                         "--model-store", redis_store, "--detector", "mad", "--push",
-                         "--input", settings["AD_SOURCE"], "--control-topic", control,
-                         "--dask-workers", "1"))
+        res = _ok(
+            _adctl(
+                "retrain",
+                "--from",
+                f"kafka://{kafka_brokers}/{src}",
+                "--model-store",
+                redis_store,
+                "--detector",
+                "mad",
+                "--push",
+                "--input",
+                settings["AD_SOURCE"],
+                "--control-topic",
+                control,
+                "--dask-workers",
+                "1",
+            )
+        )
         pushed = json.loads(res.stdout)
-        assert pushed["version"] == "v1" and sorted(pushed["markers"]) == [f"{src}:0",
-                                                                            f"{src}:1"]
+        assert pushed["version"] == "v1" and sorted(pushed["markers"]) == [f"{src}:0", f"{src}:1"]
         produce_json(kafka_brokers, src, second)
         out = _wait_count(kafka_brokers, alerts, len(rows), state_dir=state)
         st = _ok(_adctl("--state-dir", str(state), "status", "--json", "--interval", "0.5"))
@@ -148,15 +177,19 @@ def test_retrain_push_switches_a_running_flow(kafka_brokers: str, kafka_topic: A
 
 
 @pytest.fixture(scope="module")
-def switch_input(kafka_brokers: str, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[tuple[str, str, int]]:
+def switch_input(
+    kafka_brokers: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str, int]]:
     """Input with a model switch marker in the middle of every partition, and its store."""
     from connectors.kafka import ensure_topic
 
     tmp = tmp_path_factory.mktemp("switch")
     store = (tmp / "models").as_uri()
-    model = {"detector": "mad", "version": "v7", "params": {"window": 32, "min_periods": 8,
-                                                            "z_scale": 2.5, "xp": "numpy"}}
+    model = {
+        "detector": "mad",
+        "version": "v7",
+        "params": {"window": 32, "min_periods": 8, "z_scale": 2.5, "xp": "numpy"},
+    }
     ref = model_store.put(store, "mad", "v7", model)
     src = f"ctl-switch-{uuid.uuid4().hex[:8]}"
     ensure_topic(kafka_brokers, src, 2)
@@ -178,34 +211,46 @@ def test_sigkill_around_the_switch_gives_the_crash_free_output(
 ) -> None:
     src, store, n = switch_input
     ref_alerts, ref_dlq = kafka_topic(2), kafka_topic(1)
-    env = flow_env(**_flow_settings(kafka_brokers, src, ref_alerts, ref_dlq, tail=False,
-                                    AD_MODEL_STORE=store))
+    env = flow_env(
+        **_flow_settings(kafka_brokers, src, ref_alerts, ref_dlq, tail=False, AD_MODEL_STORE=store)
+    )
     run_to_completion(env, init_recovery(tmp_path / "ref"), log=tmp_path / "ref.log")
     reference = _by_id(read_committed(kafka_brokers, ref_alerts))
     assert len(reference) == n
     assert {r["model_version"] for r in reference.values()} == {"builtin-1", "v7"}
     alerts, dlq = kafka_topic(2), kafka_topic(1)
-    env = flow_env(**_flow_settings(kafka_brokers, src, alerts, dlq, tail=False,
-                                    AD_MODEL_STORE=store))
-    kills = crash_run(env, init_recovery(tmp_path / "rec"), kills=3, log=tmp_path / "crash.log",
-                      seed=11, min_s=1.0, max_s=3.0)
+    env = flow_env(
+        **_flow_settings(kafka_brokers, src, alerts, dlq, tail=False, AD_MODEL_STORE=store)
+    )
+    kills = crash_run(
+        env,
+        init_recovery(tmp_path / "rec"),
+        kills=3,
+        log=tmp_path / "crash.log",
+        seed=11,
+        min_s=1.0,
+        max_s=3.0,
+    )
     assert kills >= 2, f"only {kills} kills hit a running flow"
     assert _by_id(read_committed(kafka_brokers, alerts)) == reference
 
 
-def test_scale_1_2_1_mid_stream_is_exact(kafka_brokers: str, kafka_topic: Any,
-                                        tmp_path: Path) -> None:
+def test_scale_1_2_1_mid_stream_is_exact(
+    kafka_brokers: str, kafka_topic: Any, tmp_path: Path
+) -> None:
     src, alerts, dlq = kafka_topic(2), kafka_topic(2), kafka_topic(1)
     ref_alerts, ref_dlq = kafka_topic(2), kafka_topic(1)
     rows = _readings()
-    parts = [rows[: len(rows) // 3], rows[len(rows) // 3: 2 * len(rows) // 3],
-             rows[2 * len(rows) // 3:]]
+    parts = [
+        rows[: len(rows) // 3],
+        rows[len(rows) // 3 : 2 * len(rows) // 3],
+        rows[2 * len(rows) // 3 :],
+    ]
     state = tmp_path / "adctl"
     settings = _flow_settings(kafka_brokers, src, alerts, dlq, tail=True)
     env_args = [a for k, v in settings.items() for a in ("-e", f"{k}={v}")]
     produce_json(kafka_brokers, src, parts[0])
-    _ok(_adctl("--state-dir", str(state), "run", "-w", "1", "--snapshot-interval", "1",
-               *env_args))
+    _ok(_adctl("--state-dir", str(state), "run", "-w", "1", "--snapshot-interval", "1", *env_args))
     try:
         _wait_count(kafka_brokers, alerts, len(parts[0]), state_dir=state)
         _ok(_adctl("--state-dir", str(state), "scale", "--workers", "2", "--timeout", "30"))

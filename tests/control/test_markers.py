@@ -19,8 +19,12 @@ MARKER = encode_marker("mad", "v3", "redis://127.0.0.1:16379/ad:models/mad/v3")
 
 def test_encode_decode_roundtrip() -> None:
     assert MARKER.startswith(b"#ADCTL{")
-    assert decode_marker(MARKER) == {"type": "model", "detector": "mad", "version": "v3",
-                                     "model_ref": "redis://127.0.0.1:16379/ad:models/mad/v3"}
+    assert decode_marker(MARKER) == {
+        "type": "model",
+        "detector": "mad",
+        "version": "v3",
+        "model_ref": "redis://127.0.0.1:16379/ad:models/mad/v3",
+    }
     assert decode_marker(b'{"sensor_id": "a"}') is None
     with pytest.raises(ValueError):
         decode_marker(b'#ADCTL{"type": "model", "version": "v1"}')
@@ -35,11 +39,15 @@ def test_kafka_marker_lands_in_every_partition_after_existing_data(
 ) -> None:
     topic = kafka_topic(3)
     for p in range(3):
-        produce_json(kafka_brokers, topic, [("k", b'{"x": %d}' % i) for i in range(p + 2)],
-                     partition=p)
+        produce_json(
+            kafka_brokers, topic, [("k", b'{"x": %d}' % i) for i in range(p + 2)], partition=p
+        )
     written = push_marker(f"kafka://{kafka_brokers}/{topic}?tail=false", MARKER)
     assert {w.partition: w.position for w in written} == {
-        f"{topic}:0": "2", f"{topic}:1": "3", f"{topic}:2": "4"}
+        f"{topic}:0": "2",
+        f"{topic}:1": "3",
+        f"{topic}:2": "4",
+    }
     rows = read_topic(kafka_brokers, topic, raw=True)
     last = {p: (off, v) for p, off, v in rows}
     assert all(v == MARKER for _off, v in last.values())

@@ -29,10 +29,13 @@ def _expected() -> Counter[str]:
 def flow(tmp_path: Path) -> tuple[Supervisor, FlowSpec, Path]:
     inp, out = tmp_path / "in.txt", tmp_path / "out.txt"
     inp.write_text("".join(f"k{i % 5},{i}\n" for i in range(N)))
-    spec = FlowSpec(module="tests.control.sample_flow", workers=1, snapshot_interval=1,
-                    recovery_parts=3,
-                    env={"AD_TEST_IN": str(inp), "AD_TEST_OUT": str(out),
-                         "AD_TEST_DELAY": "0.01"})
+    spec = FlowSpec(
+        module="tests.control.sample_flow",
+        workers=1,
+        snapshot_interval=1,
+        recovery_parts=3,
+        env={"AD_TEST_IN": str(inp), "AD_TEST_OUT": str(out), "AD_TEST_DELAY": "0.01"},
+    )
     sv = Supervisor(tmp_path / "state")
     yield sv, spec, out
     if sv.running():
@@ -51,7 +54,7 @@ def _wait_output(out: Path, n: int, timeout: float = 60) -> None:
 
 
 def test_stop_rescale_and_kill_mid_stream_keep_output_exact(
-    flow: tuple[Supervisor, FlowSpec, Path]
+    flow: tuple[Supervisor, FlowSpec, Path],
 ) -> None:
     sv, spec, out = flow
     sv.start(spec)
@@ -74,7 +77,7 @@ def test_stop_rescale_and_kill_mid_stream_keep_output_exact(
 
 
 def test_a_clean_stop_is_reported_and_a_second_start_is_refused(
-    flow: tuple[Supervisor, FlowSpec, Path]
+    flow: tuple[Supervisor, FlowSpec, Path],
 ) -> None:
     sv, spec, _out = flow
     sv.start(spec)

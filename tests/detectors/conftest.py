@@ -16,7 +16,7 @@ def make_series(n: int = 1500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     t = 1.4e9 + 300.0 * np.arange(n)
     v = 50 + 10 * np.sin(2 * np.pi * t / 86400.0) + rng.normal(0, 1, n)
     v[n // 2] += 25.0
-    v[int(n * 0.8):] += 15.0
+    v[int(n * 0.8) :] += 15.0
     return v, t
 
 

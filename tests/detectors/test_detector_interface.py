@@ -19,8 +19,8 @@ def _run(det, v: np.ndarray, t: np.ndarray, sizes: list[int]) -> tuple[object, n
     state, out, i, k = det.init_state(), [], 0, 0
     while i < len(v):
         n = sizes[k % len(sizes)]
-        state, s = det.score(state, v[i:i + n], t[i:i + n])
-        assert s.shape == (len(v[i:i + n]),)
+        state, s = det.score(state, v[i : i + n], t[i : i + n])
+        assert s.shape == (len(v[i : i + n]),)
         out.append(s)
         i, k = i + n, k + 1
     return state, np.concatenate(out)
@@ -109,11 +109,14 @@ def test_fit_returns_json_model_that_loads(name: str, series) -> None:
 def _same(a: object, b: object) -> bool:
     """Exact equality of (nested) states: arrays bit for bit, with dtypes and shapes."""
     if isinstance(a, np.ndarray):
-        return (isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
-                and a.tobytes() == b.tobytes())
+        return (
+            isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and a.tobytes() == b.tobytes()
+        )
     if isinstance(a, dict):
-        return (isinstance(b, dict) and list(a) == list(b)
-                and all(_same(a[k], b[k]) for k in a))
+        return isinstance(b, dict) and list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
     return type(a) is type(b) and a == b
 
 

@@ -37,12 +37,12 @@ def test_level_shift_and_missing_daily_pattern_are_flagged() -> None:
     v[day] = 20.0 + rng.normal(0, 1, 288)  # the daily "high" phase never comes
     det = detectors.get_detector("ensemble")
     _, s = det.score(det.init_state(), v, t)
-    normal = s[288 * 3:288 * 10]
+    normal = s[288 * 3 : 288 * 10]
     assert s[day].max() > normal.max()
     v2 = v.copy()
-    v2[288 * 12:] += 100.0
+    v2[288 * 12 :] += 100.0
     _, s2 = det.score(det.init_state(), v2, t)
-    assert s2[288 * 12:288 * 12 + 20].max() > s2[288 * 3:288 * 12].max()
+    assert s2[288 * 12 : 288 * 12 + 20].max() > s2[288 * 3 : 288 * 12].max()
 
 
 def test_recurring_spikes_stop_being_alarming() -> None:

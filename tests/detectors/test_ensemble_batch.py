@@ -48,7 +48,7 @@ def _series(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     v = 50 + 10 * np.sin(2 * np.pi * t / 86400) + rng.normal(0, rng.choice([0.2, 1, 4]), n)
     v[rng.random(n) < 0.02] += rng.normal(0, 40)
     if seed % 2:
-        v[n // 2:] += 25.0
+        v[n // 2 :] += 25.0
     v[rng.random(n) < 0.04] = np.nan
     v[rng.random(n) < 0.01] = rng.choice([np.inf, -np.inf])
     return v, t
@@ -81,11 +81,13 @@ def test_score_batch_equals_score_per_key(cfg: dict[str, Any], seeded: bool) -> 
         pos.append(start)
     for _ in range(60):
         sizes = rng.integers(0, 6, keys)
-        vals = [series[k][0][pos[k]:pos[k] + sizes[k]] for k in range(keys)]
-        ts = [series[k][1][pos[k]:pos[k] + sizes[k]] for k in range(keys)]
+        vals = [series[k][0][pos[k] : pos[k] + sizes[k]] for k in range(keys)]
+        ts = [series[k][1][pos[k] : pos[k] + sizes[k]] for k in range(keys)]
         before = copy.deepcopy(states)
-        ref = [det.score(det.init_state() if s is None else s, v, t)
-               for s, v, t in zip(states, vals, ts, strict=True)]
+        ref = [
+            det.score(det.init_state() if s is None else s, v, t)
+            for s, v, t in zip(states, vals, ts, strict=True)
+        ]
         for s, b in zip(states, before, strict=True):
             if s is not None:
                 assert_same_state(s, b)  # score leaves its input alone
@@ -99,8 +101,9 @@ def test_score_batch_equals_score_per_key(cfg: dict[str, Any], seeded: bool) -> 
         states = new_states
         pos = [p + int(s) for p, s in zip(pos, sizes, strict=True)]
         # packed states continue exactly
-        states = [det.unpack_state(det.pack_state(s)) if k % 3 == 0 else s
-                  for k, s in enumerate(states)]
+        states = [
+            det.unpack_state(det.pack_state(s)) if k % 3 == 0 else s for k, s in enumerate(states)
+        ]
 
 
 def test_score_batch_one_big_batch_equals_split_calls() -> None:
@@ -110,7 +113,7 @@ def test_score_batch_one_big_batch_equals_split_calls() -> None:
     for k, (v, t) in enumerate(series):
         st, parts = det.init_state(), []
         for i in range(0, 2000, 37):
-            st, s = det.score(st, v[i:i + 37], t[i:i + 37])
+            st, s = det.score(st, v[i : i + 37], t[i : i + 37])
             parts.append(s)
         assert_same_state(states[k], st)
         assert_same_scores(scores[k], np.concatenate(parts))
@@ -134,10 +137,12 @@ def test_non_finite_timestamps_bin_like_numpy() -> None:
     t2 = t[300:].copy()
     t2[[1, 5]] = [np.nan, np.inf]
     with np.errstate(invalid="ignore"):
-        ref = [det.score(st, v[300 + i:303 + i], t2[i:i + 3]) for i in range(0, 60, 3)]
-        states, scores = det.score_batch([copy.deepcopy(st) for _ in ref],
-                                         [v[300 + i:303 + i] for i in range(0, 60, 3)],
-                                         [t2[i:i + 3] for i in range(0, 60, 3)])
+        ref = [det.score(st, v[300 + i : 303 + i], t2[i : i + 3]) for i in range(0, 60, 3)]
+        states, scores = det.score_batch(
+            [copy.deepcopy(st) for _ in ref],
+            [v[300 + i : 303 + i] for i in range(0, 60, 3)],
+            [t2[i : i + 3] for i in range(0, 60, 3)],
+        )
     for (rs, rsc), s, sc in zip(ref, states, scores, strict=True):
         assert_same_state(s, rs)
         assert_same_scores(sc, rsc)
@@ -148,26 +153,30 @@ def test_score_batch_fallback_loops_over_score() -> None:
     det._batch = False  # what an ``xp`` other than numpy does
     v, t = _series(3, 400)
     st0, _ = ref.score(ref.init_state(), v[:250], t[:250])
-    states, scores = det.score_batch([copy.deepcopy(st0), None], [v[250:], v[:9]],
-                                     [t[250:], t[:9]])
-    for st, s, (rs, rsc) in zip(states, scores, [ref.score(st0, v[250:], t[250:]),
-                                                  ref.score(ref.init_state(), v[:9], t[:9])],
-                                strict=True):
+    states, scores = det.score_batch([copy.deepcopy(st0), None], [v[250:], v[:9]], [t[250:], t[:9]])
+    for st, s, (rs, rsc) in zip(
+        states,
+        scores,
+        [ref.score(st0, v[250:], t[250:]), ref.score(ref.init_state(), v[:9], t[:9])],
+        strict=True,
+    ):
         assert_same_state(st, rs)
         assert_same_scores(s, rsc)
 
 
 def test_python_binning_equals_numpy_binning() -> None:
     rng = np.random.default_rng(0)
-    x = np.concatenate([rng.standard_cauchy(3000) * 10.0 ** rng.integers(-3, 4, 3000),
-                        [1e308, -1e308, 0.0, 5.0]])
+    x = np.concatenate(
+        [rng.standard_cauchy(3000) * 10.0 ** rng.integers(-3, 4, 3000), [1e308, -1e308, 0.0, 5.0]]
+    )
     t = rng.uniform(-2e9, 2e9, x.size)
     t[:20] = np.arange(20) * 3600.0  # bucket boundaries
     m0, s0 = rng.normal(0, 5, x.size), rng.uniform(1e-6, 10, x.size)
     for c, k, zdiv, n_tod in [(2.0, 40, 2.0, 24), (1.0, 10, 0.7, 7), (4.0, 3, 2.0, 1)]:
         b, td = novelty_bins(np, x, t, m0, s0, c, k, zdiv, n_tod)
-        assert (b.tolist(), td.tolist()) == bins_py(x.tolist(), t.tolist(), m0.tolist(),
-                                                    s0.tolist(), c, k, zdiv, n_tod)
+        assert (b.tolist(), td.tolist()) == bins_py(
+            x.tolist(), t.tolist(), m0.tolist(), s0.tolist(), c, k, zdiv, n_tod
+        )
     # rint and round agree on ties (both round half to even)
     y = np.arange(-10.5, 10.5, 0.5)
     assert np.rint(y).astype(int).tolist() == [round(v) for v in y.tolist()]
@@ -223,9 +232,15 @@ def test_unusual_states_fall_back_to_the_default_format() -> None:
     det = EnsembleDetector()
     v, t = _series(1, 400)
     st, _ = det.score(det.init_state(), v, t)
-    odd = [dict(st, extra=1), dict(st, n=np.int64(st["n"])), dict(st, m0=int(st["m0"])),
-           dict(st, cal_nov=st["cal_nov"].astype(np.float32)), dict(st, blocks=np.zeros(3)),
-           {k: st[k] for k in reversed(list(st))}, dict(st, lo=True)]
+    odd = [
+        dict(st, extra=1),
+        dict(st, n=np.int64(st["n"])),
+        dict(st, m0=int(st["m0"])),
+        dict(st, cal_nov=st["cal_nov"].astype(np.float32)),
+        dict(st, blocks=np.zeros(3)),
+        {k: st[k] for k in reversed(list(st))},
+        dict(st, lo=True),
+    ]
     for o in odd:
         blob = det.pack_state(o)
         assert blob[0] == 0x78
@@ -260,8 +275,10 @@ def test_mad_detector_default_pack_and_batch() -> None:
     back = det.unpack_state(blob)
     assert back["n"] == st["n"] and np.array_equal(back["hist"], st["hist"])
     states, scores = det.score_batch([back, None], [v[300:], v[:50]], [t[300:], t[:50]])
-    for (s, sc), (rs, rsc) in zip(zip(states, scores, strict=True),
-                                  [det.score(st, v[300:], t[300:]),
-                                   det.score(det.init_state(), v[:50], t[:50])], strict=True):
+    for (s, sc), (rs, rsc) in zip(
+        zip(states, scores, strict=True),
+        [det.score(st, v[300:], t[300:]), det.score(det.init_state(), v[:50], t[:50])],
+        strict=True,
+    ):
         assert s["n"] == rs["n"] and s["hist"].tobytes() == rs["hist"].tobytes()
         assert_same_scores(sc, rsc)

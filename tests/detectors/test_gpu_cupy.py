@@ -49,8 +49,11 @@ def test_gpu_ensemble_score_batch_and_pack_cupy() -> None:
     cpu = detectors.get_detector("ensemble")
     gpu = detectors.get_detector("ensemble", {"xp": "cupy"})
     sl = [slice(0, 400), slice(0, 1), slice(0, 150), slice(0, 0)]
-    s_gpu, o_gpu = gpu.score_batch([None] * 4, [v[s] for (v, _), s in zip(series, sl, strict=True)],
-                                   [t[s] for (_, t), s in zip(series, sl, strict=True)])
+    s_gpu, o_gpu = gpu.score_batch(
+        [None] * 4,
+        [v[s] for (v, _), s in zip(series, sl, strict=True)],
+        [t[s] for (_, t), s in zip(series, sl, strict=True)],
+    )
     for (v, t), s, st, o in zip(series, sl, s_gpu, o_gpu, strict=True):
         _, ref = gpu.score(gpu.init_state(), v[s], t[s])
         np.testing.assert_array_equal(o, ref)

@@ -15,13 +15,17 @@ from pathlib import Path
 from flows.decode import CONTROL_PREFIX
 from tests.flowrun import BAD_RECORDS, ROOT, START_MS
 
-_ODD = [b'{"sensor_id": "s1", "timestamp": "2026-01-01T00:00:00Z", "value": 2}',
-        b'{"sensor_id": "s3", "timestamp": 1767225600000.0, "value": 1.5}',
-        b'{"sensor_id": "s4", "timestamp": 1767225600000, "value": 1.5, "rpm": 3}',
-        b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": ' + b"9" * 400 + b"}",
-        b'{"sensor_id": "\\ud800", "timestamp": 1767225600000, "value": 1.0}',
-        b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": 1.0} trailing',
-        CONTROL_PREFIX + b'{"type": "model", "version": "v2"}', b"", None]
+_ODD = [
+    b'{"sensor_id": "s1", "timestamp": "2026-01-01T00:00:00Z", "value": 2}',
+    b'{"sensor_id": "s3", "timestamp": 1767225600000.0, "value": 1.5}',
+    b'{"sensor_id": "s4", "timestamp": 1767225600000, "value": 1.5, "rpm": 3}',
+    b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": ' + b"9" * 400 + b"}",
+    b'{"sensor_id": "\\ud800", "timestamp": 1767225600000, "value": 1.0}',
+    b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": 1.0} trailing',
+    CONTROL_PREFIX + b'{"type": "model", "version": "v2"}',
+    b"",
+    None,
+]
 
 
 def scenario(out_path: str) -> None:
@@ -48,8 +52,11 @@ def scenario(out_path: str) -> None:
                 if rng.random() < 0.005:
                     ts += 10 * 86_400_000  # future
                 ts -= ts % 1000  # a coarse grid puts records exactly on window bounds
-                rec = {"sensor_id": f"s{rng.randrange(30)}", "timestamp": ts,
-                       "value": rng.gauss(5, 1) + (40 if rng.random() < 0.01 else 0)}
+                rec = {
+                    "sensor_id": f"s{rng.randrange(30)}",
+                    "timestamp": ts,
+                    "value": rng.gauss(5, 1) + (40 if rng.random() < 0.01 else 0),
+                }
                 if rng.random() < 0.3:
                     rec["tenant_id"] = "t"
                 v = json.dumps(rec).encode()
@@ -63,9 +70,16 @@ def scenario(out_path: str) -> None:
         batches.append(batch)
     results: dict[str, list] = {"impl": [IMPLEMENTATION]}
     for window, detector in (("tumbling", "ensemble"), ("session", "mad")):
-        s = load_settings({"AD_WINDOW": window, "AD_WINDOW_SIZE": "10s",
-                           "AD_SESSION_GAP": "5s", "AD_ALLOWED_LATENESS": "2s",
-                           "AD_EMIT": "all", "AD_DETECTOR": detector})
+        s = load_settings(
+            {
+                "AD_WINDOW": window,
+                "AD_WINDOW_SIZE": "10s",
+                "AD_SESSION_GAP": "5s",
+                "AD_ALLOWED_LATENESS": "2s",
+                "AD_EMIT": "all",
+                "AD_DETECTOR": detector,
+            }
+        )
         models = Models(s.detector, s.detector_params)
         dec = Decoder("json", max_bytes=256)
         groups: dict[str, KeyGroupLogic] = {}
@@ -88,8 +102,7 @@ def scenario(out_path: str) -> None:
 def _run(tmp: Path, compiled: bool) -> dict:
     out = tmp / f"out-{compiled}.pkl"
     env = {**os.environ, "AD_COMPILED": "1" if compiled else "0"}
-    code = ("import sys; from tests.flows.test_compiled import scenario; "
-            f"scenario({str(out)!r})")
+    code = f"import sys; from tests.flows.test_compiled import scenario; scenario({str(out)!r})"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=300)
     return pickle.loads(out.read_bytes())
 
@@ -98,8 +111,8 @@ def test_compiled_modules_equal_the_source(tmp_path: Path) -> None:
     from flows import COMPILED, IMPLEMENTATION
 
     assert set(IMPLEMENTATION.values()) == {"compiled"}, (
-        f"compiled modules not built ({IMPLEMENTATION}): run `make install` (it needs a "
-        "C compiler)")
+        f"compiled modules not built ({IMPLEMENTATION}): run `make install` (it needs a C compiler)"
+    )
     compiled, interpreted = _run(tmp_path, True), _run(tmp_path, False)
     assert compiled.pop("impl") == [dict.fromkeys(COMPILED, "compiled")]
     assert interpreted.pop("impl") == [dict.fromkeys(COMPILED, "interpreted")]

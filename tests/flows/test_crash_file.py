@@ -16,14 +16,24 @@ def test_file_sink_truncates_to_its_snapshot_and_is_exact(tmp_path: Path) -> Non
     src.write_bytes(b"\n".join(v for _k, v in make_readings(per_sensor=4000)) + b"\n")
 
     def env(tag: str) -> dict[str, str]:
-        return flow_env(AD_SOURCE=f"file://{src}?batch=100",
-                        AD_SINK=f"file://{tmp_path}/{tag}-alerts.jsonl",
-                        AD_DLQ=f"file://{tmp_path}/{tag}-dlq.jsonl",
-                        AD_EMIT="all", AD_DETECTOR="mad")
+        return flow_env(
+            AD_SOURCE=f"file://{src}?batch=100",
+            AD_SINK=f"file://{tmp_path}/{tag}-alerts.jsonl",
+            AD_DLQ=f"file://{tmp_path}/{tag}-dlq.jsonl",
+            AD_EMIT="all",
+            AD_DETECTOR="mad",
+        )
 
     run_to_completion(env("ref"), init_recovery(tmp_path / "ref-rec"), log=tmp_path / "log")
-    kills = crash_run(env("crash"), init_recovery(tmp_path / "crash-rec"), kills=4,
-                      log=tmp_path / "log", seed=3, min_s=1.0, max_s=2.0)
+    kills = crash_run(
+        env("crash"),
+        init_recovery(tmp_path / "crash-rec"),
+        kills=4,
+        log=tmp_path / "log",
+        seed=3,
+        min_s=1.0,
+        max_s=2.0,
+    )
     assert kills >= 3
     for name in ("alerts", "dlq"):
         ref = (tmp_path / f"ref-{name}.jsonl").read_bytes().splitlines()

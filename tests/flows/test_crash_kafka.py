@@ -36,10 +36,15 @@ pytestmark = pytest.mark.slow
 
 def _env(brokers: str, src: str, alerts: str, dlq: str, **extra: str) -> dict[str, str]:
     # paced (~8k records/s in all) so every random kill lands in a running flow
-    return crash_env(f"kafka://{brokers}/{src}?tail=false&batch=250&max_rate=2000",
-                     f"kafka://{brokers}/{alerts}", f"kafka://{brokers}/{dlq}?partitions=2",
-                     f"flow-{uuid.uuid4().hex[:8]}", AD_DETECTOR="mad", AD_THRESHOLD="0.8",
-                     **extra)
+    return crash_env(
+        f"kafka://{brokers}/{src}?tail=false&batch=250&max_rate=2000",
+        f"kafka://{brokers}/{alerts}",
+        f"kafka://{brokers}/{dlq}?partitions=2",
+        f"flow-{uuid.uuid4().hex[:8]}",
+        AD_DETECTOR="mad",
+        AD_THRESHOLD="0.8",
+        **extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +61,9 @@ def crash_input(kafka_brokers: str) -> tuple[str, int, int]:
 
 
 @pytest.fixture(scope="module")
-def reference(kafka_brokers: str, crash_input: tuple[str, int, int],
-              tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict]]:
+def reference(
+    kafka_brokers: str, crash_input: tuple[str, int, int], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[list[dict], list[dict]]:
     """The crash-free run's committed alerts and dead letters."""
     from connectors.kafka import ensure_topic
 
@@ -65,8 +71,9 @@ def reference(kafka_brokers: str, crash_input: tuple[str, int, int],
     alerts, dlq = f"ref-alerts-{uuid.uuid4().hex[:6]}", f"ref-dlq-{uuid.uuid4().hex[:6]}"
     ensure_topic(kafka_brokers, alerts, 4)
     tmp = tmp_path_factory.mktemp("ref")
-    run_to_completion(_env(kafka_brokers, src, alerts, dlq), init_recovery(tmp / "rec"),
-                      log=tmp / "flow.log")
+    run_to_completion(
+        _env(kafka_brokers, src, alerts, dlq), init_recovery(tmp / "rec"), log=tmp / "flow.log"
+    )
     out, dead = read_committed(kafka_brokers, alerts), read_committed(kafka_brokers, dlq)
     # 50 sensors x 2000 readings, 10 s apart, in 60 s windows
     assert len(out) == 50 * (2000 * 10 // 60 + 1)
@@ -77,15 +84,27 @@ def reference(kafka_brokers: str, crash_input: tuple[str, int, int],
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigkill_restarts_give_exactly_the_reference_output(
-    kafka_brokers: str, kafka_topic: Any, crash_input: tuple[str, int, int],
-    reference: tuple[list[dict], list[dict]], tmp_path: Path, workers: int,
+    kafka_brokers: str,
+    kafka_topic: Any,
+    crash_input: tuple[str, int, int],
+    reference: tuple[list[dict], list[dict]],
+    tmp_path: Path,
+    workers: int,
 ) -> None:
     src, n, _bad = crash_input
     assert n >= 100_000
     alerts, dlq = kafka_topic(4), kafka_topic(2)
     env = _env(kafka_brokers, src, alerts, dlq)
-    kills = crash_run(env, init_recovery(tmp_path / "rec"), kills=5, workers=workers,
-                      log=tmp_path / "flow.log", seed=workers, min_s=1.0, max_s=3.5)
+    kills = crash_run(
+        env,
+        init_recovery(tmp_path / "rec"),
+        kills=5,
+        workers=workers,
+        log=tmp_path / "flow.log",
+        seed=workers,
+        min_s=1.0,
+        max_s=3.5,
+    )
     assert kills >= 5, f"only {kills} kills hit a running flow"
     ref_alerts, ref_dead = reference
     assert_same_output(ref_alerts, read_committed(kafka_brokers, alerts), "alert_id")
@@ -93,23 +112,37 @@ def test_sigkill_restarts_give_exactly_the_reference_output(
 
 
 def test_two_processes_with_crashes(
-    kafka_brokers: str, kafka_topic: Any, crash_input: tuple[str, int, int],
-    reference: tuple[list[dict], list[dict]], tmp_path: Path,
+    kafka_brokers: str,
+    kafka_topic: Any,
+    crash_input: tuple[str, int, int],
+    reference: tuple[list[dict], list[dict]],
+    tmp_path: Path,
 ) -> None:
     """-i/-a cluster mode: 2 processes x 1 worker, killed together 3 times."""
     src, _n, _bad = crash_input
     alerts, dlq = kafka_topic(4), kafka_topic(2)
     env = _env(kafka_brokers, src, alerts, dlq)
-    kills = crash_run(env, init_recovery(tmp_path / "rec"), kills=3, processes=2,
-                      log=tmp_path / "flow.log", seed=7, min_s=1.5, max_s=3.5)
+    kills = crash_run(
+        env,
+        init_recovery(tmp_path / "rec"),
+        kills=3,
+        processes=2,
+        log=tmp_path / "flow.log",
+        seed=7,
+        min_s=1.5,
+        max_s=3.5,
+    )
     assert kills >= 3
     assert_same_output(reference[0], read_committed(kafka_brokers, alerts), "alert_id")
     assert_same_output(reference[1], read_committed(kafka_brokers, dlq), "dlq_id")
 
 
 def test_key_groups_by_partition_crashed_and_rescaled(
-    kafka_brokers: str, kafka_topic: Any, crash_input: tuple[str, int, int],
-    reference: tuple[list[dict], list[dict]], tmp_path: Path,
+    kafka_brokers: str,
+    kafka_topic: Any,
+    crash_input: tuple[str, int, int],
+    reference: tuple[list[dict], list[dict]],
+    tmp_path: Path,
 ) -> None:
     """AD_KEY_BY=partition (the input is keyed by sensor): 2 processes killed, then
     rescaled to 1 process x 3 workers and killed again: exactly the output of key
@@ -132,13 +165,17 @@ def test_key_groups_by_partition_crashed_and_rescaled(
 
 
 def _stack(*args: str) -> None:
-    subprocess.run(["bash", str(ROOT / "stack" / "stack.sh"), *args], check=True, cwd=ROOT,
-                   capture_output=True)
+    subprocess.run(
+        ["bash", str(ROOT / "stack" / "stack.sh"), *args], check=True, cwd=ROOT, capture_output=True
+    )
 
 
 def test_broker_restart_mid_run_keeps_output_exact(
-    kafka_brokers: str, kafka_topic: Any, crash_input: tuple[str, int, int],
-    reference: tuple[list[dict], list[dict]], tmp_path: Path,
+    kafka_brokers: str,
+    kafka_topic: Any,
+    crash_input: tuple[str, int, int],
+    reference: tuple[list[dict], list[dict]],
+    tmp_path: Path,
 ) -> None:
     import time
 
@@ -170,21 +207,35 @@ def test_every_bad_record_class_reaches_the_dead_letter_topic(
     good = []
     for i in range(300):
         v = 10.0 + (i % 7) * 0.1 + (50.0 if i == 250 else 0.0)
-        good.append(json.dumps({"sensor_id": "pump-1", "timestamp": START_MS + i * 60_000,
-                                "value": v}).encode())
+        good.append(
+            json.dumps(
+                {"sensor_id": "pump-1", "timestamp": START_MS + i * 60_000, "value": v}
+            ).encode()
+        )
     bad = list(BAD_RECORDS)
     bad.append((b"x" * 5000, "oversize"))
-    bad.append((json.dumps({"sensor_id": "pump-1", "timestamp": START_MS,
-                            "value": 1.0}).encode(), "late"))
-    bad.append((json.dumps({"sensor_id": "pump-1", "timestamp": START_MS + 10 * 86_400_000,
-                            "value": 1.0}).encode(), "future"))
+    bad.append(
+        (json.dumps({"sensor_id": "pump-1", "timestamp": START_MS, "value": 1.0}).encode(), "late")
+    )
+    bad.append(
+        (
+            json.dumps(
+                {"sensor_id": "pump-1", "timestamp": START_MS + 10 * 86_400_000, "value": 1.0}
+            ).encode(),
+            "future",
+        )
+    )
     records = good[:200] + [b for b, _r in bad] + good[200:]
     produce(kafka_brokers, src, [("k", r) for r in records])
     env = flow_env(
         AD_SOURCE=f"kafka://{kafka_brokers}/{src}?tail=false",
-        AD_SINK=f"kafka://{kafka_brokers}/{alerts}", AD_DLQ=f"kafka://{kafka_brokers}/{dlq}",
-        AD_WINDOW="none", AD_MAX_RECORD_BYTES="4096", AD_MAX_FUTURE="1d",
-        AD_DETECTOR="mad", AD_THRESHOLD="0.8",
+        AD_SINK=f"kafka://{kafka_brokers}/{alerts}",
+        AD_DLQ=f"kafka://{kafka_brokers}/{dlq}",
+        AD_WINDOW="none",
+        AD_MAX_RECORD_BYTES="4096",
+        AD_MAX_FUTURE="1d",
+        AD_DETECTOR="mad",
+        AD_THRESHOLD="0.8",
         AD_FLOW_ID=f"bad-{uuid.uuid4().hex[:6]}",
     )
     run_to_completion(env, init_recovery(tmp_path / "rec"), log=tmp_path / "flow.log")
@@ -214,13 +265,15 @@ def _backup_recovery(rec: Path, dest: Path) -> None:
         src.close()
         dst.close()
     assert (rec / "ad-state").is_dir()
-    shutil.copytree(rec / "ad-state", dest / "ad-state",
-                    ignore=shutil.ignore_patterns("*.tmp"))
+    shutil.copytree(rec / "ad-state", dest / "ad-state", ignore=shutil.ignore_patterns("*.tmp"))
 
 
 def test_resume_from_a_stale_checkpoint_skips_output_committed_after_it(
-    kafka_brokers: str, kafka_topic: Any, crash_input: tuple[str, int, int],
-    reference: tuple[list[dict], list[dict]], tmp_path: Path,
+    kafka_brokers: str,
+    kafka_topic: Any,
+    crash_input: tuple[str, int, int],
+    reference: tuple[list[dict], list[dict]],
+    tmp_path: Path,
 ) -> None:
     """Crash right after the sink committed but before Bytewax stored the snapshot,
     at its worst: everything after an old checkpoint was committed, and is replayed."""

@@ -46,7 +46,8 @@ class Streams:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         self.client.create_stream(StreamName=name, ShardCount=shards)
         self.client.get_waiter("stream_exists").wait(
-            StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 150})
+            StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 150}
+        )
         self.made.append(name)
         return name
 
@@ -58,8 +59,9 @@ class Streams:
         by_seq: dict[str, bytes] = {}
         for i in range(0, len(records), 500):
             chunk = records[i : i + 500]
-            resp = self.client.put_records(StreamName=stream, Records=[
-                {"Data": v, "PartitionKey": k} for k, v in chunk])
+            resp = self.client.put_records(
+                StreamName=stream, Records=[{"Data": v, "PartitionKey": k} for k, v in chunk]
+            )
             assert resp["FailedRecordCount"] == 0
             for (_k, v), r in zip(chunk, resp["Records"], strict=True):
                 by_seq[r["SequenceNumber"]] = v
@@ -69,8 +71,8 @@ class Streams:
         out: list[dict[str, Any]] = []
         for shard in list_shards(self.client, stream):
             it = self.client.get_shard_iterator(
-                StreamName=stream, ShardId=shard["ShardId"],
-                ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+                StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
             while it:
                 resp = self.client.get_records(ShardIterator=it, Limit=10000)
                 out += [json.loads(r["Data"]) for r in resp["Records"]]
@@ -95,8 +97,12 @@ def streams(kinesis_endpoint: str) -> Iterator[Streams]:
 
 
 def _env(streams: Streams, src: str, alerts: str, dlq: str) -> dict[str, str]:
-    return crash_env(streams.url(src, "&tail=false&batch=500&poll=50ms"),
-                     streams.url(alerts), streams.url(dlq), FLOW_ID)
+    return crash_env(
+        streams.url(src, "&tail=false&batch=500&poll=50ms"),
+        streams.url(alerts),
+        streams.url(dlq),
+        FLOW_ID,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,13 +115,15 @@ def crash_input(streams: Streams) -> tuple[str, int]:
 
 
 @pytest.fixture(scope="module")
-def reference(streams: Streams, crash_input: tuple[str, int],
-              tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict]]:
+def reference(
+    streams: Streams, crash_input: tuple[str, int], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[list[dict], list[dict]]:
     src, bad = crash_input
     alerts, dlq = streams.make("ref-alerts"), streams.make("ref-dlq")
     tmp = tmp_path_factory.mktemp("ref")
-    run_to_completion(_env(streams, src, alerts, dlq), init_recovery(tmp / "rec"),
-                      log=tmp / "flow.log")
+    run_to_completion(
+        _env(streams, src, alerts, dlq), init_recovery(tmp / "rec"), log=tmp / "flow.log"
+    )
     out, dead = streams.read(alerts), streams.read(dlq)
     assert len(out) == SENSORS * ((PER_SENSOR - 1) * 10 // 60 + 1)
     assert len(dead) == bad
@@ -123,14 +131,23 @@ def reference(streams: Streams, crash_input: tuple[str, int],
 
 
 def test_sigkill_restarts_give_the_reference_output_once(
-    streams: Streams, crash_input: tuple[str, int],
-    reference: tuple[list[dict], list[dict]], tmp_path: Path,
+    streams: Streams,
+    crash_input: tuple[str, int],
+    reference: tuple[list[dict], list[dict]],
+    tmp_path: Path,
 ) -> None:
     src, _bad = crash_input
     alerts, dlq = streams.make("alerts"), streams.make("dlq")
     env = _env(streams, src, alerts, dlq)
-    kills = crash_run(env, init_recovery(tmp_path / "rec"), kills=4, log=tmp_path / "flow.log",
-                      seed=5, min_s=1.0, max_s=3.0)
+    kills = crash_run(
+        env,
+        init_recovery(tmp_path / "rec"),
+        kills=4,
+        log=tmp_path / "flow.log",
+        seed=5,
+        min_s=1.0,
+        max_s=3.0,
+    )
     assert kills >= 3, f"only {kills} kills hit a running flow"
     # The dedup was exercised: some restart found alerts written after its snapshot.
     assert "already written after the snapshot" in (tmp_path / "flow.log").read_text()
@@ -142,12 +159,21 @@ def test_every_bad_record_class_reaches_the_dead_letter_stream(
     streams: Streams, tmp_path: Path
 ) -> None:
     src, alerts, dlq = streams.make("bad-in"), streams.make("bad-al"), streams.make("bad-dlq")
-    good = [json.dumps({"sensor_id": "pump-1", "timestamp": START_MS + i * 60_000,
-                        "value": 10.0 + (i % 7) * 0.1}).encode() for i in range(100)]
+    good = [
+        json.dumps(
+            {
+                "sensor_id": "pump-1",
+                "timestamp": START_MS + i * 60_000,
+                "value": 10.0 + (i % 7) * 0.1,
+            }
+        ).encode()
+        for i in range(100)
+    ]
     records = good[:50] + [b for b, _r in BAD_RECORDS] + good[50:]
     by_seq = streams.put(src, [("pump-1", r) for r in records])
-    run_to_completion(_env(streams, src, alerts, dlq), init_recovery(tmp_path / "rec"),
-                      log=tmp_path / "flow.log")
+    run_to_completion(
+        _env(streams, src, alerts, dlq), init_recovery(tmp_path / "rec"), log=tmp_path / "flow.log"
+    )
     dead = streams.read(dlq)
     assert len(dead) == len(BAD_RECORDS)
     shard = list_shards(streams.client, src)[0]["ShardId"]

@@ -55,9 +55,14 @@ class Bus:
         names = []
         for i in range(subs):
             sname = f"{name}-s{i}"
-            self.sub.create_subscription(request={
-                "name": f"projects/{PROJECT}/subscriptions/{sname}", "topic": path,
-                "enable_message_ordering": True, "ack_deadline_seconds": 10})
+            self.sub.create_subscription(
+                request={
+                    "name": f"projects/{PROJECT}/subscriptions/{sname}",
+                    "topic": path,
+                    "enable_message_ordering": True,
+                    "ack_deadline_seconds": 10,
+                }
+            )
             self.subs.append(f"projects/{PROJECT}/subscriptions/{sname}")
             names.append(sname)
         return name, names
@@ -78,8 +83,9 @@ class Bus:
                 continue
             if resp.received_messages:
                 out += [m.message for m in resp.received_messages]
-                self.sub.acknowledge(subscription=path,
-                                     ack_ids=[m.ack_id for m in resp.received_messages])
+                self.sub.acknowledge(
+                    subscription=path, ack_ids=[m.ack_id for m in resp.received_messages]
+                )
                 last = time.monotonic()
         return out
 
@@ -105,9 +111,12 @@ def bus(pubsub_host: str) -> Iterator[Bus]:
 
 def _env(bus: Bus, sub: str, alerts: str, dlq: str) -> dict[str, str]:
     q = f"emulator={bus.host}"
-    return crash_env(f"pubsub://{PROJECT}/{sub}?{q}&idle_exit=6s&lease=10s&ack_lag=1",
-                     f"pubsub://{PROJECT}/{alerts}?{q}", f"pubsub://{PROJECT}/{dlq}?{q}",
-                     FLOW_ID)
+    return crash_env(
+        f"pubsub://{PROJECT}/{sub}?{q}&idle_exit=6s&lease=10s&ack_lag=1",
+        f"pubsub://{PROJECT}/{alerts}?{q}",
+        f"pubsub://{PROJECT}/{dlq}?{q}",
+        FLOW_ID,
+    )
 
 
 def bodies(msgs: list[Any]) -> list[dict[str, Any]]:
@@ -144,13 +153,15 @@ def crash_input(bus: Bus) -> tuple[str, list[str], int]:
 
 
 @pytest.fixture(scope="module")
-def reference(bus: Bus, crash_input: tuple[str, list[str], int],
-              tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict]]:
+def reference(
+    bus: Bus, crash_input: tuple[str, list[str], int], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[list[dict], list[dict]]:
     _topic, subs, bad = crash_input
     (alerts, [al_sub]), (dlq, [dl_sub]) = bus.topic("ref-alerts"), bus.topic("ref-dlq")
     tmp = tmp_path_factory.mktemp("ref")
-    run_to_completion(_env(bus, subs[0], alerts, dlq), init_recovery(tmp / "rec"),
-                      log=tmp / "flow.log")
+    run_to_completion(
+        _env(bus, subs[0], alerts, dlq), init_recovery(tmp / "rec"), log=tmp / "flow.log"
+    )
     out, dead = bodies(bus.drain(al_sub)), bodies(bus.drain(dl_sub))
     assert len(out) == SENSORS * ((PER_SENSOR - 1) * 10 // 60 + 1)
     assert len(dead) == bad
@@ -158,14 +169,24 @@ def reference(bus: Bus, crash_input: tuple[str, list[str], int],
 
 
 def test_sigkill_restarts_lose_nothing(
-    bus: Bus, crash_input: tuple[str, list[str], int],
-    reference: tuple[list[dict], list[dict]], tmp_path: Path,
+    bus: Bus,
+    crash_input: tuple[str, list[str], int],
+    reference: tuple[list[dict], list[dict]],
+    tmp_path: Path,
 ) -> None:
     _topic, subs, _bad = crash_input
     (alerts, [al_sub]), (dlq, [dl_sub]) = bus.topic("alerts"), bus.topic("dlq")
     env = _env(bus, subs[1], alerts, dlq)
-    kills = crash_run(env, init_recovery(tmp_path / "rec"), kills=3, log=tmp_path / "flow.log",
-                      seed=3, min_s=3.0, max_s=8.0, timeout=400)
+    kills = crash_run(
+        env,
+        init_recovery(tmp_path / "rec"),
+        kills=3,
+        log=tmp_path / "flow.log",
+        seed=3,
+        min_s=3.0,
+        max_s=8.0,
+        timeout=400,
+    )
     assert kills >= 3, f"only {kills} kills hit a running flow"
     dups = assert_all_there(reference[0], bodies(bus.drain(al_sub)), "alert_id")
     print(f"alerts duplicated by the at-least-once sink after {kills} kills: {dups}")
@@ -179,12 +200,21 @@ def test_sigkill_restarts_lose_nothing(
 def test_every_bad_record_class_reaches_the_dead_letter_topic(bus: Bus, tmp_path: Path) -> None:
     (src, [sub]) = bus.topic("bad-in")
     (alerts, [al_sub]), (dlq, [dl_sub]) = bus.topic("bad-al"), bus.topic("bad-dlq")
-    good = [json.dumps({"sensor_id": "pump-1", "timestamp": START_MS + i * 60_000,
-                        "value": 10.0 + (i % 7) * 0.1}).encode() for i in range(100)]
+    good = [
+        json.dumps(
+            {
+                "sensor_id": "pump-1",
+                "timestamp": START_MS + i * 60_000,
+                "value": 10.0 + (i % 7) * 0.1,
+            }
+        ).encode()
+        for i in range(100)
+    ]
     records = good[:50] + [b for b, _r in BAD_RECORDS] + good[50:]
     by_id = bus.publish(src, [("pump-1", r) for r in records])
-    run_to_completion(_env(bus, sub, alerts, dlq), init_recovery(tmp_path / "rec"),
-                      log=tmp_path / "flow.log")
+    run_to_completion(
+        _env(bus, sub, alerts, dlq), init_recovery(tmp_path / "rec"), log=tmp_path / "flow.log"
+    )
     dead = bodies(bus.drain(dl_sub))
     assert len(dead) == len(BAD_RECORDS)
     by_value = {base64.b64decode(d["value_b64"]): d for d in dead}

@@ -38,8 +38,9 @@ FLOW_ID = f"flow-{uuid.uuid4().hex[:8]}"  # one flow identity: dead letters carr
 
 
 def _env(base: str, src: str, alerts: str, dlq: str, **extra: str) -> dict[str, str]:
-    return crash_env(f"{base}/{src}?tail=false&count=200", f"{base}/{alerts}",
-                     f"{base}/{dlq}", FLOW_ID, **extra)
+    return crash_env(
+        f"{base}/{src}?tail=false&count=200", f"{base}/{alerts}", f"{base}/{dlq}", FLOW_ID, **extra
+    )
 
 
 def write_input(client: redis.Redis, stream: str, records: list[tuple[str, bytes]]) -> list[str]:
@@ -76,13 +77,18 @@ def crash_input(rclient: redis.Redis) -> tuple[str, int, int]:
 
 
 @pytest.fixture(scope="module")
-def reference(rbase: str, rclient: redis.Redis, crash_input: tuple[str, int, int],
-              tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict]]:
+def reference(
+    rbase: str,
+    rclient: redis.Redis,
+    crash_input: tuple[str, int, int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[list[dict], list[dict]]:
     src, _n, bad = crash_input
     alerts, dlq = f"ref-alerts-{uuid.uuid4().hex[:6]}", f"ref-dlq-{uuid.uuid4().hex[:6]}"
     tmp = tmp_path_factory.mktemp("ref")
-    run_to_completion(_env(rbase, src, alerts, dlq), init_recovery(tmp / "rec"),
-                      log=tmp / "flow.log")
+    run_to_completion(
+        _env(rbase, src, alerts, dlq), init_recovery(tmp / "rec"), log=tmp / "flow.log"
+    )
     out, dead = read_stream(rclient, alerts), read_stream(rclient, dlq)
     assert len(out) == SENSORS * ((PER_SENSOR - 1) * 10 // 60 + 1)
     assert len(dead) == bad
@@ -90,28 +96,40 @@ def reference(rbase: str, rclient: redis.Redis, crash_input: tuple[str, int, int
 
 
 def test_sigkill_restarts_give_the_reference_output_once(
-    rbase: str, rclient: redis.Redis, crash_input: tuple[str, int, int],
-    reference: tuple[list[dict], list[dict]], tmp_path: Path,
+    rbase: str,
+    rclient: redis.Redis,
+    crash_input: tuple[str, int, int],
+    reference: tuple[list[dict], list[dict]],
+    tmp_path: Path,
 ) -> None:
     src, _n, _bad = crash_input
     alerts, dlq = f"alerts-{uuid.uuid4().hex[:6]}", f"dlq-{uuid.uuid4().hex[:6]}"
     env = _env(rbase, src, alerts, dlq)
-    kills = crash_run(env, init_recovery(tmp_path / "rec"), kills=4, log=tmp_path / "flow.log",
-                      seed=11, min_s=1.0, max_s=2.2)
+    kills = crash_run(
+        env,
+        init_recovery(tmp_path / "rec"),
+        kills=4,
+        log=tmp_path / "flow.log",
+        seed=11,
+        min_s=1.0,
+        max_s=2.2,
+    )
     assert kills >= 3, f"only {kills} kills hit a running flow"
     assert_same_output(reference[0], read_stream(rclient, alerts), "alert_id")
     assert_same_output(reference[1], read_stream(rclient, dlq), "dlq_id")
 
 
-def test_redis_restart_mid_run(tmp_path: Path, crash_input: tuple[str, int, int],
-                               rclient: redis.Redis,
-                               reference: tuple[list[dict], list[dict]]) -> None:
+def test_redis_restart_mid_run(
+    tmp_path: Path,
+    crash_input: tuple[str, int, int],
+    rclient: redis.Redis,
+    reference: tuple[list[dict], list[dict]],
+) -> None:
     """A private Redis (with AOF) restarted under a running flow: same output."""
     svc = start_private("redis", tmp_path / "redis")
     try:
         client = redis.Redis(port=svc.port)
-        records = [(f[b"key"].decode(), f[b"value"])
-                   for _id, f in rclient.xrange(crash_input[0])]
+        records = [(f[b"key"].decode(), f[b"value"]) for _id, f in rclient.xrange(crash_input[0])]
         write_input(client, "in", records)
         base = f"redis://127.0.0.1:{svc.port}"
         env = _env(base, "in", "alerts", "dlq")
@@ -128,7 +146,8 @@ def test_redis_restart_mid_run(tmp_path: Path, crash_input: tuple[str, int, int]
         by_id(dead, "dlq_id")  # no duplicates
         # Other stream, other entry IDs: dead-letter ids differ, their contents do not.
         assert sorted((d["reason"], d["value_b64"]) for d in dead) == sorted(
-            (d["reason"], d["value_b64"]) for d in reference[1])
+            (d["reason"], d["value_b64"]) for d in reference[1]
+        )
         client.close()
     finally:
         svc.stop()
@@ -138,8 +157,16 @@ def test_every_bad_record_class_reaches_the_dead_letter_stream(
     rbase: str, rclient: redis.Redis, tmp_path: Path
 ) -> None:
     src, alerts, dlq = (f"{p}-{uuid.uuid4().hex[:6]}" for p in ("bad-in", "bad-al", "bad-dlq"))
-    good = [json.dumps({"sensor_id": "pump-1", "timestamp": START_MS + i * 60_000,
-                        "value": 10.0 + (i % 7) * 0.1}).encode() for i in range(100)]
+    good = [
+        json.dumps(
+            {
+                "sensor_id": "pump-1",
+                "timestamp": START_MS + i * 60_000,
+                "value": 10.0 + (i % 7) * 0.1,
+            }
+        ).encode()
+        for i in range(100)
+    ]
     records = good[:50] + [b for b, _r in BAD_RECORDS] + good[50:]
     ids = write_input(rclient, src, [("pump-1", r) for r in records])
     env = _env(rbase, src, alerts, dlq)

@@ -22,8 +22,12 @@ def _raw(value: bytes, offset: int = 0) -> RawRecord:
 
 def test_json_reading_with_extras_and_rfc3339() -> None:
     d = Decoder("json")
-    r = d.decode_one(_raw(b'{"sensor_id": "a", "timestamp": "2026-01-01T00:00:01.5+00:00",'
-                          b' "value": 3, "tenant_id": "t", "rpm": 1200}'))
+    r = d.decode_one(
+        _raw(
+            b'{"sensor_id": "a", "timestamp": "2026-01-01T00:00:01.5+00:00",'
+            b' "value": 3, "tenant_id": "t", "rpm": 1200}'
+        )
+    )
     assert isinstance(r, Reading)
     assert (r.sensor_id, r.ts, r.value, r.tenant_id) == ("a", 1_767_225_601_500, 3.0, "t")
     assert r.extra == {"rpm": 1200.0}
@@ -44,8 +48,11 @@ def test_every_bad_json_class_gets_its_reason(raw: bytes, reason: str) -> None:
 
 def test_oversize_and_order_is_kept() -> None:
     d = Decoder("json", max_bytes=100)
-    batch = [_raw(b'{"sensor_id":"a","timestamp":1,"value":1}', 0), _raw(b"x" * 101, 1),
-             _raw(b'{"sensor_id":"b","timestamp":2,"value":2}', 2)]
+    batch = [
+        _raw(b'{"sensor_id":"a","timestamp":1,"value":1}', 0),
+        _raw(b"x" * 101, 1),
+        _raw(b'{"sensor_id":"b","timestamp":2,"value":2}', 2),
+    ]
     good, bad = d.decode_batch(batch)
     assert [g.sensor_id for g in good] == ["a", "b"]
     assert json.loads(bad[0][1].value)["reason"] == "oversize"
@@ -53,7 +60,8 @@ def test_oversize_and_order_is_kept() -> None:
 
 def test_control_marker() -> None:
     good, _ = Decoder("json").decode_batch(
-        [_raw(CONTROL_PREFIX + b'{"type": "model", "version": "v2"}')])
+        [_raw(CONTROL_PREFIX + b'{"type": "model", "version": "v2"}')]
+    )
     assert isinstance(good[0], Control) and good[0].body["version"] == "v2"
 
 
@@ -64,8 +72,13 @@ def _avro(schema_file: str, schema_id: int, record: dict) -> bytes:
     return b"\x00" + struct.pack(">I", schema_id) + buf.getvalue()
 
 
-V1 = {"sensor_id": "a", "timestamp": 1_767_225_600_000, "value": 1.5, "tenant_id": None,
-      "extra": {"rpm": 3.0}}
+V1 = {
+    "sensor_id": "a",
+    "timestamp": 1_767_225_600_000,
+    "value": 1.5,
+    "tenant_id": None,
+    "extra": {"rpm": 3.0},
+}
 
 
 def test_avro_v2_reader_reads_v1_data() -> None:
@@ -82,10 +95,14 @@ def test_avro_v1_reader_reads_v2_data() -> None:
 
 def test_avro_bad_input() -> None:
     d = Decoder("avro")
-    _, bad = d.decode_batch([_raw(b"{json}"), _raw(b"\x00\x00\x00\x00\x09abc"),
-                             _raw(b"\x00\x00\x00\x00\x01\xff")])
+    _, bad = d.decode_batch(
+        [_raw(b"{json}"), _raw(b"\x00\x00\x00\x00\x09abc"), _raw(b"\x00\x00\x00\x00\x01\xff")]
+    )
     assert [json.loads(b[1].value)["reason"] for b in bad] == [
-        "undecodable", "schema_mismatch", "schema_mismatch"]
+        "undecodable",
+        "schema_mismatch",
+        "schema_mismatch",
+    ]
 
 
 def test_protobuf_evolution_both_ways() -> None:
@@ -93,13 +110,17 @@ def test_protobuf_evolution_both_ways() -> None:
     from schemas import sensor_reading_v2_pb2 as v2
 
     old = v1.SensorReading(sensor_id="a", timestamp_ms=1_767_225_600_000, value=2.0)
-    new = v2.SensorReading(sensor_id="b", timestamp="2026-01-01T00:00:00Z", value=3.0,
-                           unit="C", extra={"rpm": 7.0})
+    new = v2.SensorReading(
+        sensor_id="b", timestamp="2026-01-01T00:00:00Z", value=3.0, unit="C", extra={"rpm": 7.0}
+    )
     r2 = Decoder("protobuf", "sensor_reading_v2.proto").decode_one(_raw(old.SerializeToString()))
     r1 = Decoder("protobuf", "sensor_reading_v1.proto").decode_one(_raw(new.SerializeToString()))
     assert isinstance(r2, Reading) and (r2.sensor_id, r2.value) == ("a", 2.0)
-    assert isinstance(r1, Reading) and (r1.sensor_id, r1.value, r1.extra) == ("b", 3.0,
-                                                                             {"rpm": 7.0})
+    assert isinstance(r1, Reading) and (r1.sensor_id, r1.value, r1.extra) == (
+        "b",
+        3.0,
+        {"rpm": 7.0},
+    )
 
 
 def test_protobuf_missing_value_and_garbage() -> None:
@@ -118,35 +139,46 @@ def test_decode_grouped_equals_decode_batch_then_grouping() -> None:
     from flows.records import Columns, key_group
 
     rng = random.Random(4)
-    odd = [b'{"sensor_id": "s1", "timestamp": "2026-01-01T00:00:00Z", "value": 2}',
-           b' {"sensor_id": "s2", "timestamp": 1767225600000, "value": 1.5}',
-           b'{"sensor_id": "s3", "timestamp": 1767225600000.0, "value": 1.5}',
-           b'{"sensor_id": "s4", "timestamp": 1767225600000, "value": 1.5, "rpm": 3}',
-           b'{"sensor_id": "s5", "timestamp": 1767225600000, "value": 1.5, "tenant_id": 7}',
-           b'{"value": 1.5, "tenant_id": "t", "timestamp": 1767225600000, "sensor_id": "s6"}',
-           b'{"sensor_id": "", "timestamp": 1767225600000, "value": 1.5}',
-           b'{"sensor_id": "s7", "timestamp": true, "value": 1.5}',
-           b'{"sensor_id": "s8", "timestamp": 1767225600000, "value": 1.5, "tenant_id": null}',
-           b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": 9007199254740993}',
-           b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": 123456789012345678901}',
-           b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": ' + b"9" * 400 + b"}",
-           b'{"sensor_id": "s9", "timestamp": ' + b"9" * 400 + b', "value": 1.0}',
-           b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": -0.0}',
-           b'{"sensor_id": "\\ud800", "timestamp": 1767225600000, "value": 1.0}',
-           b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": 1.0, "tenant_id": "\\udfff"}',
-           b'{"sensor_id": "\\u00e9t\\u00e9", "timestamp": 1767225600000, "value": 1.0}',
-           b'\xef\xbb\xbf{"sensor_id": "s9", "timestamp": 1767225600000, "value": 1.0}',
-           b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": 1.0} trailing',
-           b'{"sensor_id": "s9", "timestamp": -1, "value": 1.0}',
-           CONTROL_PREFIX + b'{"type": "model", "version": "v2"}', CONTROL_PREFIX + b'[]',
-           b"x" * 300, b"{" + b" " * 600 + b"}", b"", None]
+    odd = [
+        b'{"sensor_id": "s1", "timestamp": "2026-01-01T00:00:00Z", "value": 2}',
+        b' {"sensor_id": "s2", "timestamp": 1767225600000, "value": 1.5}',
+        b'{"sensor_id": "s3", "timestamp": 1767225600000.0, "value": 1.5}',
+        b'{"sensor_id": "s4", "timestamp": 1767225600000, "value": 1.5, "rpm": 3}',
+        b'{"sensor_id": "s5", "timestamp": 1767225600000, "value": 1.5, "tenant_id": 7}',
+        b'{"value": 1.5, "tenant_id": "t", "timestamp": 1767225600000, "sensor_id": "s6"}',
+        b'{"sensor_id": "", "timestamp": 1767225600000, "value": 1.5}',
+        b'{"sensor_id": "s7", "timestamp": true, "value": 1.5}',
+        b'{"sensor_id": "s8", "timestamp": 1767225600000, "value": 1.5, "tenant_id": null}',
+        b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": 9007199254740993}',
+        b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": 123456789012345678901}',
+        b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": ' + b"9" * 400 + b"}",
+        b'{"sensor_id": "s9", "timestamp": ' + b"9" * 400 + b', "value": 1.0}',
+        b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": -0.0}',
+        b'{"sensor_id": "\\ud800", "timestamp": 1767225600000, "value": 1.0}',
+        b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": 1.0, "tenant_id": "\\udfff"}',
+        b'{"sensor_id": "\\u00e9t\\u00e9", "timestamp": 1767225600000, "value": 1.0}',
+        b'\xef\xbb\xbf{"sensor_id": "s9", "timestamp": 1767225600000, "value": 1.0}',
+        b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": 1.0} trailing',
+        b'{"sensor_id": "s9", "timestamp": -1, "value": 1.0}',
+        CONTROL_PREFIX + b'{"type": "model", "version": "v2"}',
+        CONTROL_PREFIX + b"[]",
+        b"x" * 300,
+        b"{" + b" " * 600 + b"}",
+        b"",
+        None,
+    ]
     batch = []
     for i in range(3000):
         r = rng.random()
         if r < 0.8:
-            v = json.dumps({"sensor_id": f"s{rng.randrange(40)}", "timestamp":
-                            1_767_225_600_000 + i, "value": rng.gauss(0, 1),
-                            **({"tenant_id": "t"} if rng.random() < 0.5 else {})}).encode()
+            v = json.dumps(
+                {
+                    "sensor_id": f"s{rng.randrange(40)}",
+                    "timestamp": 1_767_225_600_000 + i,
+                    "value": rng.gauss(0, 1),
+                    **({"tenant_id": "t"} if rng.random() < 0.5 else {}),
+                }
+            ).encode()
         elif r < 0.9:
             v = rng.choice(BAD_RECORDS)[0]
         else:
@@ -163,13 +195,20 @@ def test_decode_grouped_equals_decode_batch_then_grouping() -> None:
     for item in good:
         if type(item) is Reading:
             expected.setdefault(key_group(item.sensor_id, 8), []).append(
-                (item.sensor_id, item.ts, item.value, item.tenant_id, item.raw))
+                (item.sensor_id, item.ts, item.value, item.tenant_id, item.raw)
+            )
         else:
             for g in map(str, range(8)):
                 expected.setdefault(g, []).append((item.body, item.raw))
-    got = {g: [(x.body, x.raw) if type(x) is Control else
-               (x.sensor_id, x.ts, x.value, x.tenant_id, x.raw)
-               for x in sub.items()] for g, sub in parts.items()}
+    got = {
+        g: [
+            (x.body, x.raw)
+            if type(x) is Control
+            else (x.sensor_id, x.ts, x.value, x.tenant_id, x.raw)
+            for x in sub.items()
+        ]
+        for g, sub in parts.items()
+    }
     assert got == expected
     assert all(type(p) is not Columns or len(p) for sub in parts.values() for p in sub)
     # types match too (ints stay ints, values are floats)
@@ -186,26 +225,39 @@ def test_sub_batches_cross_processes_as_columns() -> None:
 
     from flows.records import Columns, SubBatch
 
-    items = [Reading("a", 1, 1.5, None, None, _raw(b"1", 1)),
-             Reading("b", 2, 2.5, "t", None, RawRecord(b"2", "kafka:in", 3, 7, b"k")),
-             Control({"type": "model", "version": "v"}, _raw(b"#ADCTL{}", 3)),
-             Reading("a", 4, -1.0, "t", None, _raw(b"4", 4))]
+    items = [
+        Reading("a", 1, 1.5, None, None, _raw(b"1", 1)),
+        Reading("b", 2, 2.5, "t", None, RawRecord(b"2", "kafka:in", 3, 7, b"k")),
+        Control({"type": "model", "version": "v"}, _raw(b"#ADCTL{}", 3)),
+        Reading("a", 4, -1.0, "t", None, _raw(b"4", 4)),
+    ]
     sub = SubBatch.of("9", items)
     assert [type(p) for p in sub] == [Columns, Control, Columns]
     back = pickle.loads(pickle.dumps(sub))
     assert type(back) is SubBatch and back.group == "9"
 
     def rows(s: SubBatch) -> list:
-        return [(x.body, x.raw) if type(x) is Control else
-                (x.sensor_id, x.ts, x.value, x.tenant_id, x.raw) for x in s.items()]
+        return [
+            (x.body, x.raw)
+            if type(x) is Control
+            else (x.sensor_id, x.ts, x.value, x.tenant_id, x.raw)
+            for x in s.items()
+        ]
 
     assert rows(back) == rows(sub) and len(rows(sub)) == 4
 
 
 def _mixed(n: int, bad: int, marker: int) -> list[RawRecord]:
     """Readings of 7 sensors with one undecodable record and one model-switch marker."""
-    raws = [_raw(json.dumps({"sensor_id": f"s{i % 7}", "timestamp": 1_767_225_600_000 + i,
-                             "value": i / 3}).encode(), i) for i in range(n)]
+    raws = [
+        _raw(
+            json.dumps(
+                {"sensor_id": f"s{i % 7}", "timestamp": 1_767_225_600_000 + i, "value": i / 3}
+            ).encode(),
+            i,
+        )
+        for i in range(n)
+    ]
     raws[bad] = _raw(b"not json", bad)
     raws[marker] = _raw(CONTROL_PREFIX + b'{"type": "model", "version": "v2"}', marker)
     return raws
@@ -242,10 +294,14 @@ def test_decode_grouped_reads_client_messages_like_raw_records() -> None:
     parts, bad = d.decode_grouped(batch, 4, {})
     assert bad == want_bad
     assert len(made) == 2  # only the bad record and the control marker
-    flat = {g: [(x.sensor_id, x.ts, x.value, x.raw) for x in sub.items() if type(x) is Reading]
-            for g, sub in parts.items()}
-    want = {g: [(x.sensor_id, x.ts, x.value, x.raw) for x in sub.items()
-                if type(x) is Reading] for g, sub in want_parts.items()}
+    flat = {
+        g: [(x.sensor_id, x.ts, x.value, x.raw) for x in sub.items() if type(x) is Reading]
+        for g, sub in parts.items()
+    }
+    want = {
+        g: [(x.sensor_id, x.ts, x.value, x.raw) for x in sub.items() if type(x) is Reading]
+        for g, sub in want_parts.items()
+    }
     assert flat == want
     cols = next(p for p in parts["0"] if type(p) is Columns)
     assert type(cols.raws[0]) is _Msg and as_raw(cols.raws[0]) == cols.readings()[0].raw
@@ -270,7 +326,7 @@ def test_decode_grouped_by_partition_puts_the_batch_in_its_group() -> None:
     assert [x.raw for x in items] == [r for i, r in enumerate(raws) if i != 10]
     assert type(items[39]) is Control
     assert sorted((x.sensor_id, x.ts) for x in items if type(x) is Reading) == sorted(
-        (x.sensor_id, x.ts) for sub in by_sensor.values() for x in sub.items()
-        if type(x) is Reading)
+        (x.sensor_id, x.ts) for sub in by_sensor.values() for x in sub.items() if type(x) is Reading
+    )
     with pytest.raises(ValueError, match="partition"):
         d.decode_grouped(raws, 4, {}, by_partition=True)

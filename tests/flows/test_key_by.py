@@ -18,20 +18,40 @@ def _run(key: bytes | None) -> list:
     alerts: list = []
     batches = []
     for b in range(3):
-        raws = [RawRecord(json.dumps({"sensor_id": f"s{i % 3}", "timestamp": (b * 10 + i) * 1000,
-                                      "value": 1.0}).encode(), "kafka:t", "0", str(b * 10 + i),
-                          key if key is None else key + str(i % 3).encode())
-                for i in range(10)]
+        raws = [
+            RawRecord(
+                json.dumps(
+                    {"sensor_id": f"s{i % 3}", "timestamp": (b * 10 + i) * 1000, "value": 1.0}
+                ).encode(),
+                "kafka:t",
+                "0",
+                str(b * 10 + i),
+                key if key is None else key + str(i % 3).encode(),
+            )
+            for i in range(10)
+        ]
         batches.append(MessageBatch([r.value for r in raws], raws, "kafka:t", "t#0~7"))
-    env = {"AD_WINDOW": "none", "AD_EMIT": "all", "AD_DETECTOR": "mad",
-           "AD_KEY_BY": "partition", "AD_SOURCE": "kafka://127.0.0.1:9/t"}
-    run_main(detector.build_flow(load_settings(env), source=TestingSource(batches),
-                                 sink=TestingSink(alerts), dlq=TestingSink([])))
+    env = {
+        "AD_WINDOW": "none",
+        "AD_EMIT": "all",
+        "AD_DETECTOR": "mad",
+        "AD_KEY_BY": "partition",
+        "AD_SOURCE": "kafka://127.0.0.1:9/t",
+    }
+    run_main(
+        detector.build_flow(
+            load_settings(env),
+            source=TestingSource(batches),
+            sink=TestingSink(alerts),
+            dlq=TestingSink([]),
+        )
+    )
     return alerts
 
 
-def test_unkeyed_input_by_partition_is_reported(caplog: pytest.LogCaptureFixture,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unkeyed_input_by_partition_is_reported(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(detector, "_warned_unkeyed", False)
     before = metrics.UNKEYED_BATCHES._value.get()
     with caplog.at_level(logging.WARNING, logger="flows.detector"):

@@ -33,13 +33,14 @@ def _batches(seed: int, sensors: int = 12, n: int = 3000, grid: int = 1) -> list
     out, i = [], 0
     while i < n:
         k = rng.randint(1, 60)
-        out.append(SubBatch.of("5", readings[i:i + k]))
+        out.append(SubBatch.of("5", readings[i : i + k]))
         i += k
     return out
 
 
-def _run(batches: list[SubBatch], env: dict[str, str], snap_dir: Path | None,
-         every: int, seed: int) -> tuple[list, int]:
+def _run(
+    batches: list[SubBatch], env: dict[str, str], snap_dir: Path | None, every: int, seed: int
+) -> tuple[list, int]:
     s = load_settings(env)
     models = Models(s.detector, s.detector_params)
     rng = random.Random(seed)
@@ -58,16 +59,26 @@ def _run(batches: list[SubBatch], env: dict[str, str], snap_dir: Path | None,
     return [(k, rec.key, rec.value) for k, (_key, rec) in out], manifests
 
 
-@pytest.mark.parametrize("window,detector", [("tumbling", "ensemble"), ("session", "mad"),
-                                             ("none", "ensemble"), ("sliding", "mad")])
-def test_resume_anywhere_equals_no_snapshots(window: str, detector: str, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "window,detector",
+    [("tumbling", "ensemble"), ("session", "mad"), ("none", "ensemble"), ("sliding", "mad")],
+)
+def test_resume_anywhere_equals_no_snapshots(
+    window: str, detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # compact often, so bases, deltas and garbage collection all happen
-    monkeypatch.setattr(logic, "SegmentStore",
-                        functools.partial(SegmentStore, min_compact_bytes=0, fsync=False))
-    env = {"AD_WINDOW": window, "AD_WINDOW_SIZE": "60s", "AD_WINDOW_SLIDE": "20s",
-           "AD_SESSION_GAP": "30s", "AD_ALLOWED_LATENESS": "10s", "AD_EMIT": "all",
-           "AD_DETECTOR": detector}
+    monkeypatch.setattr(
+        logic, "SegmentStore", functools.partial(SegmentStore, min_compact_bytes=0, fsync=False)
+    )
+    env = {
+        "AD_WINDOW": window,
+        "AD_WINDOW_SIZE": "60s",
+        "AD_WINDOW_SLIDE": "20s",
+        "AD_SESSION_GAP": "30s",
+        "AD_ALLOWED_LATENESS": "10s",
+        "AD_EMIT": "all",
+        "AD_DETECTOR": detector,
+    }
     batches = _batches(7)
     plain, _ = _run(batches, env, None, 0, 0)
     assert len(plain) > 100 and any(k == logic.DLQ for k, *_ in plain)
@@ -90,12 +101,19 @@ def test_inline_snapshot_cannot_silently_lose_a_chain(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("lateness", ["0s", "10s", "3m"])
-def test_lean_tumbling_loop_equals_the_general_path(lateness: str,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lean_tumbling_loop_equals_the_general_path(
+    lateness: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The inlined tumbling loop gives the same windows, scores, late and future
     rejections as ``WindowState.add`` (with tenants changing and sensors going cold)."""
-    env = {"AD_WINDOW": "tumbling", "AD_WINDOW_SIZE": "60s", "AD_ALLOWED_LATENESS": lateness,
-           "AD_MAX_FUTURE": "1h", "AD_EMIT": "all", "AD_DETECTOR": "ensemble"}
+    env = {
+        "AD_WINDOW": "tumbling",
+        "AD_WINDOW_SIZE": "60s",
+        "AD_ALLOWED_LATENESS": lateness,
+        "AD_MAX_FUTURE": "1h",
+        "AD_EMIT": "all",
+        "AD_DETECTOR": "ensemble",
+    }
     batches = _batches(11, sensors=30, n=6000, grid=10_000)
     rng = random.Random(5)
     for sub in batches:  # future records and tenant changes

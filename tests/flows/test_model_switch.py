@@ -19,23 +19,36 @@ def _run(records: list[bytes], key_by: str) -> list[dict]:
 
     alerts: list = []
     batches: list = [[RawRecord(r, "t", "0", str(i))] for i, r in enumerate(records)]
-    env = {"AD_WINDOW": "none", "AD_EMIT": "all", "AD_DETECTOR": "mad", "AD_KEY_GROUPS": "2",
-           "AD_KEY_BY": key_by}
+    env = {
+        "AD_WINDOW": "none",
+        "AD_EMIT": "all",
+        "AD_DETECTOR": "mad",
+        "AD_KEY_GROUPS": "2",
+        "AD_KEY_BY": key_by,
+    }
     if key_by == "partition":  # as the Kafka source emits them (the source is not read)
         env["AD_SOURCE"] = "kafka://127.0.0.1:9/t"
         batches = [MessageBatch([b[0].value], b, "t", "t#0~7") for b in batches]
-    run_main(build_flow(load_settings(env), source=TestingSource(batches),
-                        sink=TestingSink(alerts), dlq=TestingSink([])))
+    run_main(
+        build_flow(
+            load_settings(env),
+            source=TestingSource(batches),
+            sink=TestingSink(alerts),
+            dlq=TestingSink([]),
+        )
+    )
     return [json.loads(r.value) for _k, r in alerts]
 
 
 @pytest.mark.parametrize("key_by", ["sensor", "partition"])
 def test_switch_applies_at_the_marker_with_per_key_models(tmp_path: Path, key_by: str) -> None:
     base = {"detector": "mad", "params": {"window": 16, "min_periods": 4, "z_scale": 4.0}}
-    model = {**base, "version": "v2",
-             # sensor "a" gets a model of its own that never saturates; "b" the pooled one
-             "keys": {"a": {**base, "version": "v2",
-                            "params": {**base["params"], "z_scale": 1e9}}}}
+    model = {
+        **base,
+        "version": "v2",
+        # sensor "a" gets a model of its own that never saturates; "b" the pooled one
+        "keys": {"a": {**base, "version": "v2", "params": {**base["params"], "z_scale": 1e9}}},
+    }
     ref = model_store.put(f"file://{tmp_path}", "mad", "v2", model)
     rows = []
     for i in range(60):

@@ -29,8 +29,9 @@ def _feed(spec: WindowSpec, events: list[tuple[int, float]]) -> tuple[list[tuple
 
 def test_tumbling_closes_on_event_time_and_flags_late() -> None:
     spec = WindowSpec("tumbling", size=10 * S, lateness=5 * S)
-    out, rejected = _feed(spec, [(1 * S, 1), (4 * S, 3), (12 * S, 5), (8 * S, 7),
-                                 (31 * S, 1), (9 * S, 9)])
+    out, rejected = _feed(
+        spec, [(1 * S, 1), (4 * S, 3), (12 * S, 5), (8 * S, 7), (31 * S, 1), (9 * S, 9)]
+    )
     # 8s arrives while the watermark is 12-5=7 < 10: still on time; 9s arrives at wm 26
     assert out[0] == (0, 10 * S, 3, pytest.approx(11 / 3))
     assert rejected == [(9 * S, LATE)]
@@ -41,7 +42,10 @@ def test_sliding_windows_overlap() -> None:
     spec = WindowSpec("sliding", size=10 * S, slide=5 * S)
     out, _ = _feed(spec, [(6 * S, 1.0), (12 * S, 3.0)])
     assert [(a, b, n) for a, b, n, _m in out] == [
-        (0, 10 * S, 1), (5 * S, 15 * S, 2), (10 * S, 20 * S, 1)]
+        (0, 10 * S, 1),
+        (5 * S, 15 * S, 2),
+        (10 * S, 20 * S, 1),
+    ]
 
 
 def test_session_windows_merge_and_split() -> None:
@@ -70,7 +74,7 @@ def test_wall_clock_plays_no_part(monkeypatch: pytest.MonkeyPatch) -> None:
 def _raw_batches(records: list[bytes], sizes: list[int]) -> list[list[RawRecord]]:
     out, i = [], 0
     for n in sizes:
-        out.append([RawRecord(r, "t", "0", str(i + k)) for k, r in enumerate(records[i:i + n])])
+        out.append([RawRecord(r, "t", "0", str(i + k)) for k, r in enumerate(records[i : i + n])])
         i += n
     return out
 
@@ -80,8 +84,12 @@ def _run(records: list[bytes], sizes: list[int], env: dict) -> tuple[list, list]
 
     alerts: list = []
     dead: list = []
-    flow = build_flow(load_settings(env), source=TestingSource(_raw_batches(records, sizes)),
-                      sink=TestingSink(alerts), dlq=TestingSink(dead))
+    flow = build_flow(
+        load_settings(env),
+        source=TestingSource(_raw_batches(records, sizes)),
+        sink=TestingSink(alerts),
+        dlq=TestingSink(dead),
+    )
     run_main(flow)
     return ([json.loads(r.value) for _k, r in alerts], [json.loads(r.value) for _k, r in dead])
 
@@ -92,17 +100,24 @@ def test_flow_output_does_not_depend_on_batching() -> None:
     for i in range(600):
         for s in ("a", "b", "c"):
             v = 10 + rng.gauss(0, 1) + (25 if (i == 400 and s == "b") else 0)
-            records.append(json.dumps({"sensor_id": s, "timestamp": i * 20_000,
-                                       "value": v}).encode())
+            records.append(
+                json.dumps({"sensor_id": s, "timestamp": i * 20_000, "value": v}).encode()
+            )
     records.insert(900, json.dumps({"sensor_id": "a", "timestamp": 0, "value": 1}).encode())
-    env = {"AD_WINDOW": "tumbling", "AD_WINDOW_SIZE": "60s", "AD_EMIT": "all",
-           "AD_DETECTOR": "mad", "AD_KEY_GROUPS": "4"}
+    env = {
+        "AD_WINDOW": "tumbling",
+        "AD_WINDOW_SIZE": "60s",
+        "AD_EMIT": "all",
+        "AD_DETECTOR": "mad",
+        "AD_KEY_GROUPS": "4",
+    }
     one = _run(records, [len(records)], env)
     sizes, left = [], len(records)
     while left:
         sizes.append(min(left, rng.randint(1, 50)))
         left -= sizes[-1]
     many = _run(records, sizes, env)
+
     def per_sensor(rows: list[dict]) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {}
         for r in rows:  # sensors interleave freely; each sensor's own order is fixed

@@ -17,4 +17,5 @@ def test_generated_protobuf_modules_are_up_to_date(tmp_path: Path) -> None:
     for proto in protos:
         name = f"{proto.stem}_pb2.py"
         assert (tmp_path / name).read_text() == (HERE / name).read_text(), (
-            f"schemas/{name} is stale: regenerate it (see README, Layout)")
+            f"schemas/{name} is stale: regenerate it (see README, Layout)"
+        )

@@ -54,8 +54,9 @@ def test_compaction_writes_a_base_and_collects_old_chains(tmp_path: Path) -> Non
     # files: the current chain and the one before it, nothing else
     on_disk = {p.name for p in tmp_path.iterdir()}
     assert set(manifests[-1].segments) <= on_disk
-    prev_chain = next(m.segments for m in reversed(manifests)
-                      if m.segments[0] != manifests[-1].segments[0])
+    prev_chain = next(
+        m.segments for m in reversed(manifests) if m.segments[0] != manifests[-1].segments[0]
+    )
     assert on_disk == set(manifests[-1].segments) | set(prev_chain)
     with pytest.raises(SnapshotError, match="missing"):
         SegmentStore(tmp_path).load(manifests[0])
