@@ -18,7 +18,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from connectors import make_sink, make_source
 from connectors.base import MessageBatch, OutRecord, RawRecord, as_raw
-from control import metrics
+from flows import metrics
 from flows.decode import Decoder
 from flows.logic import ALERT, DLQ, KeyGroupLogic, Models
 from flows.settings import Settings, load_settings
