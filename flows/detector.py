@@ -21,7 +21,8 @@ from connectors import make_sink, make_source
 from connectors.base import MessageBatch, OutRecord, RawRecord, as_raw
 from flows import metrics
 from flows.decode import Decoder
-from flows.logic import ALERT, DLQ, KeyGroupLogic, Models
+from flows.logic import ALERT, DLQ, KeyGroupLogic
+from flows.models import Models
 from flows.settings import Settings, SettingsError, load_settings
 from state.snapshots import resolve_snapshot_dir
 
