@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from connectors.base import SourceURL, parse_bool, parse_duration, parse_url
+from connectors.base import ConnectorContext, SourceURL, parse_bool, parse_duration, parse_url
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -69,6 +69,10 @@ class Settings:
 
     def url(self, name: str) -> SourceURL:
         return parse_url(getattr(self, name))
+
+    def connector_context(self) -> ConnectorContext:
+        """What the connector factories get to know of these settings."""
+        return ConnectorContext(flow_id=self.flow_id, kafka=dict(self.kafka))
 
 
 _EXAMPLES = {
