@@ -20,7 +20,6 @@ from control.cli_env import (
     strip_query,
 )
 from control.progress import Progress, say
-from flows.settings import Settings
 
 
 def _publish(
@@ -152,8 +151,7 @@ def _common_store(p: argparse.ArgumentParser) -> None:
         p,
         "--detector",
         env="AD_DETECTOR",
-        default=Settings().detector,
-        help="detector name (the flow's default)",
+        help="detector name",
     )
 
 
@@ -169,7 +167,6 @@ def _common_publish(p: argparse.ArgumentParser) -> None:
         p,
         "--control-topic",
         env="AD_CONTROL_TOPIC",
-        default="ad-control",
         help="Kafka topic for audit announcements",
     )
     opt(
