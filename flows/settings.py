@@ -32,6 +32,7 @@ import yaml
 
 from connectors.base import ConnectorContext, SourceURL, parse_bool, parse_duration, parse_url
 from schemas.timestamps import UNITS, parse_time_setting
+from state.recovery import is_fresh_run, process_index, recovery_dir
 
 __all__ = [
     "PROCESS_KEYS",
@@ -103,10 +104,10 @@ class Settings:
     )
     format: str = setting(
         "json",
-        "`json`, `avro` (Confluent wire format) or `protobuf`",
+        "`json`, `avro` (Confluent wire format), `protobuf` or `csv` (see Input records)",
         "json",
         kind="choice",
-        choices=("json", "avro", "protobuf"),
+        choices=("json", "avro", "protobuf", "csv"),
     )
     schema: str = setting(
         "",
@@ -227,7 +228,13 @@ class Settings:
 
     def connector_context(self) -> ConnectorContext:
         """What the connector factories get to know of these settings."""
-        return ConnectorContext(flow_id=self.flow_id, kafka=dict(self.kafka))
+        return ConnectorContext(
+            flow_id=self.flow_id,
+            kafka=dict(self.kafka),
+            format=self.format,
+            fresh=is_fresh_run(recovery_dir()),
+            process_id=process_index(),
+        )
 
     def __repr__(self) -> str:
         shown = []
