@@ -44,6 +44,7 @@ def _decode_step(settings: Settings) -> Any:
         settings.flow_id,
         settings.timestamp_unit,
         settings.earliest_ms,
+        settings.csv_mapping(),
     )
     groups = settings.key_groups
     by_partition = settings.key_by == "partition"

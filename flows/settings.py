@@ -221,6 +221,13 @@ class Settings:
         """Setting ``name`` (``source``, ``sink``, ``dlq``) parsed as a connector URL."""
         return parse_url(getattr(self, name))
 
+    def csv_mapping(self) -> dict[str, str]:
+        """CSV column names of the standard fields, and ``columns`` (a header for
+        sources whose records come without one), from the source URL's parameters."""
+        params = self.url("source").params
+        keys = ("sensor_id", "timestamp", "value", "tenant_id", "columns")
+        return {k: params[k] for k in keys if params.get(k)}
+
     @property
     def earliest_ms(self) -> int:
         """``earliest_time`` in epoch milliseconds."""

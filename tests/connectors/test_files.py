@@ -116,3 +116,25 @@ def test_bad_sink_urls_fail_at_start_up(tmp_path: Path) -> None:
     (tmp_path / "plain").write_text("a file, not a folder")
     with pytest.raises(ValueError, match="not a directory"):
         sink_from_url(parse_url(f"file://{tmp_path}/plain/a.jsonl"), ConnectorContext())
+
+
+def test_a_nab_style_csv_file_runs_through_the_flow(tmp_path: Path) -> None:
+    rows = ["timestamp,value"] + [
+        f"2014-04-01 {h:02d}:{m:02d}:00,{10 + (h * 60 + m) % 7 + (90 if h == 20 else 0)}"
+        for h in range(24)
+        for m in range(0, 60, 5)
+    ]
+    (tmp_path / "machine_temp.csv").write_text("\n".join(rows) + "\n")
+    env = flow_env(
+        AD_SOURCE=f"file://{tmp_path}/machine_temp.csv",
+        AD_FORMAT="csv",
+        AD_WINDOW="none",
+        AD_EMIT="all",
+        AD_SINK=f"file://{tmp_path}/alerts.jsonl",
+        AD_DLQ=f"file://{tmp_path}/dlq.jsonl",
+    )
+    run_to_completion(env, None, log=tmp_path / "log")
+    out = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_bytes().splitlines()]
+    assert (tmp_path / "dlq.jsonl").read_bytes() == b""
+    assert len(out) == len(rows) - 1 and {a["sensor_id"] for a in out} == {"machine_temp"}
+    assert out[0]["window_start"] == "2014-04-01T00:00:00.000Z"
