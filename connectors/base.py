@@ -83,7 +83,8 @@ class MessageBatch:
     a model switch's origin, a hop to another process). Iterating yields RawRecords, so
     it reads like a ``list[RawRecord]``. ``group`` names the key group of the batch's
     input partition (:func:`connectors.placement.partition_group`), where the source
-    knows it."""
+    knows it.
+    """
 
     __slots__ = ("values", "items", "source", "group")
 

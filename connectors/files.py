@@ -49,10 +49,9 @@ class _FileSourcePartition(StatefulSourcePartition[list[RawRecord], tuple[int, i
             line = f.readline()
             if not line:
                 break
-            if not line.endswith(b"\n"):
-                if self._tail:  # a partly written line: wait for the rest
-                    f.seek(self._pos)
-                    break
+            if not line.endswith(b"\n") and self._tail:  # a partly written line: wait
+                f.seek(self._pos)
+                break
             self._pos += len(line)
             self._line += 1
             data = line.rstrip(b"\r\n")

@@ -183,7 +183,8 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[in
 
     def _with_errors(self, msgs: list[Message]) -> list[Message]:
         """The records of a consume that also returned errors or end-of-partition events,
-        with the resume offset kept right around them."""
+        with the resume offset kept right around them.
+        """
         out: list[Message] = []
         last = -1  # offset of the last record kept and not yet in self._offset
         for msg in msgs:

@@ -111,7 +111,8 @@ class _Msg(TypedDict):
 
 def _dedup_key(msg: Any) -> str:
     """Message id plus publish time: a redelivery keeps both; the emulator, which starts
-    numbering message ids from 1 again after a restart, gives new messages a new time."""
+    numbering message ids from 1 again after a restart, gives new messages a new time.
+    """
     t = msg.publish_time
     return f"{msg.message_id}@{t.timestamp():.6f}" if t else msg.message_id
 

@@ -1,5 +1,6 @@
 """adctl's options: flags whose defaults come from ``AD_*`` variables, shared option
-groups and argument converters, and the environment handed to flow processes."""
+groups and argument converters, and the environment handed to flow processes.
+"""
 
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ def opt(
     **kw: Any,
 ) -> None:
     """Add a flag whose default comes from environment variable ``env``; for a flow
-    setting (``AD_DETECTOR``, …) without an explicit ``default``, the flow's declared one."""
+    setting (``AD_DETECTOR``, …) without an explicit ``default``, the flow's declared one.
+    """
     ADCTL_ENV.add(env)
     if default is None:
         default = declared_default(env)

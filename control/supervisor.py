@@ -17,6 +17,7 @@ recovery store with the new parallelism; Bytewax resumes from the last snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -88,7 +89,8 @@ def load_env_file(path: str | Path) -> dict[str, str]:
 
 def clean_env(root: Path, drop: tuple[str, ...] = ("AD_",), **overrides: str) -> dict[str, str]:
     """An environment for a flow subprocess: this one without variables starting with
-    ``drop`` (stray ``AD_*`` settings the flow would reject), importing from ``root``."""
+    ``drop`` (stray ``AD_*`` settings the flow would reject), importing from ``root``.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env["PYTHONPATH"] = str(root)
     env["PYTHONUNBUFFERED"] = "1"
@@ -416,11 +418,9 @@ def _shim(argv: list[str]) -> int:
     def forward(signum: int, _frame: Any) -> None:
         received.append(signal.Signals(signum).name)
         if child is not None:
-            try:
-                # SIGTERM (e.g. from Kubernetes) becomes the flow's clean SIGINT
+            # SIGTERM (e.g. from Kubernetes) becomes the flow's clean SIGINT
+            with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signal.SIGINT)
-            except ProcessLookupError:
-                pass
 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, forward)

@@ -56,7 +56,8 @@ def novelty_bins(
     xp: Any, values: Any, ts: Any, m0: Any, s0: Any, c: float, k_max: int, zdiv: float, n_tod: int
 ) -> tuple[Any, Any]:
     """Vectorised binning: (value bin in [0, 2 k_max], time-of-day bucket) per record
-    (``m0``/``s0``: the reference scale, scalars or one per record)."""
+    (``m0``/``s0``: the reference scale, scalars or one per record).
+    """
     z = (values - m0) / s0
     b = xp.clip(xp.rint(c * xp.arcsinh(z / zdiv)), -k_max, k_max).astype(xp.int64) + k_max
     tod = xp.floor(xp.remainder(ts, 86400.0) / (86400.0 / n_tod)).astype(xp.int64)
@@ -75,7 +76,8 @@ def bins_py(
 ) -> tuple[list[int], list[int]]:
     """``novelty_bins`` for a few values with scalar Python arithmetic (bit-identical: the same
     IEEE operations, numpy's ``arcsinh``, ``round`` rounds half to even like ``rint``).
-    Raises ``ValueError``/``OverflowError`` for non-finite timestamps or scales."""
+    Raises ``ValueError``/``OverflowError`` for non-finite timestamps or scales.
+    """
     a = np.arcsinh(
         np.array([(v - m) / s / zdiv for v, m, s in zip(x, m0, s0, strict=True)], dtype=np.float64)
     ).tolist()
@@ -217,7 +219,8 @@ class EnsembleDetector(BaseDetector):
     ) -> tuple[list[Any], list[np.ndarray]]:
         """``score`` for many keys; the binning of every key that is past warm-up runs as
         one vectorised call, the per-record loop then runs per key on its state in place
-        (the given states are consumed)."""
+        (the given states are consumed).
+        """
         if not self._batch:
             return super().score_batch(states, values, timestamps)
         sts: list[dict[str, Any]] = [self.init_state() if s is None else s for s in states]
@@ -296,7 +299,8 @@ class EnsembleDetector(BaseDetector):
 
     def pack_state(self, state: Any) -> bytes:
         """A compact binary format (first byte 1, ~0.5 KB); states it does not fit exactly
-        (unexpected keys, types, dtypes or shapes) use the default pickle + zlib."""
+        (unexpected keys, types, dtypes or shapes) use the default pickle + zlib.
+        """
         try:
             return _pack(state, self._sig)
         except (AttributeError, KeyError, OverflowError, TypeError, ValueError, struct.error):
@@ -309,7 +313,8 @@ class EnsembleDetector(BaseDetector):
         self, st: dict[str, Any], x: np.ndarray, t: np.ndarray
     ) -> tuple[list[int], list[int], list[float] | None]:
         """Per-key preparation of finite values ``x``: warm-up collection (bin -1: learn
-        nothing, score 0), bins and time-of-day buckets, rolling MAD surprise."""
+        nothing, score 0), bins and time-of-day buckets, rolling MAD surprise.
+        """
         p, xp = self.params, self._xp
         n = x.shape[0]
         warm = self._warm
@@ -339,7 +344,8 @@ class EnsembleDetector(BaseDetector):
 
     def _run(self, jobs: list[_Job], out: list[float]) -> None:
         """The sequential part, per key: histogram updates, calibration, suppression.
-        Updates each job's state in place and writes its scores to ``out[idx[i]]``."""
+        Updates each job's state in place and writes its scores to ``out[idx[i]]``.
+        """
         p = self.params
         nb = self._nbins
         tod_prior, bin_prior = float(p["tod_prior"]), float(p["bin_prior"])
@@ -360,7 +366,7 @@ class EnsembleDetector(BaseDetector):
             # Python lists are faster than numpy for these small per-record reductions.
             nov_a, reg_a = st["cal_nov"], st["cal_reg"]
             cal_nov, cal_reg = nov_a.tolist(), reg_a.tolist()
-            mad_a = st["cal_mad"] if "cal_mad" in st else None
+            mad_a = st.get("cal_mad")
             cal_mad = mad_a.tolist() if mad_a is not None else None
             blocks = st["blocks"]
             bmax = max(blocks.tolist()) if nblk > 0 else 0.0
@@ -472,7 +478,8 @@ def fit_ensemble(
 ) -> dict[str, Any]:
     """Learn a warm-start model from history: run the detector over ``values`` and export
     its final state as ``seed`` (reference scale, value and calibration histograms), so a
-    new or rebuilt key starts as if it had streamed the history. JSON-serialisable."""
+    new or rebuilt key starts as if it had streamed the history. JSON-serialisable.
+    """
     det = EnsembleDetector(params)
     values = np.asarray(values, dtype=np.float64)
     if timestamps is None:

@@ -73,7 +73,8 @@ _warned_unkeyed = False
 def _check_keyed(raw: RawRecord) -> None:
     """Key groups by partition assume each sensor stays in one partition, which Kafka
     gives when producers key records by sensor. A record without a key (one per batch
-    is looked at) means they do not: say so, once, and count such batches."""
+    is looked at) means they do not: say so, once, and count such batches.
+    """
     global _warned_unkeyed
     if raw.key is None:
         metrics.UNKEYED_BATCHES.inc()
@@ -130,8 +131,9 @@ def build_flow(
     Args:
         settings: the configuration; default: read from ``AD_*`` / ``AD_CONFIG``, where a
             bad value exits with status 2 and one line naming the key with an example.
-        source, sink, dlq: replace the configured connectors (tests use Bytewax's
-            ``TestingSource``/``TestingSink``).
+        source: replaces the configured source (tests use Bytewax's ``TestingSource``).
+        sink: replaces the configured sink (tests use Bytewax's ``TestingSink``).
+        dlq: replaces the configured dead-letter sink.
         serve: set this process up to run the flow (metrics server, GC tuning); default:
             only when the settings come from the environment.
     """
@@ -177,7 +179,8 @@ def _settings_or_exit() -> Settings:
 
 def __getattr__(name: str) -> Any:
     """``flow`` is built on first use, so ``python -m bytewax.run flows.detector`` works
-    while importing this module starts nothing."""
+    while importing this module starts nothing.
+    """
     if name == "flow":
         built = globals()["flow"] = build_flow()
         return built

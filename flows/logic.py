@@ -85,7 +85,7 @@ class KeyGroupLogic:
             self.sensors = {}
         else:
             with gc_paused():
-                saved = pickle.loads(resume)
+                saved = pickle.loads(resume)  # noqa: S301 - our own snapshot state
                 if type(saved) is Manifest:  # incremental: load the segment chain
                     self.group, self._manifest = saved.group, saved
                     self.sensors = self._segments().load(saved)
@@ -152,7 +152,8 @@ class KeyGroupLogic:
     def _check_placement(self) -> None:
         """With key groups by partition, say so when this group does not run on the
         worker reading its partition (connectors.placement): the output is the same,
-        but every record then crosses between workers."""
+        but every record then crosses between workers.
+        """
         self._placed = True
         if not placement.is_local(self.group):  # type: ignore[arg-type]
             metrics.REMOTE_KEY_GROUPS.inc()
@@ -218,7 +219,8 @@ class KeyGroupLogic:
     def _add_tumbling(self, c: Columns, pending: dict[str, list[Closed]], out: list) -> None:
         """``_add`` for every reading of ``c``, specialised for tumbling windows and no
         model switch: the same windows, closes and rejections, with the per-record work
-        inlined (this is the flow's hot loop)."""
+        inlined (this is the flow's hot loop).
+        """
         spec = self.spec
         size, lateness, max_future = spec.size, spec.lateness, spec.max_future
         sensors, warm, thaw = self.sensors, self._warm, thaw_sensor

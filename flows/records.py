@@ -126,7 +126,8 @@ def _rebuild_columns(sids: list, ts: list, vals: list, tenants: list, *raw_cols:
 
 class SubBatch(list):
     """One key group's share of an input batch: :class:`Columns` parts, split where a
-    :class:`Control` marker stands (markers reach every key group, in position)."""
+    :class:`Control` marker stands (markers reach every key group, in position).
+    """
 
     __slots__ = ("group",)
 

@@ -37,7 +37,8 @@ def gc_paused() -> Iterator[None]:
     millions of objects that stay alive, so the collector would run full collections
     over the whole heap again and again (measured in-process at 300k keys: restoring
     the groups took 2.9 s with the collector running, 0.9 s without). (Un)pickling
-    creates no reference cycles, so nothing is left for the collector."""
+    creates no reference cycles, so nothing is left for the collector.
+    """
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -72,7 +73,8 @@ class Sensor:
 def freeze_sensor(sensor: Sensor) -> bytes:
     """A sensor at rest: a pickled tuple of plain values (~0.7 us to write and to read
     back, against ~5 us and ~4 us for pickling the objects). Its detector state must
-    already be packed (or ``None``)."""
+    already be packed (or ``None``).
+    """
     w, det = sensor.win, sensor.det
     return pickle.dumps(
         (
@@ -89,8 +91,9 @@ def freeze_sensor(sensor: Sensor) -> bytes:
 
 def thaw_sensor(data: bytes) -> Sensor:
     """Inverse of :func:`freeze_sensor` (also reads sensors pickled as objects, as
-    snapshots of earlier versions hold them)."""
-    obj = pickle.loads(data)
+    snapshots of earlier versions hold them).
+    """
+    obj = pickle.loads(data)  # noqa: S301 - our own snapshot state
     if type(obj) is not tuple:
         return obj  # type: ignore[no-any-return]
     max_ts, wins, sessions, det, model, tenant = obj

@@ -241,7 +241,8 @@ def _secret_kafka_key(key: str) -> bool:
 
 def declared_default(env: str) -> Any:
     """The declared default of flow setting ``AD_<NAME>`` (``None`` for URLs and names
-    that are not settings)."""
+    that are not settings).
+    """
     f = _DECLARED.get(env[3:].lower()) if env.startswith("AD_") else None
     if f is None or f.metadata["kind"] == "url":  # a tool's URL flag has no demo default
         return None
@@ -312,7 +313,8 @@ def typo_of(name: str) -> str | None:
 
 def _unknown_env(name: str) -> None:
     """An ``AD_*`` variable that is not a flow setting: a likely typo of one fails;
-    others (another tool's, e.g. adctl's ``AD_WORKERS``) are ignored with a warning."""
+    others (another tool's, e.g. adctl's ``AD_WORKERS``) are ignored with a warning.
+    """
     typo = typo_of(name)
     if typo:
         raise _err(typo, f"unknown environment variable {name} (did you mean AD_{typo.upper()}?)")

@@ -46,7 +46,8 @@ class SnapshotError(RuntimeError):
 @dataclass(frozen=True)
 class Manifest:
     """The snapshot of one key group as Bytewax stores it: the segment chain (base
-    first) and the key group's small shared state (model switches)."""
+    first) and the key group's small shared state (model switches).
+    """
 
     group: str
     segments: tuple[str, ...]
@@ -85,7 +86,7 @@ class SegmentStore:
                     f"directory must be restored together with its ad-state/ folder "
                     f"({exc})"
                 ) from exc
-            sensors.update(pickle.loads(data))
+            sensors.update(pickle.loads(data))  # noqa: S301 - segments this store wrote
         self._chains = [manifest.segments]
         return sensors
 
@@ -113,7 +114,7 @@ class SegmentStore:
             self._chains.append(segments)
             self._collect()
             return manifest
-        assert prev is not None
+        assert prev is not None  # noqa: S101 - narrowing: prev is None takes the branch above
         if changed:
             name, size = self._write(changed, "d")
             segments = (*prev.segments, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -132,17 +133,13 @@ def _cpu_fraction(pids: list[int], workers: int) -> float | None:
     if not procs:
         return None
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.cpu_percent(None)
-        except psutil.Error:
-            pass
     time.sleep(0.5)
     total = 0.0
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.cpu_percent(None)
-        except psutil.Error:
-            pass
     cores = min(max(1, workers), os.cpu_count() or 1)
     return total / (100.0 * cores)
 
