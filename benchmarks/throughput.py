@@ -266,6 +266,8 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, poll: float = 
 
 # -- the sections ----------------------------------------------------------------------
 class Bench:
+    """One throughput benchmark run: its topics, work directory and flow processes."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.a = args
         self.brokers = args.brokers

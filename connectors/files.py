@@ -88,11 +88,13 @@ class FileSource(FixedPartitionedSource[list[RawRecord], tuple[int, int]]):
         self._batch = batch_size
 
     def list_parts(self) -> list[str]:
+        """One partition per input file."""
         return sorted(self._paths)
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: tuple[int, int] | None
     ) -> _FileSourcePartition:
+        """A reader of one file, resumed at the saved position."""
         return _FileSourcePartition(self._paths[for_part], resume_state, self._tail, self._batch)
 
 
@@ -128,14 +130,17 @@ class FileSink(FixedPartitionedSink[OutRecord, int]):
         self._path = path
 
     def list_parts(self) -> list[str]:
+        """One partition: the output file."""
         return [self._path.name]
 
     def part_fn(self, item_key: str) -> int:
+        """Every item goes to the single partition."""
         return 0
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: int | None
     ) -> _FileSinkPartition:
+        """A writer of the output file, resumed at the saved length."""
         return _FileSinkPartition(self._path, resume_state)
 
 
@@ -156,6 +161,7 @@ class StreamSink(DynamicSink[Any]):
         self._name = name
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _StreamPartition:
+        """A writer to stdout or stderr for this worker."""
         return _StreamPartition(sys.stdout if self._name == "stdout" else sys.stderr)
 
 
@@ -164,6 +170,7 @@ def _path(url: SourceURL) -> Path:
 
 
 def source_from_url(url: SourceURL, ctx: ConnectorContext) -> FileSource:
+    """File source from a ``file://`` URL (comma-separated paths)."""
     paths = [Path(p) for p in url.path.split(",") if p]
     for p in paths:
         if not p.is_file():
@@ -176,6 +183,7 @@ def source_from_url(url: SourceURL, ctx: ConnectorContext) -> FileSource:
 
 
 def sink_from_url(url: SourceURL, ctx: ConnectorContext) -> FileSink | StreamSink:
+    """File sink from a ``file://`` URL, or a stream sink for ``stdout:``/``stderr:``."""
     if url.scheme in ("stdout", "stderr"):
         return StreamSink(url.scheme)
     return FileSink(_path(url))

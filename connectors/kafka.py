@@ -260,6 +260,7 @@ class KafkaSource(FixedPartitionedSource[list[MessageBatch], tuple[int, str]]):
         self._parts: list[str] | None = None
 
     def list_parts(self) -> list[str]:
+        """One partition per ``topic#partition`` of the configured topics."""
         return [
             f"{t}#{p}"
             for t in self._topics
@@ -269,6 +270,7 @@ class KafkaSource(FixedPartitionedSource[list[MessageBatch], tuple[int, str]]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: tuple[int, str] | int | None
     ) -> _KafkaSourcePartition:
+        """A consumer of one topic partition, resumed at the saved offset."""
         topic, part = for_part.rsplit("#", 1)
         group = ""
         if not isinstance(resume_state, tuple):  # name the group once, from today's rank
@@ -476,15 +478,18 @@ class ExactlyOnceKafkaSink(FixedPartitionedSink[OutRecord, int]):
         self._extra = dict(extra or {})
 
     def list_parts(self) -> list[str]:
+        """One partition per partition of the output topic (created if missing)."""
         ensure_topic(self._brokers, self._topic, self._partitions, self._extra)
         return [f"{p:05d}" for p in _topic_partitions(self._brokers, self._topic, self._extra)]
 
     def part_fn(self, item_key: str) -> int:
+        """Spread keys over partitions by CRC32 of the key."""
         return zlib.crc32(item_key.encode())
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: int | None
     ) -> _TxnSinkPartition:
+        """A transactional producer for one output partition."""
         part = int(for_part)
         txn_id = f"{self._flow_id}.{step_id}.{self._topic}.{part}"
         return _TxnSinkPartition(
@@ -493,6 +498,7 @@ class ExactlyOnceKafkaSink(FixedPartitionedSink[OutRecord, int]):
 
 
 def source_from_url(url: SourceURL, ctx: ConnectorContext) -> KafkaSource:
+    """Kafka source from a ``kafka://host:port/topic[,topic…]`` URL."""
     return KafkaSource(
         url.hostport,
         url.names,
@@ -505,6 +511,7 @@ def source_from_url(url: SourceURL, ctx: ConnectorContext) -> KafkaSource:
 
 
 def sink_from_url(url: SourceURL, ctx: ConnectorContext) -> ExactlyOnceKafkaSink:
+    """Exactly-once Kafka sink from a ``kafka://host:port/topic`` URL."""
     if len(url.names) != 1:
         raise ValueError(
             f"a Kafka sink URL names one topic, e.g. kafka://host:9092/alerts; got {url.raw!r}"

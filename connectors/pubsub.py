@@ -368,11 +368,13 @@ class PubSubSource(FixedPartitionedSource[list[RawRecord], PubSubState]):
         self._max = max_outstanding
 
     def list_parts(self) -> list[str]:
+        """One partition: the subscription."""
         return [self._name]
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: PubSubState | None
     ) -> _PubSubPartition:
+        """A puller of the subscription, resumed from the saved state."""
         puller = _Puller(
             subscriber_client(self._emulator), self._path, self._batch, self._lease, self._max
         )
@@ -462,9 +464,11 @@ class PubSubSink(FixedPartitionedSink[OutRecord, None]):
         self._retry_for = retry_for
 
     def list_parts(self) -> list[str]:
+        """The configured number of publisher partitions."""
         return [str(i) for i in range(self._parts)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _PubSubSinkPartition:
+        """A publisher partition with its own client."""
         return _PubSubSinkPartition(
             publisher_client(self._emulator), self._topic, self._flow_id, self._retry_for
         )

@@ -174,6 +174,7 @@ class RedisStreamSource(FixedPartitionedSource[list[RawRecord], str]):
         self._poll = poll
 
     def list_parts(self) -> list[str]:
+        """One partition per stream."""
         return list(self._streams)
 
     def _last_present(self, client: redis.Redis, stream: str) -> str:
@@ -183,6 +184,7 @@ class RedisStreamSource(FixedPartitionedSource[list[RawRecord], str]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: str | None
     ) -> _RedisStreamPartition:
+        """A reader of one stream, resumed after the saved entry id."""
         client = _client(self._host, self._port, self._db, self._password)
         if resume_state is not None:
             last_id = resume_state
@@ -292,11 +294,13 @@ class RedisStreamSink(FixedPartitionedSink[OutRecord, None]):
         self._retry_for = retry_for
 
     def list_parts(self) -> list[str]:
+        """The configured number of writer partitions."""
         return [str(i) for i in range(self._parts)]
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: None
     ) -> _RedisStreamSinkPartition:
+        """A writer partition with its own Redis client."""
         client = _client(self._host, self._port, self._db, self._password)
         return _RedisStreamSinkPartition(
             client, self._stream, self._prefix, self._ttl, self._maxlen, self._retry_for

@@ -150,6 +150,7 @@ def bootstrap_of(args: argparse.Namespace) -> str | None:
 
 
 def add_field_options(p: argparse.ArgumentParser) -> None:
+    """Add the record field and event-time range options to ``p``."""
     opt(p, "--key-field", env="AD_KEY_FIELD", default="sensor_id", help="record key field")
     opt(p, "--time-field", env="AD_TIME_FIELD", default="timestamp", help="event-time field")
     opt(p, "--value-field", env="AD_VALUE_FIELD", default="value", help="value field")

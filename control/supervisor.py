@@ -56,6 +56,7 @@ class FlowSpec:
     cwd: str = str(ROOT)
 
     def validate(self) -> None:
+        """Raise ``SupervisorError`` for counts or intervals out of range."""
         if self.workers < 1 or self.processes < 1:
             raise SupervisorError("--workers and --processes must be at least 1")
         if self.recovery_parts < 1:
@@ -199,9 +200,11 @@ class Supervisor:
     # ---------------------------------------------------------------- state
     @property
     def state_file(self) -> Path:
+        """The JSON file that records the started flow's spec."""
         return self.dir / "flow.json"
 
     def load_spec(self) -> FlowSpec | None:
+        """The spec of the last started flow, or None."""
         if not self.state_file.is_file():
             return None
         data = json.loads(self.state_file.read_text())
@@ -241,9 +244,11 @@ class Supervisor:
         return out
 
     def running(self) -> bool:
+        """Whether any flow process is alive."""
         return any(p.alive for p in self.processes())
 
     def log_path(self, index: int) -> Path:
+        """The log file of process ``index``."""
         return self.log_dir / f"flow-{index}.log"
 
     # ---------------------------------------------------------------- start

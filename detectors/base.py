@@ -90,11 +90,15 @@ class BaseDetector:
         """Derive cached constants from ``self.params`` (override as needed)."""
 
     def init_state(self) -> Any:
+        """The state of a key that has seen no records."""
         raise NotImplementedError
 
     def score(
         self, state: Any, values: np.ndarray, timestamps: np.ndarray
     ) -> tuple[Any, np.ndarray]:
+        """Score ``values`` at ``timestamps`` (epoch seconds); return the next state and
+        scores in [0, 1].
+        """
         raise NotImplementedError
 
     def score_batch(
@@ -114,6 +118,7 @@ class BaseDetector:
         return zlib.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), 1)
 
     def unpack_state(self, data: bytes) -> Any:
+        """Inverse of :meth:`pack_state`."""
         return pickle.loads(zlib.decompress(data))  # noqa: S301 - our own state, from our snapshots
 
     def load_model(self, model: dict[str, Any]) -> None:

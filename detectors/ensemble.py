@@ -170,6 +170,7 @@ class EnsembleDetector(BaseDetector):
         self._seed = state_from_json(seed) if seed else None
 
     def init_state(self) -> dict[str, Any]:
+        """A fresh state, or a copy of the seeded one when a model was loaded."""
         if self._seed is not None:
             return {
                 k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self._seed.items()
@@ -202,6 +203,7 @@ class EnsembleDetector(BaseDetector):
     def score(
         self, state: dict[str, Any], values: np.ndarray, timestamps: np.ndarray
     ) -> tuple[dict[str, Any], np.ndarray]:
+        """Score one key's records; see :meth:`Detector.score`."""
         st = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in state.items()}
         if self._batch:
             return st, self.score_batch([st], [values], [timestamps])[1][0]
@@ -307,6 +309,7 @@ class EnsembleDetector(BaseDetector):
             return super().pack_state(state)
 
     def unpack_state(self, data: bytes) -> Any:
+        """Read the compact format, or the default pickle + zlib one."""
         return _unpack(data) if data[:1] == _TAG else super().unpack_state(data)
 
     def _prepare(

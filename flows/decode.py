@@ -287,6 +287,7 @@ class Decoder:
             raise ValueError(f"unknown format {fmt!r}")
 
     def decode_one(self, raw: RawRecord) -> Reading | Control:
+        """Decode one record; raise ``BadRecord`` when it cannot be decoded."""
         data = raw.value
         if data is None:
             raise BadRecord("undecodable", "empty record (tombstone)")

@@ -98,6 +98,7 @@ class KeyGroupLogic:
 
     # -- Bytewax hooks -------------------------------------------------------------
     def on_batch(self, values: list[SubBatch]) -> tuple[Iterable, bool]:
+        """Bytewax hook: process one batch for this key group."""
         out: list[tuple[str, tuple[str, OutRecord]]] = []
         pending: dict[str, list[Closed]] = {}
         if self.group is None and values:
@@ -134,6 +135,7 @@ class KeyGroupLogic:
         return out, False
 
     def snapshot(self) -> bytes:
+        """Bytewax hook: the key group's state to save."""
         changed = list(self._warm)
         self._freeze()
         with gc_paused():

@@ -95,6 +95,7 @@ class Columns:
         return len(self.sids)
 
     def append(self, r: Reading) -> None:
+        """Add one reading."""
         self.sids.append(r.sensor_id)
         self.ts.append(r.ts)
         self.vals.append(r.value)
@@ -102,6 +103,7 @@ class Columns:
         self.raws.append(r.raw)
 
     def readings(self) -> list[Reading]:
+        """The batch as ``Reading`` objects."""
         return [
             Reading(*row, None, as_raw(raw))
             for *row, raw in zip(  # type: ignore[call-arg]

@@ -34,6 +34,7 @@ class WindowSpec:
 
     @classmethod
     def from_settings(cls, s: object) -> WindowSpec:
+        """The window spec from the flow settings."""
         ms = lambda sec: int(round(float(sec) * 1000))  # noqa: E731
         return cls(
             s.window,
@@ -61,11 +62,12 @@ class Closed:
 
 
 def new_agg(value: float) -> list[float]:
-    # count, sum, min, max, last
+    """A new aggregate ``[count, sum, min, max, last]`` of one value."""
     return [1.0, value, value, value, value]
 
 
 def add_to_agg(agg: list[float], value: float) -> None:
+    """Add ``value`` to the aggregate in place."""
     agg[0] += 1.0
     agg[1] += value
     if value < agg[2]:
@@ -92,6 +94,9 @@ class WindowState:
         self.max_ts, self.open, self.sessions = st
 
     def watermark(self, spec: WindowSpec) -> int | None:
+        """Event-time watermark: the latest time seen less the allowed lateness (None before
+        any record).
+        """
         return None if self.max_ts is None else self.max_ts - spec.lateness
 
     def add(self, spec: WindowSpec, ts: int, value: float, out: list[Closed]) -> str | None:

@@ -42,6 +42,7 @@ def _spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``adctl run``: start the flow processes, optionally wait for them."""
     from control.supervisor import Supervisor
 
     sv = Supervisor(args.state_dir)
@@ -64,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    """``adctl stop``: stop the running flow (SIGKILL with ``--kill``)."""
     from control.supervisor import Supervisor
 
     sv = Supervisor(args.state_dir)
@@ -95,6 +97,7 @@ def _k8s_target(args: argparse.Namespace) -> Any:
 
 
 def do_scale(args: argparse.Namespace, workers: int, processes: int | None) -> None:
+    """Rescale the flow to ``workers`` (and ``processes``) locally or on Kubernetes."""
     if args.target == "k8s":
         from control.k8s import scale_k8s
 
@@ -114,6 +117,7 @@ def do_scale(args: argparse.Namespace, workers: int, processes: int | None) -> N
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
+    """``adctl scale``: set the worker and process counts."""
     do_scale(args, args.workers, args.processes)
     return 0
 
@@ -145,6 +149,7 @@ def _cpu_fraction(pids: list[int], workers: int) -> float | None:
 
 
 def cmd_autoscale(args: argparse.Namespace) -> int:
+    """``adctl autoscale``: sample lag and CPU and rescale by the policy."""
     from control.autoscale import AutoscalePolicy, PolicyConfig, Sample
     from control.status import snapshot
     from control.supervisor import Supervisor
