@@ -73,8 +73,9 @@ log = logging.getLogger(__name__)
 
 def _message_to_raw(m: Message) -> RawRecord:
     """A consumed message as the RawRecord the source used to build for it."""
+    topic: str = m.topic()  # type: ignore[assignment]  # set on every consumed record
     return tuple.__new__(
-        RawRecord, (m.value(), "kafka:" + m.topic(), str(m.partition()), str(m.offset()), m.key())
+        RawRecord, (m.value(), "kafka:" + topic, str(m.partition()), str(m.offset()), m.key())
     )
 
 
@@ -122,7 +123,7 @@ def ensure_topic(
         time.sleep(0.1)
 
 
-class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[int, str]]):
+class _KafkaSourcePartition(StatefulSourcePartition[MessageBatch, tuple[int, str]]):
     def __init__(
         self,
         conf: dict[str, Any],
@@ -161,7 +162,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[in
         out = [m for m in msgs if m.error() is None]
         if len(out) == len(msgs):  # the common case: no error or end-of-partition event
             if out:
-                self._offset = out[-1].offset() + 1
+                self._offset = out[-1].offset() + 1  # type: ignore[operator]  # set on records
         else:
             out = self._with_errors(msgs)
         if self._stop_at is not None and not out and self._offset >= self._stop_at:
@@ -194,8 +195,9 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[in
                     self._offset = last + 1
                     last = -1
                 if err.code() == KafkaError._PARTITION_EOF:
-                    if msg.offset() is not None and msg.offset() > self._offset:
-                        self._offset = msg.offset()
+                    eof = msg.offset()
+                    if eof is not None and eof > self._offset:
+                        self._offset = eof
                     continue
                 if err.retriable() or err.code() in (
                     KafkaError._TRANSPORT,
@@ -204,7 +206,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[in
                     log.warning("kafka source %s/%s: %s", self._topic, self._part, err)
                     continue
                 raise RuntimeError(f"error consuming Kafka {self._topic}/{self._part}: {err}")
-            last = msg.offset()
+            last = msg.offset()  # type: ignore[assignment]  # set on records
             out.append(msg)
         if last >= 0:
             self._offset = last + 1
@@ -220,7 +222,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[in
         self._consumer.close()
 
 
-class KafkaSource(FixedPartitionedSource[list[MessageBatch], tuple[int, str]]):
+class KafkaSource(FixedPartitionedSource[MessageBatch, tuple[int, str]]):
     """Read topics in batches; one Bytewax partition per Kafka partition.
 
     Resume state: ``(offset, group)``: the offset of the next record to read in that
@@ -370,10 +372,10 @@ class _TxnSinkPartition(StatefulSinkPartition[OutRecord, int]):
                             done = True
                             continue
                         raise RuntimeError(f"read-back of {self._topic}/{self._part}: {err}")
-                    for k, v in msg.headers() or ():
+                    for k, v in msg.headers() or ():  # type: ignore[str-unpack]  # (key, value) pairs
                         if k == ID_HEADER:
-                            ids.add(v.decode())
-                    if msg.offset() + 1 >= high:
+                            ids.add(v.decode())  # type: ignore[union-attr]  # our header: bytes
+                    if msg.offset() + 1 >= high:  # type: ignore[operator]  # set on records
                         done = True
         c.close()
         if ids:

@@ -266,7 +266,7 @@ class _PubSubPartition(StatefulSourcePartition[list[RawRecord], PubSubState]):
         if idle_exit is not None and state is not None:
             # After a crash the messages the dead process held come back only when their
             # lease lapses: do not call the subscription idle before that.
-            self._first_idle = max(idle_exit, lease + 2.0)
+            self._first_idle: float | None = max(idle_exit, lease + 2.0)
         else:
             self._first_idle = idle_exit
         now = time.time()

@@ -23,7 +23,7 @@ BUILTIN_VERSION = "builtin-1"
 class Detector(Protocol):
     """Scores one key's values in order; no look-ahead: score i uses values <= i."""
 
-    name: str
+    name: ClassVar[str]
     #: Version of the detector code/configuration, and of the loaded model
     #: (``"builtin-1"`` until ``load_model`` installs a trained one).
     version: str

@@ -170,7 +170,7 @@ class _Avro:
     def __init__(self, reader_schema: str, registry: str) -> None:
         import fastavro
 
-        self._fastavro = fastavro
+        self._fastavro: Any = fastavro  # schemaless_reader's result: a dict for a record
         self._reader = fastavro.parse_schema(_load_json(reader_schema or DEFAULT_AVRO))
         self._registry = registry.rstrip("/")
         self._writers: dict[int, Any] = {}
@@ -295,7 +295,7 @@ class Decoder:
             raise BadRecord("oversize", f"{len(data)} bytes > max {self.max_bytes}")
         if data[:6] == CONTROL_PREFIX:
             try:
-                return Control(decode_marker(data), raw)  # type: ignore[arg-type]
+                return Control(decode_marker(data), raw)  # type: ignore[arg-type]  # a marker: not None
             except MarkerInvalid as exc:
                 raise BadRecord("bad_control", str(exc)) from None
         return _validate(self._decode(data), raw)
@@ -340,7 +340,7 @@ class Decoder:
         if type(batch) is MessageBatch:  # client messages: RawRecords only when needed
             values, items = batch.values, batch.items
         else:
-            values, items = [r.value for r in batch], batch
+            values, items = [r.value for r in batch], batch  # type: ignore[assignment]  # a list here
         fixed: str | None = None
         if by_partition:
             fixed = getattr(batch, "group", None)
@@ -371,10 +371,10 @@ class Decoder:
                     bad.append(dead_letter(raw, exc.reason, str(exc), self.flow_id))
                     continue
                 if type(item) is not Reading:  # a control marker: every key group, in position
-                    for g in (fixed,) if fixed is not None else map(str, range(groups)):
-                        sub = parts.get(g)
+                    for kg in (fixed,) if fixed is not None else map(str, range(groups)):
+                        sub = parts.get(kg)
                         if sub is None:
-                            sub = parts[g] = SubBatch(g)
+                            sub = parts[kg] = SubBatch(kg)
                         sub.append(item)
                     cur.clear()
                     continue

@@ -54,7 +54,7 @@ def _decode_step(settings: Settings) -> Any:
             if type(batch) is MessageBatch:
                 src, last = batch.source, batch.items[-1]
             else:
-                src, last = batch[0].source, batch[-1]
+                src, last = batch[0].source, batch[-1]  # type: ignore[index]  # a list here
             metrics.RECORDS_IN.labels(src).inc(len(batch))
             if by_partition:
                 _check_keyed(as_raw(last))

@@ -20,7 +20,7 @@ import pickle
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -88,7 +88,7 @@ class KeyGroupLogic:
                 saved = pickle.loads(resume)  # noqa: S301 - our own snapshot state
                 if type(saved) is Manifest:  # incremental: load the segment chain
                     self.group, self._manifest = saved.group, saved
-                    self.sensors = self._segments().load(saved)
+                    self.sensors = cast("dict[str, Sensor | bytes]", self._segments().load(saved))
                     self.switches = saved.extra
                 else:  # inline: the whole key group
                     self.sensors, self.switches = saved
@@ -126,7 +126,7 @@ class KeyGroupLogic:
         out: list[tuple[str, tuple[str, OutRecord]]] = []
         pending: dict[str, list[Closed]] = {}
         for sid in list(self.sensors):
-            sensor = self._sensor(sid)
+            sensor = cast(Sensor, self._sensor(sid))  # sid is known: never None
             closed: list[Closed] = []
             sensor.win.close(self.spec, None, closed)
             if closed:
@@ -145,7 +145,7 @@ class KeyGroupLogic:
             self._manifest = self._segments().save(
                 self.group,
                 self._manifest,
-                {sid: sensors[sid] for sid in changed},
+                cast("dict[str, bytes]", {sid: sensors[sid] for sid in changed}),  # frozen
                 sensors,
                 self.switches,
             )
@@ -157,7 +157,7 @@ class KeyGroupLogic:
         but every record then crosses between workers.
         """
         self._placed = True
-        if not placement.is_local(self.group):  # type: ignore[arg-type]
+        if not placement.is_local(self.group):  # type: ignore[arg-type]  # called once group is set
             metrics.REMOTE_KEY_GROUPS.inc()
             log.warning(
                 "key group %s runs on another worker than the one reading its "
@@ -184,7 +184,7 @@ class KeyGroupLogic:
         sensors = self.sensors
         with gc_paused():
             for sid in self._warm:
-                sensor = sensors[sid]
+                sensor = cast(Sensor, sensors[sid])  # warm sensors are objects
                 det = sensor.det
                 if det is not None and type(det) is not PackedState:
                     sensor.det = PackedState(self.models.get(*sensor.model, sid).pack_state(det))
@@ -197,7 +197,7 @@ class KeyGroupLogic:
         if type(sensor) is bytes:
             sensor = self.sensors[sid] = thaw_sensor(sensor)
             self._warm.add(sid)
-        return sensor  # type: ignore[return-value]
+        return sensor  # type: ignore[return-value]  # thawed above when it was bytes
 
     # -- internals -----------------------------------------------------------------
     @staticmethod
@@ -236,8 +236,8 @@ class KeyGroupLogic:
                 if ten is not None:
                     sensor.tenant = ten
             elif ten is not None:
-                sensor.tenant = ten
-            w = sensor.win
+                sensor.tenant = ten  # type: ignore[union-attr]  # not bytes: type() test above
+            w = sensor.win  # type: ignore[union-attr]  # an object by now (hot loop: no cast)
             top = w.max_ts
             start = t - t % size
             if top is not None:
@@ -319,7 +319,7 @@ class KeyGroupLogic:
         by_det: dict[int, tuple[Any, list[str]]] = {}
         for sid, closed in pending.items():
             if closed:
-                det = self.models.get(*sensors[sid].model, sid)  # type: ignore[union-attr]
+                det = self.models.get(*sensors[sid].model, sid)  # type: ignore[union-attr, call-arg]  # warm
                 entry = by_det.get(id(det))
                 if entry is None:
                     entry = by_det[id(det)] = (det, [])
@@ -329,15 +329,15 @@ class KeyGroupLogic:
             unpack = det.unpack_state
             for sid in sids:
                 closed = pending[sid]
-                state = sensors[sid].det  # type: ignore[union-attr]
+                state = sensors[sid].det  # type: ignore[union-attr]  # pending: warm
                 states.append(unpack(state) if type(state) is PackedState else state)
                 values.append(np.fromiter((w.mean for w in closed), np.float64, len(closed)))
                 ends.append(np.fromiter((w.end / 1000.0 for w in closed), np.float64, len(closed)))
             new_states, scores = det.score_batch(states, values, ends)
             for sid, state, sc in zip(sids, new_states, scores, strict=True):
                 sensor = sensors[sid]
-                sensor.det = state  # type: ignore[union-attr]
-                self._emit(sid, sensor, det, pending[sid], sc.tolist(), out)  # type: ignore[arg-type]
+                sensor.det = state  # type: ignore[union-attr]  # pending: warm
+                self._emit(sid, sensor, det, pending[sid], sc.tolist(), out)  # type: ignore[arg-type]  # warm
             metrics.WINDOWS_OUT.inc(sum(len(pending[sid]) for sid in sids))
             last = max(pending[sid][-1].end for sid in sids)
             metrics.WINDOW_CLOSE_LATENCY.observe(max(0.0, time.time() - last / 1000.0))

@@ -105,8 +105,8 @@ class Columns:
     def readings(self) -> list[Reading]:
         """The batch as ``Reading`` objects."""
         return [
-            Reading(*row, None, as_raw(raw))
-            for *row, raw in zip(  # type: ignore[call-arg]
+            Reading(sid, ts, val, tenant, None, as_raw(raw))
+            for sid, ts, val, tenant, raw in zip(
                 self.sids, self.ts, self.vals, self.tenants, self.raws, strict=True
             )
         ]

@@ -95,7 +95,7 @@ def thaw_sensor(data: bytes) -> Sensor:
     """
     obj = pickle.loads(data)  # noqa: S301 - our own snapshot state
     if type(obj) is not tuple:
-        return obj  # type: ignore[no-any-return]
+        return obj  # an older snapshot's pickled Sensor
     max_ts, wins, sessions, det, model, tenant = obj
     w = WindowState.__new__(WindowState)
     w.max_ts, w.open, w.sessions = max_ts, wins, sessions

@@ -246,7 +246,7 @@ def declared_default(env: str) -> Any:
     f = _DECLARED.get(env[3:].lower()) if env.startswith("AD_") else None
     if f is None or f.metadata["kind"] == "url":  # a tool's URL flag has no demo default
         return None
-    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[operator]  # a factory when no default
 
 
 def declared() -> dict[str, Field[Any]]:
@@ -398,7 +398,7 @@ def _shown_default(f: Field[Any]) -> str:
     if default in (None, "", {}):
         return "–"
     if f.metadata["kind"] == "duration":
-        d = float(default)  # type: ignore[arg-type]
+        d = float(default)
         for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
             if d >= size and d % size == 0:
                 return f"`{d / size:g}{unit}`"

@@ -14,6 +14,10 @@ watermark forward and make everything after it late). Times are integer millisec
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flows.settings import Settings
 
 __all__ = ["WindowSpec", "WindowState", "Closed", "LATE", "FUTURE", "new_agg", "add_to_agg"]
 
@@ -33,7 +37,7 @@ class WindowSpec:
     max_future: int = 86_400_000
 
     @classmethod
-    def from_settings(cls, s: object) -> WindowSpec:
+    def from_settings(cls, s: Settings) -> WindowSpec:
         """The window spec from the flow settings."""
         ms = lambda sec: int(round(float(sec) * 1000))  # noqa: E731
         return cls(
@@ -85,7 +89,7 @@ class WindowState:
     def __init__(self) -> None:
         self.max_ts: int | None = None
         self.open: dict[int, list[float]] = {}  # tumbling/sliding: start -> agg
-        self.sessions: list[list] = []  # session: [start, end, agg], sorted by start
+        self.sessions: list[list[Any]] = []  # session: [start, end, agg], sorted by start
 
     def __getstate__(self) -> tuple:
         return (self.max_ts, self.open, self.sessions)
@@ -145,7 +149,7 @@ class WindowState:
         return None
 
     def _merge_session(self, start: int, end: int, value: float) -> None:
-        merged = [start, end, new_agg(value)]
+        merged = [start, end, new_agg(value)]  # type: list[Any]
         keep = []
         for s in self.sessions:
             if s[0] <= merged[1] and merged[0] <= s[1]:  # overlapping or touching
@@ -183,9 +187,9 @@ class WindowState:
                 out.append(Closed(s, s + size, self.open.pop(s)))
         elif spec.kind == "session":
             keep = []
-            for s in self.sessions:
-                if wm is None or s[1] <= wm:
-                    out.append(Closed(s[0], s[1], s[2]))
+            for sess in self.sessions:
+                if wm is None or sess[1] <= wm:
+                    out.append(Closed(sess[0], sess[1], sess[2]))
                 else:
-                    keep.append(s)
+                    keep.append(sess)
             self.sessions = keep

@@ -30,6 +30,7 @@ import os
 import pickle
 import secrets
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,7 @@ class SegmentStore:
 
 
 def resolve_snapshot_dir(
-    setting: str, argv: list[str] | None = None, env: dict[str, str] | None = None
+    setting: str, argv: list[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Path | None:
     """The directory for segment files, or ``None`` for inline (whole-group) snapshots.
 
