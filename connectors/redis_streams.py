@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -93,7 +94,8 @@ class _RedisStreamPartition(StatefulSourcePartition[list[RawRecord], str]):
         if self._done():
             raise StopIteration
         try:
-            resp = self._client.xread({self._stream: self._last_id}, count=self._count)
+            # [(stream, [(id, {field: value})])], all bytes (the client does not decode)
+            resp: Any = self._client.xread({self._stream: self._last_id}, count=self._count)
         except _TRANSIENT as exc:
             self._failures += 1
             delay = min(0.05 * 2**self._failures, 2.0)
@@ -178,7 +180,7 @@ class RedisStreamSource(FixedPartitionedSource[list[RawRecord], str]):
         return list(self._streams)
 
     def _last_present(self, client: redis.Redis, stream: str) -> str:
-        entries = client.xrevrange(stream, count=1)
+        entries: Any = client.xrevrange(stream, count=1)  # [(id bytes, fields)]
         return entries[0][0].decode() if entries else "0-0"
 
     def build_part(

@@ -91,7 +91,13 @@ def opt(
             **kw,
         )
     else:
-        p.add_argument(*flags, default=_env_default(env, default, type), type=type, help=text, **kw)
+        p.add_argument(
+            *flags,
+            default=_env_default(env, default, type),
+            type=type,  # type: ignore[arg-type]  # None is argparse's default (str)
+            help=text,
+            **kw,
+        )
 
 
 def _flow_keys() -> set[str]:
