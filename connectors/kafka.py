@@ -228,9 +228,9 @@ class KafkaSource(FixedPartitionedSource[MessageBatch, tuple[int, str]]):
     Resume state: ``(offset, group)``: the offset of the next record to read in that
     partition, and the key-group name of the partition
     (:func:`connectors.placement.partition_group`, fixed when the partition is first
-    read, so it survives rescaling and added partitions). A bare ``int`` offset, as
-    earlier versions wrote, is read too. Offsets live only in Bytewax snapshots;
-    nothing is committed to Kafka.
+    read, so it survives rescaling and added partitions). A bare ``int`` offset (the
+    state format before key groups by partition) is read too. Offsets live only in
+    Bytewax snapshots; nothing is committed to Kafka.
     Emits one item per poll: a :class:`MessageBatch` (up to ``batch_size`` records; it
     iterates as RawRecords; ``group`` is the partition's key-group name).
     With ``tail=False`` each partition stops at the end offset it had when the

@@ -14,12 +14,12 @@ Source
       its queue: it never waits.
     * Messages emitted between two ``snapshot()`` calls form one group; a group is acked in
       the ``ack_lag``-th snapshot after the one that recorded it (default 2). Bytewax
-      writes an epoch's snapshots and commits the epoch right after the epoch closes (we
-      measured ~0.1 s after ``snapshot()`` with 1 s epochs), so by then the group's epoch is
-      committed: a crash can no longer resume before it. ``ack_lag=1`` is the minimum.
-      This rests on that measured behaviour, not on a Bytewax API promise (a source is
-      not told when an epoch is committed); a larger ``ack_lag`` widens the margin at the
-      cost of longer leases.
+      writes an epoch's snapshots and commits the epoch right after the epoch closes, well
+      within the next snapshot interval, so by then the group's epoch is committed: a
+      crash can no longer resume before it. ``ack_lag=1`` is the minimum. This rests on
+      Bytewax's observed behaviour, not on an API promise (a source is not told when an
+      epoch is committed); a larger ``ack_lag`` widens the margin at the cost of longer
+      leases.
     * Resume state ``{"pending": [message keys emitted, not yet acked],
       "acked": {message key: ack time}}`` (acked keys are kept ``dedup`` seconds, default
       60, at least ``lease``); a message key is ``<message id>@<publish time>``. After

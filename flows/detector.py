@@ -107,11 +107,10 @@ def tune_gc() -> None:
     The hot path allocates many short-lived, acyclic containers (window aggregates,
     columns, sub-batches, alert bodies), which at CPython's default threshold start a
     young-generation collection every 700 allocations, and older collections walk every
-    warm sensor's state. Measured in-process (200k records, 10k sensors), collections
-    took about a third of decode + window time. A threshold of ``GC_THRESHOLD`` makes
-    them rare; what exists at startup (modules, settings, models) is frozen out of
-    collection altogether. The flow creates no reference cycles on its hot path, so
-    nothing waits longer to be freed.
+    warm sensor's state, so collections would cost a large share of decode and window
+    time. A threshold of ``GC_THRESHOLD`` makes them rare; what exists at startup
+    (modules, settings, models) is frozen out of collection altogether. The flow creates
+    no reference cycles on its hot path, so nothing waits longer to be freed.
     """
     gc.freeze()
     t0, t1, t2 = gc.get_threshold()

@@ -2,7 +2,7 @@
 
 Bytewax snapshots a key group whole whenever anything in it changed. With uniform
 traffic every epoch touches every key group, so every epoch would rewrite the entire
-state (~0.8 GB at 1M sensors) into the recovery store, and a restart would read it
+state (which grows with the number of sensors) into the recovery store, and a restart would read it
 back and rewrite it again each epoch of the catch-up.
 
 Instead each key group keeps its sensors in a chain of segment files next to the
