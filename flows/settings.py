@@ -31,6 +31,8 @@ from typing import Any
 import yaml
 
 from connectors.base import ConnectorContext, SourceURL, parse_bool, parse_duration, parse_url
+from schemas.timestamps import UNITS, parse_time_setting
+from state.recovery import is_fresh_run, process_index, recovery_dir
 
 __all__ = [
     "PROCESS_KEYS",
@@ -66,9 +68,9 @@ def setting(
         default: the value when the key is not set.
         help: one line for the README table and ``adctl --help``.
         example: a valid value, shown in every error about this key.
-        kind: ``str``, ``url``, ``choice``, ``duration``, ``fraction`` (0..1), ``count``
-            (integer > 0), ``natural`` (integer >= 0), ``bool``, ``json`` (an object),
-            ``mapping``.
+        kind: ``str``, ``url``, ``time`` (RFC 3339 or epoch seconds), ``choice``,
+            ``duration``, ``fraction`` (0..1), ``count`` (integer > 0), ``natural``
+            (integer >= 0), ``bool``, ``json`` (an object), ``mapping``.
         choices: the valid values of a ``choice``.
         secret: never printed (``repr``, messages, logs).
         shown: the default as the README shows it (default: derived from ``default``).
@@ -102,10 +104,10 @@ class Settings:
     )
     format: str = setting(
         "json",
-        "`json`, `avro` (Confluent wire format) or `protobuf`",
+        "`json`, `avro` (Confluent wire format), `protobuf` or `csv` (see Input records)",
         "json",
         kind="choice",
-        choices=("json", "avro", "protobuf"),
+        choices=("json", "avro", "protobuf", "csv"),
     )
     schema: str = setting(
         "",
@@ -138,6 +140,21 @@ class Settings:
         "how far behind a sensor's newest event time a record may be",
         "10s",
         kind="duration",
+    )
+    timestamp_unit: str = setting(
+        "auto",
+        "unit of numeric timestamps: `s`, `ms`, `us`, `ns`, or `auto` (by magnitude: "
+        "< 1e11 seconds, < 1e14 milliseconds, < 1e17 microseconds, else nanoseconds)",
+        "ms",
+        kind="choice",
+        choices=UNITS,
+    )
+    earliest_time: str = setting(
+        "2000-01-01T00:00:00Z",
+        "records dated before this are dead letters `bad_timestamp` (RFC 3339 or epoch "
+        "seconds; catches seconds read as milliseconds and zero placeholders)",
+        "1970-01-01T00:00:00Z",
+        kind="time",
     )
     max_future: float = setting(
         86400.0,
@@ -204,9 +221,28 @@ class Settings:
         """Setting ``name`` (``source``, ``sink``, ``dlq``) parsed as a connector URL."""
         return parse_url(getattr(self, name))
 
+    def csv_mapping(self) -> dict[str, str]:
+        """CSV column names of the standard fields, and ``columns`` (a header for
+        sources whose records come without one), from the source URL's parameters.
+        """
+        params = self.url("source").params
+        keys = ("sensor_id", "timestamp", "value", "tenant_id", "columns")
+        return {k: params[k] for k in keys if params.get(k)}
+
+    @property
+    def earliest_ms(self) -> int:
+        """``earliest_time`` in epoch milliseconds."""
+        return parse_time_setting(self.earliest_time)
+
     def connector_context(self) -> ConnectorContext:
         """What the connector factories get to know of these settings."""
-        return ConnectorContext(flow_id=self.flow_id, kafka=dict(self.kafka))
+        return ConnectorContext(
+            flow_id=self.flow_id,
+            kafka=dict(self.kafka),
+            format=self.format,
+            fresh=is_fresh_run(recovery_dir()),
+            process_id=process_index(),
+        )
 
     def __repr__(self) -> str:
         shown = []
@@ -297,6 +333,8 @@ def _coerce(key: str, value: Any) -> Any:
             return parse_bool(str(value), _DECLARED[key].default)  # type: ignore[arg-type]
         if kind == "url":
             parse_url(str(value))
+        if kind == "time":
+            parse_time_setting(str(value))
         if kind == "choice" and str(value) not in meta["choices"]:
             raise ValueError(f"not one of {meta['choices']}")
         return str(value)
