@@ -19,7 +19,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from connectors import make_sink, make_source
 from connectors.base import MessageBatch, OutRecord, RawRecord, as_raw
-from flows import metrics
+from flows import metrics, summary
 from flows.decode import Decoder
 from flows.logic import ALERT, DLQ, KeyGroupLogic
 from flows.models import Models
@@ -147,6 +147,7 @@ def build_flow(
     models.get("builtin", "")  # fail fast on a bad detector name or parameters
     if serve:
         metrics.start_metrics_server(s.metrics_port)
+        summary.install(s.url("source"))
         tune_gc()
 
     ctx = s.connector_context()

@@ -28,7 +28,7 @@ import orjson
 
 from connectors import placement
 from connectors.base import OutRecord, RawRecord, as_raw
-from flows import metrics
+from flows import metrics, summary
 from flows.models import Models
 from flows.records import (
     Columns,
@@ -548,3 +548,4 @@ class KeyGroupLogic:
             out.append((ALERT, (sid, OutRecord(alert_id, sid, orjson.dumps(body)))))
             if score >= threshold:
                 metrics.ALERTS_OUT.labels(name).inc()
+                summary.note_alert(sid, w.start, w.end, score)
