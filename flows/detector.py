@@ -150,7 +150,7 @@ def build_flow(
     try:
         source = source or make_source(s.source, ctx)
         sink = sink or make_sink(s.sink, ctx)
-        dlq = dlq
+        dlq = dlq or make_sink(s.dlq, ctx)
     except ValueError as exc:  # a connector refused its URL or cannot reach its system
         if not serve:
             raise
