@@ -6,6 +6,7 @@ import json
 import pickle
 
 import numpy as np
+import pytest
 
 import detectors
 from detectors.ensemble import EnsembleDetector
@@ -82,3 +83,20 @@ def test_default_state_size_is_a_few_kb() -> None:
     det = EnsembleDetector()
     state, _ = det.score(det.init_state(), v, t)
     assert len(pickle.dumps(state)) < 7000
+
+
+def test_cadence_shift_lowers_scores_of_fast_keys_only() -> None:
+    from detectors.ensemble import cadence_shift
+
+    assert cadence_shift(np.arange(10) * 60.0, 300.0) == pytest.approx(np.log(5.0))
+    assert cadence_shift(np.arange(10) * 3600.0, 300.0) == 0.0
+    assert cadence_shift(np.array([5.0, 5.0]), 300.0) == 0.0  # no positive spacing
+    v, _ = _noise(3000, seed=5)
+    v[2500] += 30.0
+    det = detectors.get_detector("ensemble", {"n_tod": 1})  # no time-of-day: same bins
+    _, slow = det.score(det.init_state(), v, T0 + 300.0 * np.arange(3000))
+    _, fast = det.score(det.init_state(), v, T0 + 60.0 * np.arange(3000))
+    m_slow = -10.0 * np.log1p(-slow)
+    expected = np.where(slow > 0, 1.0 - np.exp(-np.maximum(m_slow - np.log(5.0), 0) / 10.0), 0)
+    np.testing.assert_allclose(fast, expected, atol=1e-12)
+    assert fast.max() > 0.3 and np.count_nonzero(fast) < np.count_nonzero(slow)
