@@ -123,9 +123,10 @@ class EnsembleDetector(BaseDetector):
         "bin_k": 40,
         "zdiv": 2.0,
         "n_tod": 24,  # time-of-day buckets (hourly: the daily cycle of most metrics)
-        "tod_prior": 5.0,  # pseudo-count pulling P(bin | tod) towards P(bin): young buckets
+        # tuned by benchmarks/nab/grid.json under the CV protocol (benchmarks/nab/README.md):
+        "tod_prior": 2.0,  # pseudo-count pulling P(bin | tod) towards P(bin): young buckets
+        "dist_scale": 6.0,  # unseen bins d bins outside the seen range: prior * e^(-d/scale)
         "bin_prior": 0.5,  # pseudo-count per bin of the marginal histogram
-        "dist_scale": 2.0,  # unseen bins d bins outside the seen range: prior * e^(-d/scale)
         "hist_cap": 5000,  # halve the value histograms above this count (forget slowly)
         "regime_alpha": 0.1,  # EMA weight of the regime component (~10 records of memory)
         "cal_step": 0.5,  # calibration histogram bin width (nats)
