@@ -55,6 +55,16 @@ class Detector(Protocol):
     def load_model(self, model: dict[str, Any]) -> None:
         """Replace or seed parameters from a trained model artifact (control plane)."""
 
+    def explain(self, state: Any, value: float, ts: float) -> dict[str, Any]:
+        """Why ``value`` (at ``ts``, epoch seconds) scored as it did, from the key's state
+        after scoring it: ``{"component": str, "expected": [lo, hi] | None, "reason":
+        REASONS[i] | None}`` (``expected``: the values the detector took as normal at
+        that moment). Called for alerts only; may be slower than ``score``."""
+
+
+#: The kinds of change an explanation names.
+REASONS = ("spike", "level_shift", "variance_change", "pattern")
+
 
 class BaseDetector:
     """Shared plumbing for the built-in detectors: parameters, versions, models.
@@ -120,6 +130,10 @@ class BaseDetector:
             raise ValueError(f"model is for detector {det!r}, not {self.name!r}")
         self._set_params(dict(model.get("params", {})))
         self.model_version = str(model.get("version", "trained"))
+
+    def explain(self, state: Any, value: float, ts: float) -> dict[str, Any]:
+        """Default: names the detector only (built-in detectors say more)."""
+        return {"component": self.name, "expected": None, "reason": None}
 
     def to_model(self) -> dict[str, Any]:
         """The current parameters as a JSON-serialisable model dict."""

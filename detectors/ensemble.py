@@ -305,6 +305,79 @@ class EnsembleDetector(BaseDetector):
         st = super().unpack_state(data)
         return codec.upgrade(st) if isinstance(st, dict) else st
 
+    def explain(self, state: dict[str, Any], value: float, ts: float) -> dict[str, Any]:
+        """Component: ``novelty`` or ``regime``, whichever calibrated surprise is larger
+        for ``value`` (with its own count taken out of the state). Expected: the values
+        holding the central 98% of P(bin | time of day). Reason, for novelty: ``spike`` (a
+        value outside the expected range and outside every value seen), else ``pattern``
+        (rare at this time of day); for regime: ``level_shift`` (the recent level is
+        unusual now and outside the range usual at any time of day), ``pattern`` (unusual
+        now but usual at other times), ``variance_change`` (recent spread under half or
+        over twice the usual), else ``pattern``."""
+        p = self.params
+        if state["n"] < self._warm or not math.isfinite(value) or not math.isfinite(ts):
+            return {"component": "warm-up", "expected": None, "reason": None}
+        c, k_max, zdiv, n_tod = self._bin_args
+        b_arr, td_arr = novelty_bins(
+            np, np.array([value]), np.array([ts]), state["m0"], state["s0"], *self._bin_args
+        )
+        b, td = int(b_arr[0]), int(td_arr[0])
+        ct = state["ct"][td].astype(np.float64)
+        cm = state["cm"].astype(np.float64)
+        nt = float(state["nt"][td])
+        if ct[b] > 0 and cm[b] > 0:  # take the value's own count out again
+            ct[b], cm[b], nt = ct[b] - 1, cm[b] - 1, nt - 1
+        lo_seen, hi_seen = (
+            (int(np.flatnonzero(cm)[0]), int(np.flatnonzero(cm)[-1])) if cm.any() else (b, b)
+        )
+        idx = np.arange(self._nbins)
+        dist = np.maximum(np.maximum(lo_seen - idx, idx - hi_seen), 0)
+        prior = float(p["bin_prior"]) * np.exp(-dist / float(p["dist_scale"]))
+        pm = (cm + prior) / (cm.sum() + float(p["bin_prior"]) * self._nbins)
+        tod_prior = float(p["tod_prior"])
+        pt = (ct + tod_prior * pm) / (nt + tod_prior)
+        u = -math.log(pt[b])
+        # this time of day's own histogram once it holds enough values, else the model's mix
+        w_td = ct if nt >= EXPLAIN_MIN_COUNT else pt
+        cdf = np.cumsum(w_td / w_td.sum())
+        b_lo = int(np.searchsorted(cdf, 0.01))
+        b_hi = min(int(np.searchsorted(cdf, 0.99)), self._nbins - 1)
+
+        def to_value(bin_edge: float) -> float:
+            z = zdiv * math.sinh((bin_edge - k_max) / c)
+            return float(state["m0"] + state["s0"] * z)
+
+        expected = [to_value(b_lo - 0.5), to_value(b_hi + 0.5)]
+        # calibrated levels of both components, from the key's own history
+        step, cprior = float(p["cal_step"]), float(p["cal_prior"])
+        ctop = int(p["cal_bins"]) - 1
+        nov, reg = state["cal_nov"], state["cal_reg"]
+        denom = float(nov.sum()) + cprior
+        m_nov = -math.log((float(nov[min(int(u / step), ctop) :].sum()) + cprior) / denom)
+        m_nov += max(u - state["umax_nov"], 0.0)
+        regime = float(state["regime"])
+        m_reg = -math.log((float(reg[min(int(regime / step), ctop) :].sum()) + cprior) / denom)
+        # this time of day's usual level and spread (bins), and the range usual at any time
+        w = w_td / w_td.sum()
+        centre = float((w * idx).sum())
+        usual = max(float((w * np.abs(idx - centre)).sum()), 0.5)
+        cdf_all = np.cumsum(cm / cm.sum()) if cm.any() else cdf
+        a_lo, a_hi = int(np.searchsorted(cdf_all, 0.01)), int(np.searchsorted(cdf_all, 0.99))
+        lvl, dev = float(state["lvl"]) + k_max, float(state["dev"])
+        outside = b < b_lo or b > b_hi
+        if m_nov >= m_reg:
+            component = "novelty"
+            reason = "spike" if outside and (b < lo_seen or b > hi_seen) else "pattern"
+        else:
+            component = "regime"
+            if abs(lvl - centre) > max(2.0 * usual, 1.0):  # recent level unusual now
+                reason = "pattern" if a_lo - 0.5 <= lvl <= a_hi + 0.5 else "level_shift"
+            elif not 0.5 * usual <= dev <= 2.0 * usual:
+                reason = "variance_change"
+            else:
+                reason = "pattern"
+        return {"component": component, "expected": expected, "reason": reason}
+
     def _prepare(
         self, st: dict[str, Any], x: np.ndarray, t: np.ndarray
     ) -> tuple[list[int], list[int]]:
@@ -421,6 +494,9 @@ class EnsembleDetector(BaseDetector):
                 nov_a[bn], reg_a[br] = cal_nov[bn], cal_reg[br]
             else:
                 nov_a[:], reg_a[:] = cal_nov, cal_reg
+
+
+EXPLAIN_MIN_COUNT = 20  # values a time-of-day bucket needs before its own range is shown
 
 
 def cadence_shift(ts: np.ndarray, ref_step: float) -> float:

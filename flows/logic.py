@@ -508,6 +508,8 @@ class KeyGroupLogic:
                 "detector": name,
                 "model_version": det.model_version,
             }
+            if score >= threshold:  # why: component, expected range, reason
+                body["explain"] = det.explain(sensor.det, w.mean, w.end / 1000.0)
             out.append((ALERT, (sid, OutRecord(alert_id, sid, orjson.dumps(body)))))
             if score >= threshold:
                 metrics.ALERTS_OUT.labels(name).inc()

@@ -29,6 +29,8 @@ from benchmarks.nab.cv import FOLD_KINDS, choose, cross_validate, format_cv
 from benchmarks.nab.scorer import PROFILES, ScoredFile, evaluate, load_profiles, window_rows
 
 REPO = Path(__file__).resolve().parents[2]
+#: the hyper-parameter grid the ``ensemble`` defaults were chosen from (see README.md here)
+DEFAULT_GRID = Path(__file__).with_name("grid.json")
 
 
 @dataclass
@@ -279,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument(
         "--grid",
         type=Path,
-        help="JSON list of parameter overrides tuned with the threshold (with --cv: per fold)",
+        help="JSON list of parameter overrides tuned with the threshold (with --cv: per fold); "
+        "default with --cv for the ensemble: benchmarks/nab/grid.json; 'none': threshold only",
     )
     args = ap.parse_args(argv)
 
@@ -288,7 +291,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     prof_path = args.data / "profiles.json"
     profiles = load_profiles(json.loads(prof_path.read_text())) if prof_path.exists() else PROFILES
     grid = [params]
-    if args.grid:
+    if args.grid is None and args.cv and args.detector == "ensemble" and not params:
+        args.grid = DEFAULT_GRID  # the defaults were tuned on it: the CV must tune it too
+    if args.grid and str(args.grid) != "none":
         grid = [{**params, **g} for g in json.loads(args.grid.read_text())]
     t0 = time.perf_counter()
     all_scores = [
@@ -341,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"packed state per key: max {size['max']} B, mean {size['mean']} B")
     if cv is not None:
         summary["cv"] = {"folds": args.cv, "grid": grid, "results": cv}
+        if args.grid:
+            print(f"\ngrid: {args.grid} ({len(grid)} candidates); chosen on all series: {params}")
         print(f"\ncross-validation ({args.cv}; {len(grid)} candidate(s), tuned per fold):")
         print(format_cv(cv, args.cv))
     if args.json:

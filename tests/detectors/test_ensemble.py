@@ -100,3 +100,27 @@ def test_cadence_shift_lowers_scores_of_fast_keys_only() -> None:
     expected = np.where(slow > 0, 1.0 - np.exp(-np.maximum(m_slow - np.log(5.0), 0) / 10.0), 0)
     np.testing.assert_allclose(fast, expected, atol=1e-12)
     assert fast.max() > 0.3 and np.all(fast <= slow) and fast.sum() < slow.sum()
+
+
+def test_explain_tells_a_spike_from_a_broken_daily_pattern() -> None:
+    rng = np.random.default_rng(0)
+    v, t = _noise(3000)
+    v[2000] += 30.0
+    det = detectors.get_detector("ensemble")
+    st, s = det.score(det.init_state(), v[:2001], t[:2001])
+    why = det.explain(st, float(v[2000]), float(t[2000]))
+    assert s[-1] > 0.5 and why["component"] == "novelty" and why["reason"] == "spike"
+    assert why["expected"][0] < 10.0 < why["expected"][1] < v[2000]
+    # the daily "high" phase (10:00-18:00) does not come on day 10
+    tt = T0 - T0 % 86400 + 300.0 * np.arange(288 * 14)
+    high = ((tt % 86400) >= 36000) & ((tt % 86400) < 64800)
+    pv = np.where(high, 80.0, 20.0) + rng.normal(0, 1, tt.size)
+    pv[288 * 10 : 288 * 11] = 20.0 + rng.normal(0, 1, 288)
+    st, s = det.score(det.init_state(), pv[: 288 * 10], tt[: 288 * 10])
+    for i in range(288 * 10, 288 * 11):
+        st, s = det.score(st, pv[i : i + 1], tt[i : i + 1])
+        if s[0] > 0.5:
+            break
+    why = det.explain(st, float(pv[i]), float(tt[i]))
+    assert high[i] and why["reason"] == "pattern"  # a value usual at other times of day
+    assert why["expected"][0] <= 80.0 <= why["expected"][1]
