@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -106,3 +107,18 @@ def test_harness_cv_and_grid(tmp_path, capsys) -> None:  # noqa: ANN001
     assert summary["params"] in ({"z_scale": 4.0}, {"z_scale": 8.0})
     assert 0 < summary["state_bytes_per_key"]["max"] <= 4096
     assert "cross-validation (category" in capsys.readouterr().out
+
+
+def test_ensemble_cv_tunes_the_grid_its_defaults_came_from(tmp_path) -> None:  # noqa: ANN001
+    from benchmarks.nab.harness import DEFAULT_GRID, main
+    from detectors.ensemble import EnsembleDetector
+    from tests.benchmarks.test_nab_harness import _make_split
+
+    grid = json.loads(DEFAULT_GRID.read_text())
+    defaults = EnsembleDetector.defaults
+    assert any(all(defaults[k] == v for k, v in g.items()) for g in grid)  # defaults are in it
+    _make_split(tmp_path / "split")
+    args = ["--data", str(tmp_path / "split"), "--out", str(tmp_path / "o"), "--mode", "direct"]
+    summary = main([*args, "--cv", "category"])
+    assert summary["cv"]["grid"] == grid
+    assert main([*args, "--cv", "category", "--grid", "none"])["cv"]["grid"] == [{}]
