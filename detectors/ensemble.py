@@ -133,8 +133,11 @@ class EnsembleDetector(BaseDetector):
         "cal_bins": 48,  # 24 nats of range; the excess beyond is added exactly
         "cal_prior": 1.0,  # pseudo-count: never more certain than 1 / (n + 1)
         "ref_step": 300.0,  # seconds: faster readings do not raise alerts per day (0: off)
-        "block": 20,  # suppression (rest period): block length (records)
-        "suppress_blocks": 10,  # blocks a peak suppresses lower scores for (0: off)
+        # rest period after an alert, in time (the same hours at any cadence): blocks of
+        # block_s seconds (in readings at the key's warm-up cadence, at least one); a peak
+        # suppresses lower scores for suppress_blocks blocks (0: off); 16.7 h in all
+        "block_s": 6000.0,
+        "suppress_blocks": 10,
         "score_scale": 10.0,  # nats of calibrated surprise at which the score is 1 - 1/e
         "xp": "numpy",
     }
@@ -174,7 +177,7 @@ class EnsembleDetector(BaseDetector):
             "warm_t": np.empty(0),
             "m0": 0.0,
             "s0": 1.0,
-            "shift": 0.0,
+            "step": 0.0,
             "ct": np.zeros((int(p["n_tod"]), nb), dtype=np.uint16),
             "nt": np.zeros(int(p["n_tod"]), dtype=np.int64),
             "cm": np.zeros(nb, dtype=np.int64),
@@ -394,7 +397,7 @@ class EnsembleDetector(BaseDetector):
             st["warm_t"] = np.concatenate([st["warm_t"], t[:j]])
             if st["warm"].shape[0] == warm:
                 st["m0"], st["s0"] = reference_scale(st["warm"])
-                st["shift"] = cadence_shift(st["warm_t"], float(self.params["ref_step"]))
+                st["step"] = median_step(st["warm_t"])
                 st["warm"], st["warm_t"] = np.empty(0), np.empty(0)
         bins, tods = [-1] * j, [0] * j
         if j < n:
@@ -415,7 +418,8 @@ class EnsembleDetector(BaseDetector):
         cap, alpha = int(p["hist_cap"]), float(p["regime_alpha"])
         step, ctop, cprior = float(p["cal_step"]), int(p["cal_bins"]) - 1, float(p["cal_prior"])
         dist_scale = float(p["dist_scale"])
-        block, nblk = int(p["block"]), int(p["suppress_blocks"])
+        block_s, nblk = float(p["block_s"]), int(p["suppress_blocks"])
+        ref_step, warm = float(p["ref_step"]), self._warm
         quiet = int(p["warm"]) + int(p["cal_warm"])
         scale = float(p["score_scale"])
         exp, log = math.exp, math.log
@@ -424,7 +428,11 @@ class EnsembleDetector(BaseDetector):
             lo, hi = st["lo"], st["hi"]
             umax_nov, umax_reg = st["umax_nov"], st["umax_reg"]
             regime, cur_max, count = st["regime"], st["cur_max"], st["n"]
-            lvl, dev, shift = st["lvl"], st["dev"], st["shift"]
+            lvl, dev = st["lvl"], st["dev"]
+            # the key's cadence (unknown before warm-up ends, or in older states: ref_step)
+            kstep = st["step"] if st["step"] > 0.0 else (ref_step if ref_step > 0.0 else 300.0)
+            shift = max(log(ref_step / kstep), 0.0) if ref_step > 0.0 else 0.0
+            block = max(int(round(block_s / kstep)), 1)
             # Python lists are faster than numpy for these small per-record reductions.
             nov_a, reg_a = st["cal_nov"], st["cal_reg"]
             cal_nov, cal_reg = nov_a.tolist(), reg_a.tolist()
@@ -479,7 +487,7 @@ class EnsembleDetector(BaseDetector):
                     cur_max = max(cur_max, m)
                     if m <= prev:
                         m = 0.0
-                    if (count + 1) % block == 0:
+                    if count >= warm and (count + 1) % block == 0:
                         blocks[:-1] = blocks[1:]
                         blocks[-1] = cur_max
                         cur_max = -math.inf
@@ -499,14 +507,11 @@ class EnsembleDetector(BaseDetector):
 EXPLAIN_MIN_COUNT = 20  # values a time-of-day bucket needs before its own range is shown
 
 
-def cadence_shift(ts: np.ndarray, ref_step: float) -> float:
-    """``log(ref_step / step)`` for a key reading every ``step`` seconds (the median
-    positive spacing of ``ts``) when that is faster than ``ref_step``; else 0."""
+def median_step(ts: np.ndarray) -> float:
+    """The median positive spacing of ``ts`` in seconds (0.0: none)."""
     d = np.diff(ts)
     d = d[np.isfinite(d) & (d > 0)]
-    if ref_step <= 0 or d.size == 0:
-        return 0.0
-    return max(math.log(ref_step / float(np.median(d))), 0.0)
+    return float(np.median(d)) if d.size else 0.0
 
 
 def fit_ensemble(

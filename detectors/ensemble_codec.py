@@ -29,7 +29,7 @@ KEYS = (
     "warm_t",
     "m0",
     "s0",
-    "shift",
+    "step",
     "ct",
     "nt",
     "cm",
@@ -46,9 +46,9 @@ KEYS = (
     "cur_max",
 )
 #: fields added by format 2, with the value an older state resumes with
-_NEW = {"warm_t": None, "shift": 0.0, "lvl": 0.0, "dev": 0.0}
+_NEW = {"warm_t": None, "step": 0.0, "lvl": 0.0, "dev": 0.0}
 # tag, flags, n_tod, bins, cal bins, blocks, c0, c1, d0, d1, kept cal_nov/cal_reg prefixes,
-# len(warm), n, lo, hi, m0, s0, shift, regime, lvl, dev, umax_nov, umax_reg, cur_max
+# len(warm), n, lo, hi, m0, s0, step, regime, lvl, dev, umax_nov, umax_reg, cur_max
 _HEAD = struct.Struct("<BBHHHHHHHHHHIqhh9d")
 _SCALARS = (int, int, int, float, float, float, float, float, float, float, float, float)
 U16, I64, F64 = np.dtype(np.uint16), np.dtype(np.int64), np.dtype(np.float64)
@@ -101,7 +101,7 @@ def pack(st: dict[str, Any], sig: tuple[Any, ...]) -> bytes:
         st["hi"],
         st["m0"],
         st["s0"],
-        st["shift"],
+        st["step"],
         st["regime"],
         st["lvl"],
         st["dev"],
@@ -186,7 +186,7 @@ def unpack(data: bytes) -> dict[str, Any]:
         hi,
         m0,
         s0,
-        shift,
+        step,
         regime,
         lvl,
         dev,
@@ -212,7 +212,7 @@ def unpack(data: bytes) -> dict[str, Any]:
         "warm_t": f[e + nw : e + 2 * nw],
         "m0": m0,
         "s0": s0,
-        "shift": shift,
+        "step": step,
         "ct": ct,
         "nt": iv[:n_tod],
         "cm": iv[n_tod:],

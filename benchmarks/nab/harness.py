@@ -49,8 +49,14 @@ def _epoch(ts: Sequence[str]) -> np.ndarray:
     return dt.astype(np.int64).astype(np.float64) / 1000.0
 
 
-def load_corpus(data_dir: Path, only: Sequence[str] | None = None) -> list[Series]:
-    """Read ``data/<category>/<name>.csv`` and ``labels/combined_windows.json``."""
+def load_corpus(
+    data_dir: Path, only: Sequence[str] | None = None, downsample: int = 1
+) -> list[Series]:
+    """Read ``data/<category>/<name>.csv`` and ``labels/combined_windows.json``.
+
+    ``downsample`` > 1: every run of that many rows becomes one row (the mean value at the
+    run's first timestamp), a shorter, coarser series with the same labelled windows (a
+    stress test of warm-up on short series)."""
     labels_path = data_dir / "labels" / "combined_windows.json"
     labels: dict[str, list[list[str]]] = json.loads(labels_path.read_text())
     out = []
@@ -63,6 +69,10 @@ def load_corpus(data_dir: Path, only: Sequence[str] | None = None) -> list[Serie
         raw_ts = [r[0] for r in rows]
         ts = _epoch(raw_ts)
         values = np.array([float(r[1]) for r in rows], dtype=np.float64)
+        if downsample > 1:
+            k = len(values) // downsample * downsample
+            values = values[:k].reshape(-1, downsample).mean(axis=1)
+            raw_ts, ts = raw_ts[:k:downsample], ts[:k:downsample]
         wins = [(_epoch([a])[0], _epoch([b])[0]) for a, b in labels.get(name, [])]
         out.append(Series(name, raw_ts, ts, values, window_rows(ts, wins)))
     if not out:
@@ -274,6 +284,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--only", nargs="*", help="substrings: score only matching series")
     ap.add_argument("--flow-dir", type=Path, help="keep the flow's input/output/DLQ here")
     ap.add_argument(
+        "--downsample",
+        type=int,
+        default=1,
+        help="average every N rows into one (short, coarse series: a warm-up stress test)",
+    )
+    ap.add_argument(
         "--cv",
         choices=FOLD_KINDS,
         help="also report cross-validated scores: leave one category / one series out",
@@ -287,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
 
     params = json.loads(args.params)
-    series = load_corpus(args.data, args.only)
+    series = load_corpus(args.data, args.only, args.downsample)
     prof_path = args.data / "profiles.json"
     profiles = load_profiles(json.loads(prof_path.read_text())) if prof_path.exists() else PROFILES
     grid = [params]

@@ -6,7 +6,6 @@ import json
 import pickle
 
 import numpy as np
-import pytest
 
 import detectors
 from detectors.ensemble import EnsembleDetector
@@ -86,20 +85,39 @@ def test_default_state_size_is_a_few_kb() -> None:
 
 
 def test_cadence_shift_lowers_scores_of_fast_keys_only() -> None:
-    from detectors.ensemble import cadence_shift
+    from detectors.ensemble import median_step
 
-    assert cadence_shift(np.arange(10) * 60.0, 300.0) == pytest.approx(np.log(5.0))
-    assert cadence_shift(np.arange(10) * 3600.0, 300.0) == 0.0
-    assert cadence_shift(np.array([5.0, 5.0]), 300.0) == 0.0  # no positive spacing
+    assert median_step(np.array([0.0, 60.0, 60.0, 120.0, 180.0])) == 60.0  # repeats skipped
+    assert median_step(np.array([5.0, 5.0])) == 0.0  # no positive spacing
     v, _ = _noise(3000, seed=5)
     v[2500] += 30.0
-    det = detectors.get_detector("ensemble", {"n_tod": 1})  # no time-of-day: same bins
+    # no time-of-day (the same bins) and no rest period (its length in readings differs)
+    det = detectors.get_detector("ensemble", {"n_tod": 1, "suppress_blocks": 0})
     _, slow = det.score(det.init_state(), v, T0 + 300.0 * np.arange(3000))
     _, fast = det.score(det.init_state(), v, T0 + 60.0 * np.arange(3000))
     m_slow = -10.0 * np.log1p(-slow)
     expected = np.where(slow > 0, 1.0 - np.exp(-np.maximum(m_slow - np.log(5.0), 0) / 10.0), 0)
     np.testing.assert_allclose(fast, expected, atol=1e-12)
     assert fast.max() > 0.3 and np.all(fast <= slow) and fast.sum() < slow.sum()
+    hourly = detectors.get_detector("ensemble", {"n_tod": 1, "suppress_blocks": 0})
+    _, s_h = hourly.score(hourly.init_state(), v, T0 + 3600.0 * np.arange(3000))
+    np.testing.assert_array_equal(s_h, slow)  # slower than ref_step: no shift
+
+
+def test_rest_period_lasts_the_same_time_at_any_cadence() -> None:
+    det = detectors.get_detector("ensemble")
+    restless = detectors.get_detector("ensemble", {"suppress_blocks": 0})
+    for step in (60.0, 300.0, 900.0):
+        v, _ = _noise(6000, seed=6)
+        v[3000] += 40.0
+        v[3000 + int(3 * 3600 / step)] += 8.0  # a lower peak 3 h later: suppressed
+        v[3000 + int(24 * 3600 / step)] -= 40.0  # a new kind of spike a day later: alerts
+        _, s = det.score(det.init_state(), v, T0 + step * np.arange(6000))
+        assert s[3000] > 0.5, step
+        assert s[3000 + int(3 * 3600 / step)] == 0.0, step
+        _, s0 = restless.score(restless.init_state(), v, T0 + step * np.arange(6000))
+        assert s0[3000 + int(3 * 3600 / step)] > 0.4, step  # what the rest period hides
+        assert s[3000 + int(24 * 3600 / step)] > 0.4, step
 
 
 def test_explain_tells_a_spike_from_a_broken_daily_pattern() -> None:

@@ -18,7 +18,7 @@ CONFIGS: list[dict[str, Any]] = [
     {},
     {"suppress_blocks": 0},
     {"hist_cap": 25, "ref_step": 0.0},
-    {"warm": 5, "cal_warm": 3, "hist_cap": 12, "block": 3, "suppress_blocks": 2},
+    {"warm": 5, "cal_warm": 3, "hist_cap": 12, "block_s": 900.0, "suppress_blocks": 2},
     {"n_tod": 7, "bin_k": 10, "ref_step": 3600.0},
 ]
 
@@ -310,7 +310,7 @@ def test_format_1_states_still_load_and_resume() -> None:
     assert tuple(mature) == KEYS
     assert mature["n"] == 400 and (mature["lo"], mature["hi"]) == (39, 43)
     assert abs(mature["m0"] - 43.36874429455235) < 1e-12 and int(mature["ct"].sum()) == 300
-    assert mature["shift"] == 0.0 and mature["warm_t"].size == 0
+    assert mature["step"] == 0.0 and mature["warm_t"].size == 0
     warm = det.unpack_state(zlib.decompress(base64.b64decode(V1_WARM)))
     assert warm["n"] == 50 and warm["warm"].size == 50 and warm["warm_t"].size == 0
     v, t = _series(3, 200)
