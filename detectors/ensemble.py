@@ -21,8 +21,10 @@ Per record (all causal, one key):
    alerts per day do not grow with the sampling rate.
 5. **Combination and suppression** (the rest period of CAD OSE): ``m = max(novelty,
    regime)``. A record keeps its score only if it exceeds every calibrated score of the
-   previous ``suppress_blocks`` blocks of ``block`` records (a sliding maximum);
-   otherwise it scores 0 (one alert per episode, new peaks still alert).
+   previous ``suppress_blocks`` blocks of ``block_s`` seconds (a sliding maximum, blocks
+   counted in readings at the key's warm-up cadence); otherwise it scores 0 (one alert
+   per episode, new peaks still alert). The rest period lasts the same time at any
+   cadence, so slow keys (hourly, short series) are not silenced for days.
    Output ``score = 1 - exp(-m / score_scale)`` in [0, 1).
 
 ``explain`` says which component fired, the expected range of values at that time of
@@ -31,7 +33,7 @@ day and the kind of change (spike, level shift, variance change, broken pattern)
 Per-key state (defaults): the time-of-day histogram as uint16 (24 x 81), the marginal and
 per-bucket counts and two calibration histograms, plus scalars; about 6.2 KB pickled (a
 warm-up buffer of values and timestamps exists only during the first ``warm`` values).
-``pack_state`` (``detectors.ensemble_codec``) stores it in ~0.5-1.7 KB (only the bin range
+``pack_state`` (``detectors.ensemble_codec``) stores it in ~0.5-1.6 KB (only the bin range
 seen so far, counts as uint8/16, no trailing zeros).
 
 ``score_batch`` bins every key's values in one vectorised numpy call, then runs the
@@ -292,7 +294,7 @@ class EnsembleDetector(BaseDetector):
         return sts, outs
 
     def pack_state(self, state: Any) -> bytes:
-        """The compact format of ``ensemble_codec`` (first byte 2, ~0.5-1.7 KB); states it
+        """The compact format of ``ensemble_codec`` (first byte 2, ~0.5-1.6 KB); states it
         does not fit exactly (unexpected keys, types, dtypes or shapes) use the default
         pickle + zlib."""
         try:
