@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import pickle
 import zlib
+from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -64,6 +65,27 @@ class Detector(Protocol):
 
 #: The kinds of change an explanation names.
 REASONS = ("spike", "level_shift", "variance_change", "pattern")
+
+
+def explain_in_batch(
+    det: Any,
+    after: Any,
+    before: bytes | None,
+    values: Sequence[float],
+    timestamps: Sequence[float],
+    j: int,
+) -> dict[str, Any]:
+    """``det.explain`` for record ``j`` of a batch, from the state right after that record:
+    ``after`` (the state after the batch) for the batch's last record, else the state
+    rebuilt from ``before`` (``pack_state`` of the state before the batch) by scoring
+    records ``0..j`` again. So an explanation does not depend on how records were batched."""
+    if j < len(values) - 1 and before is not None:
+        after, _ = det.score(
+            det.unpack_state(before),
+            np.asarray(values[: j + 1], dtype=np.float64),
+            np.asarray(timestamps[: j + 1], dtype=np.float64),
+        )
+    return det.explain(after, float(values[j]), float(timestamps[j]))
 
 
 class BaseDetector:

@@ -421,7 +421,7 @@ class EnsembleDetector(BaseDetector):
         step, ctop, cprior = float(p["cal_step"]), int(p["cal_bins"]) - 1, float(p["cal_prior"])
         dist_scale = float(p["dist_scale"])
         block_s, nblk = float(p["block_s"]), int(p["suppress_blocks"])
-        ref_step, warm = float(p["ref_step"]), self._warm
+        ref_step = float(p["ref_step"])
         quiet = int(p["warm"]) + int(p["cal_warm"])
         scale = float(p["score_scale"])
         exp, log = math.exp, math.log
@@ -484,12 +484,12 @@ class EnsembleDetector(BaseDetector):
                 cal_reg[br] += 1.0
                 cal_n += 1.0
                 # Suppression: sliding max over the previous blocks and the current block.
-                if nblk > 0:
+                if nblk > 0 and count >= quiet:  # scored records only
                     prev = max(bmax, cur_max)
                     cur_max = max(cur_max, m)
                     if m <= prev:
                         m = 0.0
-                    if count >= warm and (count + 1) % block == 0:
+                    if (count + 1) % block == 0:
                         blocks[:-1] = blocks[1:]
                         blocks[-1] = cur_max
                         cur_max = -math.inf

@@ -32,6 +32,7 @@ from connectors import placement
 from connectors.base import OutRecord, RawRecord, as_raw
 from control import metrics
 from detectors import get_detector
+from detectors.base import explain_in_batch
 from flows.records import (
     Columns,
     Control,
@@ -135,6 +136,16 @@ def thaw_sensor(data: bytes) -> Sensor:
     sensor.win, sensor.model, sensor.tenant = w, model, tenant
     sensor.det = None if det is None else PackedState(det)
     return sensor
+
+
+def _before(det: Any, state: Any, n: int) -> bytes | None:
+    """The packed state before a batch of ``n`` windows (to explain an alert before the
+    batch's last window); ``None`` for one window."""
+    if n == 1:
+        return None
+    if type(state) is PackedState:
+        return bytes(state)
+    return det.pack_state(det.init_state() if state is None else state)
 
 
 class Models:
@@ -458,19 +469,20 @@ class KeyGroupLogic:
                     entry = by_det[id(det)] = (det, [])
                 entry[1].append(sid)
         for det, sids in by_det.values():
-            states, values, ends = [], [], []
+            states, values, ends, pre = [], [], [], []
             unpack = det.unpack_state
             for sid in sids:
                 closed = pending[sid]
                 state = sensors[sid].det  # type: ignore[union-attr]
                 states.append(unpack(state) if type(state) is PackedState else state)
+                pre.append(_before(det, state, len(closed)))
                 values.append(np.fromiter((w.mean for w in closed), np.float64, len(closed)))
                 ends.append(np.fromiter((w.end / 1000.0 for w in closed), np.float64, len(closed)))
             new_states, scores = det.score_batch(states, values, ends)
-            for sid, state, sc in zip(sids, new_states, scores, strict=True):
+            for sid, state, sc, bef in zip(sids, new_states, scores, pre, strict=True):
                 sensor = sensors[sid]
                 sensor.det = state  # type: ignore[union-attr]
-                self._emit(sid, sensor, det, pending[sid], sc.tolist(), out)  # type: ignore[arg-type]
+                self._emit(sid, sensor, det, pending[sid], sc.tolist(), out, bef)  # type: ignore[arg-type]
             metrics.WINDOWS_OUT.inc(sum(len(pending[sid]) for sid in sids))
             last = max(pending[sid][-1].end for sid in sids)
             metrics.WINDOW_CLOSE_LATENCY.observe(max(0.0, time.time() - last / 1000.0))
@@ -483,9 +495,10 @@ class KeyGroupLogic:
         closed: list[Closed],
         scores: list[float],
         out: list,
+        before: bytes | None = None,
     ) -> None:
         name, threshold, emit_all = det.name, self.threshold, self.emit_all
-        for w, score in zip(closed, scores, strict=True):
+        for i, (w, score) in enumerate(zip(closed, scores, strict=True)):
             if score < threshold and not emit_all:
                 continue
             alert_id = stable_id(sid, w.start, w.end, name)
@@ -509,7 +522,8 @@ class KeyGroupLogic:
                 "model_version": det.model_version,
             }
             if score >= threshold:  # why: component, expected range, reason
-                body["explain"] = det.explain(sensor.det, w.mean, w.end / 1000.0)
+                vals, ts = [c.mean for c in closed], [c.end / 1000.0 for c in closed]
+                body["explain"] = explain_in_batch(det, sensor.det, before, vals, ts, i)
             out.append((ALERT, (sid, OutRecord(alert_id, sid, orjson.dumps(body)))))
             if score >= threshold:
                 metrics.ALERTS_OUT.labels(name).inc()

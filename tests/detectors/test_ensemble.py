@@ -142,3 +142,13 @@ def test_explain_tells_a_spike_from_a_broken_daily_pattern() -> None:
     why = det.explain(st, float(pv[i]), float(tt[i]))
     assert high[i] and why["reason"] == "pattern"  # a value usual at other times of day
     assert why["expected"][0] <= 80.0 <= why["expected"][1]
+
+
+def test_warm_up_surprises_do_not_silence_the_first_alerts() -> None:
+    # at one reading a minute the rest period spans 1000 readings: the (unscored)
+    # calibration warm-up must not start it
+    v, _ = _noise(1200, seed=5)
+    v[700] += 30.0
+    det = detectors.get_detector("ensemble")
+    _, s = det.score(det.init_state(), v, T0 + 60.0 * np.arange(1200))
+    assert s[700] > 0.4 and s[700] == s.max()
