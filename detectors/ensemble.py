@@ -134,6 +134,8 @@ class EnsembleDetector(BaseDetector):
         "cal_step": 0.5,  # calibration histogram bin width (nats)
         "cal_bins": 48,  # 24 nats of range; the excess beyond is added exactly
         "cal_prior": 1.0,  # pseudo-count: never more certain than 1 / (n + 1)
+        # members (ablation: each must earn its place under CV; benchmarks/nab/README.md)
+        "members": "novelty+regime",
         "ref_step": 300.0,  # seconds: faster readings do not raise alerts per day (0: off)
         # rest period after an alert, in time (the same hours at any cadence): blocks of
         # block_s seconds (in readings at the key's warm-up cadence, at least one); a peak
@@ -152,6 +154,10 @@ class EnsembleDetector(BaseDetector):
             raise ValueError("ensemble: need warm >= 2, n_tod >= 1, score_scale > 0")
         if int(p["hist_cap"]) > 60000:
             raise ValueError("ensemble: hist_cap must stay below 60000 (uint16 counts)")
+        members = str(p["members"]).split("+")
+        if not members or set(members) - {"novelty", "regime"}:
+            raise ValueError("ensemble: members is novelty+regime, novelty or regime")
+        self._members = ("novelty" in members, "regime" in members)
         self._seed: dict[str, Any] | None = None
         self._warm, self._batch = int(p["warm"]), self._xp is np
         self._bin_args = (float(p["bin_c"]), int(p["bin_k"]), float(p["zdiv"]), int(p["n_tod"]))
@@ -370,7 +376,8 @@ class EnsembleDetector(BaseDetector):
         a_lo, a_hi = int(np.searchsorted(cdf_all, 0.01)), int(np.searchsorted(cdf_all, 0.99))
         lvl, dev = float(state["lvl"]) + k_max, float(state["dev"])
         outside = b < b_lo or b > b_hi
-        if m_nov >= m_reg:
+        use_nov, use_reg = self._members
+        if (m_nov >= m_reg or not use_reg) and use_nov:
             component = "novelty"
             reason = "spike" if outside and (b < lo_seen or b > hi_seen) else "pattern"
         else:
@@ -422,6 +429,7 @@ class EnsembleDetector(BaseDetector):
         dist_scale = float(p["dist_scale"])
         block_s, nblk = float(p["block_s"]), int(p["suppress_blocks"])
         ref_step = float(p["ref_step"])
+        use_nov, use_reg = self._members
         quiet = int(p["warm"]) + int(p["cal_warm"])
         scale = float(p["score_scale"])
         exp, log = math.exp, math.log
@@ -479,7 +487,7 @@ class EnsembleDetector(BaseDetector):
                 m_nov = -log((sum(cal_nov[bn:]) + cprior) / denom) + max(u - umax_nov, 0.0)
                 m_reg = -log((sum(cal_reg[br:]) + cprior) / denom) + max(regime - umax_reg, 0.0)
                 umax_nov, umax_reg = max(umax_nov, u), max(umax_reg, regime)
-                m = max(m_nov, m_reg)
+                m = max(m_nov if use_nov else 0.0, m_reg if use_reg else 0.0)
                 cal_nov[bn] += 1.0
                 cal_reg[br] += 1.0
                 cal_n += 1.0

@@ -6,6 +6,7 @@ import json
 import pickle
 
 import numpy as np
+import pytest
 
 import detectors
 from detectors.ensemble import EnsembleDetector
@@ -152,3 +153,19 @@ def test_warm_up_surprises_do_not_silence_the_first_alerts() -> None:
     det = detectors.get_detector("ensemble")
     _, s = det.score(det.init_state(), v, T0 + 60.0 * np.arange(1200))
     assert s[230] > 0.3 and s[230] == s.max()
+
+
+def test_members_ablation() -> None:
+    v, t = _noise(1500, seed=7)
+    v[1200:] += 4.0  # a level shift the regime member sees build up
+    both = detectors.get_detector("ensemble")
+    _, s_both = both.score(both.init_state(), v, t)
+    outs = {}
+    for m in ("novelty", "regime"):
+        det = detectors.get_detector("ensemble", {"members": m})
+        st, outs[m] = det.score(det.init_state(), v, t)
+        assert det.explain(st, float(v[-1]), float(t[-1]))["component"] == m
+    assert not np.array_equal(outs["novelty"], outs["regime"])
+    assert np.all(s_both >= 0) and s_both[1200:].max() > 0
+    with pytest.raises(ValueError, match="members"):
+        detectors.get_detector("ensemble", {"members": "novelty+mad"})
