@@ -152,11 +152,17 @@ def test_score_batch_fallback_loops_over_score() -> None:
     det._batch = False  # what an ``xp`` other than numpy does
     v, t = _series(3, 400)
     st0, _ = ref.score(ref.init_state(), v[:250], t[:250])
-    states, scores = det.score_batch([copy.deepcopy(st0), None], [v[250:], v[:9]], [t[250:], t[:9]])
+    states, scores = det.score_batch(
+        [copy.deepcopy(st0), None, None], [v[250:], v[:9], v], [t[250:], t[:9], t]
+    )
     for st, s, (rs, rsc) in zip(
         states,
         scores,
-        [ref.score(st0, v[250:], t[250:]), ref.score(ref.init_state(), v[:9], t[:9])],
+        [
+            ref.score(st0, v[250:], t[250:]),
+            ref.score(ref.init_state(), v[:9], t[:9]),
+            ref.score(ref.init_state(), v, t),  # through the warm-up's end
+        ],
         strict=True,
     ):
         assert_same_state(st, rs)
