@@ -67,6 +67,17 @@ class Detector(Protocol):
 REASONS = ("spike", "level_shift", "variance_change", "pattern")
 
 
+def state_before_batch(det: Any, state: Any, n: int) -> bytes | None:
+    """What :func:`explain_in_batch` needs from before a batch of ``n`` records: the packed
+    state (``state`` as is when already packed bytes; ``None`` state: the initial one),
+    or ``None`` for a single record."""
+    if n == 1:
+        return None
+    if isinstance(state, bytes):
+        return bytes(state)
+    return det.pack_state(det.init_state() if state is None else state)  # type: ignore[no-any-return]
+
+
 def explain_in_batch(
     det: Any,
     after: Any,

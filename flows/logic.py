@@ -32,7 +32,7 @@ from connectors import placement
 from connectors.base import OutRecord, RawRecord, as_raw
 from control import metrics
 from detectors import get_detector
-from detectors.base import explain_in_batch
+from detectors.base import explain_in_batch, state_before_batch
 from flows.records import (
     Columns,
     Control,
@@ -136,16 +136,6 @@ def thaw_sensor(data: bytes) -> Sensor:
     sensor.win, sensor.model, sensor.tenant = w, model, tenant
     sensor.det = None if det is None else PackedState(det)
     return sensor
-
-
-def _before(det: Any, state: Any, n: int) -> bytes | None:
-    """The packed state before a batch of ``n`` windows (to explain an alert before the
-    batch's last window); ``None`` for one window."""
-    if n == 1:
-        return None
-    if type(state) is PackedState:
-        return bytes(state)
-    return det.pack_state(det.init_state() if state is None else state)
 
 
 class Models:
@@ -475,7 +465,7 @@ class KeyGroupLogic:
                 closed = pending[sid]
                 state = sensors[sid].det  # type: ignore[union-attr]
                 states.append(unpack(state) if type(state) is PackedState else state)
-                pre.append(_before(det, state, len(closed)))
+                pre.append(state_before_batch(det, state, len(closed)))
                 values.append(np.fromiter((w.mean for w in closed), np.float64, len(closed)))
                 ends.append(np.fromiter((w.end / 1000.0 for w in closed), np.float64, len(closed)))
             new_states, scores = det.score_batch(states, values, ends)
