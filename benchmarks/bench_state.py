@@ -63,9 +63,9 @@ def component_bytes(state: Any) -> dict[str, int]:
 
 
 def _touch(logic: KeyGroupLogic, g: str, sids: list[str], raw: RawRecord) -> None:
-    logic.on_batch(
-        [SubBatch.of(g, [Reading(sid, START_MS + 1000, 20.0, "t1", None, raw) for sid in sids])]
-    )
+    """Two readings per sensor, so its clock starts (a first reading alone is held)."""
+    for ts in (START_MS + 1000, START_MS + 2000):
+        logic.on_batch([SubBatch.of(g, [Reading(sid, ts, 20.0, None, None, raw) for sid in sids])])
 
 
 def measure(keys: int, detector: str, mode: str = "live", groups: int = 64) -> dict[str, Any]:

@@ -545,7 +545,7 @@ class Bench:
                 {
                     "sensor_id": f"probe-{p}",
                     "value": 1.0,
-                    "tenant_id": tag,
+                    "probe": tag,  # not a tenant: every probe of a partition is one sensor
                     "timestamp": bk.START_MS + ts_min * bk.WINDOW_MS,
                 }
             )
@@ -555,7 +555,7 @@ class Bench:
             n = 0
             for _t, b in watcher.bodies():
                 v = orjson.loads(base64.b64decode(b["value_b64"]))
-                n += v.get("tenant_id") == tag
+                n += v.get("probe") == tag
             return n
 
         for p in parts:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import pickle
 import zlib
+from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -57,6 +58,51 @@ class Detector(Protocol):
 
     def load_model(self, model: dict[str, Any]) -> None:
         """Replace or seed parameters from a trained model artifact (control plane)."""
+
+    def explain(self, state: Any, value: float, ts: float) -> dict[str, Any]:
+        """Why ``value`` (at ``ts``, epoch seconds) scored as it did, from the key's state
+        after scoring it: ``{"component": str, "expected": [lo, hi] | None, "reason":
+        REASONS[i] | None}`` (``expected``: the values the detector took as normal at
+        that moment). Called for alerts only; may be slower than ``score``.
+        """
+
+
+#: The kinds of change an explanation names.
+REASONS = ("spike", "level_shift", "variance_change", "pattern")
+
+
+def state_before_batch(det: Any, state: Any, n: int) -> bytes | None:
+    """What :func:`explain_in_batch` needs from before a batch of ``n`` records: the packed
+    state (``state`` as is when already packed bytes; ``None`` state: the initial one),
+    or ``None`` for a single record.
+    """
+    if n == 1:
+        return None
+    if isinstance(state, bytes):
+        return bytes(state)
+    return det.pack_state(det.init_state() if state is None else state)
+
+
+def explain_in_batch(
+    det: Any,
+    after: Any,
+    before: bytes | None,
+    values: Sequence[float],
+    timestamps: Sequence[float],
+    j: int,
+) -> dict[str, Any]:
+    """``det.explain`` for record ``j`` of a batch, from the state right after that record:
+    ``after`` (the state after the batch) for the batch's last record, else the state
+    rebuilt from ``before`` (``pack_state`` of the state before the batch) by scoring
+    records ``0..j`` again. So an explanation does not depend on how records were batched.
+    """
+    if j < len(values) - 1 and before is not None:
+        after, _ = det.score(
+            det.unpack_state(before),
+            np.asarray(values[: j + 1], dtype=np.float64),
+            np.asarray(timestamps[: j + 1], dtype=np.float64),
+        )
+    return det.explain(after, float(values[j]), float(timestamps[j]))
 
 
 class BaseDetector:
@@ -128,6 +174,10 @@ class BaseDetector:
             raise ValueError(f"model is for detector {det!r}, not {self.name!r}")
         self._set_params(dict(model.get("params", {})))
         self.model_version = str(model.get("version", "trained"))
+
+    def explain(self, state: Any, value: float, ts: float) -> dict[str, Any]:
+        """Default: names the detector only (built-in detectors say more)."""
+        return {"component": self.name, "expected": None, "reason": None}
 
     def to_model(self) -> dict[str, Any]:
         """The current parameters as a JSON-serialisable model dict."""

@@ -4,52 +4,61 @@ Per record (all causal, one key):
 
 1. **Novelty** (a seasonal, robust density model): the value is expressed as a robust
    z-score against a reference median/MAD learned from the first ``warm`` values, squashed
-   with ``asinh`` (log resolution for spikes of any size) and binned. A decaying histogram
-   of bins, conditioned on time of day (``n_tod`` buckets, shrunk towards the marginal
-   histogram), gives ``u = -log P(bin | time of day)`` before the value is learned.
+   with ``asinh`` (log resolution for spikes of any size, so the same bins serve any units
+   and heavy-tailed counts) and binned. A decaying histogram of bins, conditioned on time
+   of day (``n_tod`` buckets, shrunk towards the marginal histogram), gives
+   ``u = -log P(bin | time of day)`` before the value is learned.
 2. **Regime**: an exponential moving average of ``u`` (level shifts, density changes and
    other sustained novelty that single points do not show).
-3. **Optional robust baseline**: rolling median/MAD z (``w_mad > 0``; off by default).
-4. **Likelihood-style calibration**: each component's raw surprise is replaced by how
+3. **Likelihood-style calibration**: each component's raw surprise is replaced by how
    rare that surprise level is *for this key*: ``-log P(past surprise >= current)`` from
-   a histogram of its own history (an empirical version of Numenta's anomaly likelihood).
-   This puts every series on one scale, so one global threshold fits all keys.
-5. **Combination and suppression**: ``m = max(novelty, regime) + w_mad * mad``. A record
-   keeps its score only if it exceeds every calibrated score of the previous
-   ``suppress_blocks`` blocks of ``block`` records (a sliding maximum); otherwise it is
-   scaled by ``suppressed_factor`` (0: one alert per episode, new peaks still alert).
+   a histogram of its own history (an empirical version of Numenta's anomaly likelihood),
+   plus the excess over the largest surprise seen so far. This puts every series on one
+   scale, so one global threshold fits all keys.
+4. **Cadence**: a key that reads more often than every ``ref_step`` seconds would see
+   more rare-per-record events per day; its calibrated surprise is lowered by
+   ``log(ref_step / step)`` (``step``: the median spacing of its warm-up readings), so
+   alerts per day do not grow with the sampling rate.
+5. **Combination and suppression** (the rest period of CAD OSE): ``m = max(novelty,
+   regime)``. A record keeps its score only if it exceeds every calibrated score of the
+   previous ``suppress_blocks`` blocks of ``block_s`` seconds (a sliding maximum, blocks
+   counted in readings at the key's warm-up cadence); otherwise it scores 0 (one alert
+   per episode, new peaks still alert). The rest period lasts the same time at any
+   cadence, so slow keys (hourly, short series) are not silenced for days.
    Output ``score = 1 - exp(-m / score_scale)`` in [0, 1).
 
-Per-key state (defaults): the time-of-day histogram as uint16 (24 x 81 bins), the
-marginal and per-bucket counts and two calibration histograms, plus scalars (a 100-value
-warm-up buffer exists only during the first 100 values). ``pack_state`` stores only the
-bin range seen so far, counts as uint8/16 and no trailing zeros, so a state at rest is a
-fraction of its pickle and packs and unpacks without pickle's per-object work.
+``explain`` says which component fired, the expected range of values at that time of
+day and the kind of change (spike, level shift, variance change, broken pattern).
 
-Speed: ``score_batch`` bins every key's values in one vectorised numpy call, then runs the
-sequential per-record loop per key on its state in place, so the per-call overhead of
-numpy is paid once per batch rather than once per key. ``score`` and ``score_batch`` give
-bit-identical results (the same float operations in the same order).
+Per-key state (defaults): the time-of-day histogram as uint16 (24 x 81), the marginal and
+per-bucket counts and two calibration histograms, plus scalars; about 6.2 KB pickled (a
+warm-up buffer of values and timestamps exists only during the first ``warm`` values).
+``pack_state`` (``detectors.ensemble_codec``) stores it in ~0.5-1.6 KB (only the bin range
+seen so far, counts as uint8/16, no trailing zeros).
+
+``score_batch`` bins every key's values in one vectorised numpy call, then runs the
+sequential per-record loop per key on its state in place; it gives results bit-identical
+to ``score`` (the same float operations in the same order).
 """
 
 from __future__ import annotations
 
 import math
 import struct
-import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
+from detectors import ensemble_codec as codec
 from detectors.base import BaseDetector
-from detectors.kernels import MAD_TO_SIGMA, MEANAD_TO_SIGMA, rolling_robust_z
+from detectors.kernels import MAD_TO_SIGMA, MEANAD_TO_SIGMA
 from detectors.xp import asnumpy, get_xp
 
 _SMALL = 16  # batches of at most this many values are binned with Python scalars
 #: One key's work for ``EnsembleDetector._run``: state (updated in place), output positions,
-#: value bins (-1: warm-up record), time-of-day buckets, rolling-MAD surprise (or None).
-_Job = tuple[dict[str, Any], Sequence[int], list[int], list[int], list[float] | None]
+#: value bins (-1: warm-up record), time-of-day buckets.
+_Job = tuple[dict[str, Any], Sequence[int], list[int], list[int]]
 
 
 def novelty_bins(
@@ -107,28 +116,35 @@ class EnsembleDetector(BaseDetector):
 
     name: ClassVar[str] = "ensemble"
     defaults: ClassVar[dict[str, Any]] = {
-        "warm": 100,  # values used to fix the reference median/scale (scored 0)
-        "cal_warm": 100,  # further values only learned (scored 0) so calibration has data
-        "bin_c": 2.0,  # bins per unit of asinh(z / zdiv)
-        "bin_k": 40,  # bins on each side of the reference (2k+1 in all)
+        # values that fix the reference median/scale (scored 0): ~8 h at 5-min readings,
+        # 4 days hourly, so short series are scored soon
+        "warm": 100,
+        # further values only learned (scored 0), so the calibration has a tail to rank by
+        "cal_warm": 100,
+        # binning: bins per unit of asinh(z / zdiv), 2k+1 bins; ~0.5 sigma resolution near
+        # the reference, log resolution beyond (scale-free for spikes of any size)
+        "bin_c": 2.0,
+        "bin_k": 40,
         "zdiv": 2.0,
-        "n_tod": 24,  # time-of-day buckets the histogram is conditioned on
-        "tod_prior": 5.0,  # pseudo-count pulling P(bin | tod) towards P(bin)
+        "n_tod": 24,  # time-of-day buckets (hourly: the daily cycle of most metrics)
+        # tuned by benchmarks/nab/grid.json under the CV protocol (benchmarks/nab/README.md):
+        "tod_prior": 2.0,  # pseudo-count pulling P(bin | tod) towards P(bin): young buckets
+        "dist_scale": 6.0,  # unseen bins d bins outside the seen range: prior * e^(-d/scale)
         "bin_prior": 0.5,  # pseudo-count per bin of the marginal histogram
-        "dist_scale": 2.0,  # unseen bins d bins outside the seen range: prior * e^(-d/scale)
-        "hist_cap": 5000,  # halve the value histograms when they hold more than this
-        "regime_alpha": 0.1,  # EMA weight of the regime component
+        "hist_cap": 5000,  # halve the value histograms above this count (forget slowly)
+        "regime_alpha": 0.1,  # EMA weight of the regime component (~10 records of memory)
         "cal_step": 0.5,  # calibration histogram bin width (nats)
-        "cal_bins": 48,
-        "cal_prior": 1.0,
-        "cal_cap": 0,  # halve calibration histograms above this count (0: never)
-        "cal_extrapolate": True,  # beyond the largest surprise seen, add the excess
-        "w_mad": 0.0,  # weight of the rolling median/MAD component (0: off)
-        "mad_window": 256,
-        "block": 20,  # suppression: block length (records)
-        "suppress_blocks": 10,  # blocks a peak suppresses lower scores for (0: off)
-        "suppressed_factor": 0.0,
-        "score_scale": 10.0,
+        "cal_bins": 48,  # 24 nats of range; the excess beyond is added exactly
+        "cal_prior": 1.0,  # pseudo-count: never more certain than 1 / (n + 1)
+        # members (ablation: each must earn its place under CV; benchmarks/nab/README.md)
+        "members": "novelty+regime",
+        "ref_step": 300.0,  # seconds: faster readings do not raise alerts per day (0: off)
+        # rest period after an alert, in time (the same hours at any cadence): blocks of
+        # block_s seconds (in readings at the key's warm-up cadence, at least one); a peak
+        # suppresses lower scores for suppress_blocks blocks (0: off); 16.7 h in all
+        "block_s": 6000.0,
+        "suppress_blocks": 10,
+        "score_scale": 10.0,  # nats of calibrated surprise at which the score is 1 - 1/e
         "xp": "numpy",
     }
 
@@ -140,52 +156,45 @@ class EnsembleDetector(BaseDetector):
             raise ValueError("ensemble: need warm >= 2, n_tod >= 1, score_scale > 0")
         if int(p["hist_cap"]) > 60000:
             raise ValueError("ensemble: hist_cap must stay below 60000 (uint16 counts)")
+        members = str(p["members"]).split("+")
+        if not members or set(members) - {"novelty", "regime"}:
+            raise ValueError("ensemble: members is novelty+regime, novelty or regime")
+        self._members = ("novelty" in members, "regime" in members)
         self._seed: dict[str, Any] | None = None
-        self._warm, self._mad, self._batch = int(p["warm"]), float(p["w_mad"]) > 0, self._xp is np
+        self._warm, self._batch = int(p["warm"]), self._xp is np
         self._bin_args = (float(p["bin_c"]), int(p["bin_k"]), float(p["zdiv"]), int(p["n_tod"]))
         n_tod, nb, cb = int(p["n_tod"]), self._nbins, int(p["cal_bins"])
         nblk = max(int(p["suppress_blocks"]), 1)
         # dtypes and shapes of a state's arrays (``pack_state`` packs states that match)
-        self._sig = (
-            _U16,
-            (n_tod, nb),
-            _I64,
-            (n_tod,),
-            _I64,
-            (nb,),
-            _F64,
-            (cb,),
-            _F64,
-            (cb,),
-            _F64,
-            (nblk,),
-            _F64,
-            1,
-        )
+        self._sig = codec.signature(n_tod, nb, cb, nblk)
 
     def load_model(self, model: dict[str, Any]) -> None:
         """Params override defaults; an optional ``seed`` state warm-starts new keys."""
         super().load_model(model)
         seed = model.get("seed")
-        self._seed = state_from_json(seed) if seed else None
+        self._seed = codec.state_from_json(seed) if seed else None
 
     def init_state(self) -> dict[str, Any]:
-        """A fresh state, or a copy of the seeded one when a model was loaded."""
+        """A fresh per-key state (from the trained seed, if any)."""
         if self._seed is not None:
             return {
                 k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self._seed.items()
             }
         p = self.params
         nb, cb = self._nbins, int(p["cal_bins"])
-        state: dict[str, Any] = {
+        return {
             "n": 0,
             "warm": np.empty(0),
+            "warm_t": np.empty(0),
             "m0": 0.0,
             "s0": 1.0,
+            "step": 0.0,
             "ct": np.zeros((int(p["n_tod"]), nb), dtype=np.uint16),
             "nt": np.zeros(int(p["n_tod"]), dtype=np.int64),
             "cm": np.zeros(nb, dtype=np.int64),
             "regime": 0.0,
+            "lvl": 0.0,
+            "dev": 0.0,
             "lo": nb,
             "hi": -1,
             "umax_nov": 0.0,
@@ -195,15 +204,11 @@ class EnsembleDetector(BaseDetector):
             "blocks": np.full(max(int(p["suppress_blocks"]), 1), -np.inf),
             "cur_max": -np.inf,
         }
-        if float(p["w_mad"]) > 0:
-            state["mad_hist"] = np.empty(0)
-            state["cal_mad"] = np.zeros(cb)
-        return state
 
     def score(
         self, state: dict[str, Any], values: np.ndarray, timestamps: np.ndarray
     ) -> tuple[dict[str, Any], np.ndarray]:
-        """Score one key's records; see :meth:`Detector.score`."""
+        """Score one key's values in order (see ``detectors.base.Detector``)."""
         st = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in state.items()}
         if self._batch:
             return st, self.score_batch([st], [values], [timestamps])[1][0]
@@ -234,7 +239,7 @@ class EnsembleDetector(BaseDetector):
         if len(lens) != len(sts) or t.shape != x.shape:
             raise ValueError("score_batch: states, values and timestamps do not match")
         warm = self._warm
-        fast = [False] * len(sts) if self._mad else [st["n"] >= warm for st in sts]
+        fast = [st["n"] >= warm for st in sts]
         ok = np.isfinite(x)
         sel = ok if all(fast) else ok & np.repeat(np.array(fast, dtype=bool), lens)
         nsel = int(np.count_nonzero(sel))
@@ -280,7 +285,7 @@ class EnsembleDetector(BaseDetector):
             if fast[i]:
                 kf = cnt[i]
                 if kf:
-                    jobs.append((st, pos[f : f + kf], bins[f : f + kf], tods[f : f + kf], None))
+                    jobs.append((st, pos[f : f + kf], bins[f : f + kf], tods[f : f + kf]))
                     f += kf
             elif k:
                 okk = ok[a : a + k]
@@ -300,35 +305,118 @@ class EnsembleDetector(BaseDetector):
         return sts, outs
 
     def pack_state(self, state: Any) -> bytes:
-        """A compact binary format (first byte 1); states it does not fit exactly
-        (unexpected keys, types, dtypes or shapes) use the default pickle + zlib.
+        """The compact format of ``ensemble_codec`` (first byte 2, ~0.5-1.6 KB); states it
+        does not fit exactly (unexpected keys, types, dtypes or shapes) use the default
+        pickle + zlib.
         """
         try:
-            return _pack(state, self._sig)
+            return codec.pack(state, self._sig)
         except (AttributeError, KeyError, OverflowError, TypeError, ValueError, struct.error):
             return super().pack_state(state)
 
     def unpack_state(self, data: bytes) -> Any:
-        """Read the compact format, or the default pickle + zlib one."""
-        return _unpack(data) if data[:1] == _TAG else super().unpack_state(data)
+        """Reads the compact formats 2 and 1 and the default one; older states are
+        upgraded to the current fields.
+        """
+        if data[:1] in (codec.TAG, codec.TAG_V1):
+            return codec.unpack(data)
+        st = super().unpack_state(data)
+        return codec.upgrade(st) if isinstance(st, dict) else st
+
+    def explain(self, state: dict[str, Any], value: float, ts: float) -> dict[str, Any]:
+        """Component: ``novelty`` or ``regime``, whichever calibrated surprise is larger
+        for ``value`` (with its own count taken out of the state). Expected: the values
+        holding the central 98% of P(bin | time of day). Reason, for novelty: ``spike`` (a
+        value outside the expected range and outside every value seen), else ``pattern``
+        (rare at this time of day); for regime: ``level_shift`` (the recent level is
+        unusual now and outside the range usual at any time of day), ``pattern`` (unusual
+        now but usual at other times), ``variance_change`` (recent spread under half or
+        over twice the usual), else ``pattern``.
+        """
+        p = self.params
+        if state["n"] < self._warm or not math.isfinite(value) or not math.isfinite(ts):
+            return {"component": "warm-up", "expected": None, "reason": None}
+        c, k_max, zdiv, n_tod = self._bin_args
+        b_arr, td_arr = novelty_bins(
+            np, np.array([value]), np.array([ts]), state["m0"], state["s0"], *self._bin_args
+        )
+        b, td = int(b_arr[0]), int(td_arr[0])
+        ct = state["ct"][td].astype(np.float64)
+        cm = state["cm"].astype(np.float64)
+        nt = float(state["nt"][td])
+        if ct[b] > 0 and cm[b] > 0:  # take the value's own count out again
+            ct[b], cm[b], nt = ct[b] - 1, cm[b] - 1, nt - 1
+        lo_seen, hi_seen = (
+            (int(np.flatnonzero(cm)[0]), int(np.flatnonzero(cm)[-1])) if cm.any() else (b, b)
+        )
+        idx = np.arange(self._nbins)
+        dist = np.maximum(np.maximum(lo_seen - idx, idx - hi_seen), 0)
+        prior = float(p["bin_prior"]) * np.exp(-dist / float(p["dist_scale"]))
+        pm = (cm + prior) / (cm.sum() + float(p["bin_prior"]) * self._nbins)
+        tod_prior = float(p["tod_prior"])
+        pt = (ct + tod_prior * pm) / (nt + tod_prior)
+        u = -math.log(pt[b])
+        # this time of day's own histogram once it holds enough values, else the model's mix
+        w_td = ct if nt >= EXPLAIN_MIN_COUNT else pt
+        cdf = np.cumsum(w_td / w_td.sum())
+        b_lo = int(np.searchsorted(cdf, 0.01))
+        b_hi = min(int(np.searchsorted(cdf, 0.99)), self._nbins - 1)
+
+        def to_value(bin_edge: float) -> float:
+            z = zdiv * math.sinh((bin_edge - k_max) / c)
+            return float(state["m0"] + state["s0"] * z)
+
+        expected = [to_value(b_lo - 0.5), to_value(b_hi + 0.5)]
+        # calibrated levels of both components, from the key's own history
+        step, cprior = float(p["cal_step"]), float(p["cal_prior"])
+        ctop = int(p["cal_bins"]) - 1
+        nov, reg = state["cal_nov"], state["cal_reg"]
+        denom = float(nov.sum()) + cprior
+        m_nov = -math.log((float(nov[min(int(u / step), ctop) :].sum()) + cprior) / denom)
+        m_nov += max(u - state["umax_nov"], 0.0)
+        regime = float(state["regime"])
+        m_reg = -math.log((float(reg[min(int(regime / step), ctop) :].sum()) + cprior) / denom)
+        # this time of day's usual level and spread (bins), and the range usual at any time
+        w = w_td / w_td.sum()
+        centre = float((w * idx).sum())
+        usual = max(float((w * np.abs(idx - centre)).sum()), 0.5)
+        cdf_all = np.cumsum(cm / cm.sum()) if cm.any() else cdf
+        a_lo, a_hi = int(np.searchsorted(cdf_all, 0.01)), int(np.searchsorted(cdf_all, 0.99))
+        lvl, dev = float(state["lvl"]) + k_max, float(state["dev"])
+        outside = b < b_lo or b > b_hi
+        use_nov, use_reg = self._members
+        if (m_nov >= m_reg or not use_reg) and use_nov:
+            component = "novelty"
+            reason = "spike" if outside and (b < lo_seen or b > hi_seen) else "pattern"
+        else:
+            component = "regime"
+            if abs(lvl - centre) > max(2.0 * usual, 1.0):  # recent level unusual now
+                reason = "pattern" if a_lo - 0.5 <= lvl <= a_hi + 0.5 else "level_shift"
+            elif not 0.5 * usual <= dev <= 2.0 * usual:
+                reason = "variance_change"
+            else:
+                reason = "pattern"
+        return {"component": component, "expected": expected, "reason": reason}
 
     def _prepare(
         self, st: dict[str, Any], x: np.ndarray, t: np.ndarray
-    ) -> tuple[list[int], list[int], list[float] | None]:
+    ) -> tuple[list[int], list[int]]:
         """Per-key preparation of finite values ``x``: warm-up collection (bin -1: learn
-        nothing, score 0), bins and time-of-day buckets, rolling MAD surprise.
+        nothing, score 0), then bins and time-of-day buckets.
         """
-        p, xp = self.params, self._xp
+        xp = self._xp
         n = x.shape[0]
         warm = self._warm
-        # Warm-up: collect values until the reference scale is fixed.
+        # Warm-up: collect values until the reference scale and cadence are fixed.
         j = 0
         if st["n"] < warm:
             j = min(warm - st["n"], n)
             st["warm"] = np.concatenate([st["warm"], x[:j]])
+            st["warm_t"] = np.concatenate([st["warm_t"], t[:j]])
             if st["warm"].shape[0] == warm:
                 st["m0"], st["s0"] = reference_scale(st["warm"])
-                st["warm"] = np.empty(0)
+                st["step"] = median_step(st["warm_t"])
+                st["warm"], st["warm_t"] = np.empty(0), np.empty(0)
         bins, tods = [-1] * j, [0] * j
         if j < n:
             b, td = novelty_bins(
@@ -336,47 +424,43 @@ class EnsembleDetector(BaseDetector):
             )
             bins += asnumpy(b).tolist()
             tods += asnumpy(td).tolist()
-        mad_u = None
-        if self._mad:
-            z, hist = rolling_robust_z(
-                xp, xp.asarray(st["mad_hist"]), xp.asarray(x), int(p["mad_window"]), 16
-            )
-            st["mad_hist"] = asnumpy(hist)
-            mad_u = np.log1p(np.abs(asnumpy(z))).tolist()
-        return bins, tods, mad_u
+        return bins, tods
 
     def _run(self, jobs: list[_Job], out: list[float]) -> None:
         """The sequential part, per key: histogram updates, calibration, suppression.
         Updates each job's state in place and writes its scores to ``out[idx[i]]``.
         """
         p = self.params
-        nb = self._nbins
+        nb, k_max = self._nbins, int(p["bin_k"])
         tod_prior, bin_prior = float(p["tod_prior"]), float(p["bin_prior"])
         bin_norm = bin_prior * nb
         cap, alpha = int(p["hist_cap"]), float(p["regime_alpha"])
         step, ctop, cprior = float(p["cal_step"]), int(p["cal_bins"]) - 1, float(p["cal_prior"])
-        cal_cap, w_mad = float(p["cal_cap"]), float(p["w_mad"])
-        dist_scale, extrap = float(p["dist_scale"]), bool(p["cal_extrapolate"])
-        block, nblk = int(p["block"]), int(p["suppress_blocks"])
+        dist_scale = float(p["dist_scale"])
+        block_s, nblk = float(p["block_s"]), int(p["suppress_blocks"])
+        ref_step = float(p["ref_step"])
+        use_nov, use_reg = self._members
         quiet = int(p["warm"]) + int(p["cal_warm"])
-        factor, scale = float(p["suppressed_factor"]), float(p["score_scale"])
+        scale = float(p["score_scale"])
         exp, log = math.exp, math.log
-        for st, idx, bins, tods, mad_u in jobs:
+        for st, idx, bins, tods in jobs:
             ct, cm, nt = st["ct"], st["cm"], st["nt"]
             lo, hi = st["lo"], st["hi"]
             umax_nov, umax_reg = st["umax_nov"], st["umax_reg"]
             regime, cur_max, count = st["regime"], st["cur_max"], st["n"]
+            lvl, dev = st["lvl"], st["dev"]
+            # the key's cadence (unknown before warm-up ends, or in older states: ref_step)
+            kstep = st["step"] if st["step"] > 0.0 else (ref_step if ref_step > 0.0 else 300.0)
+            shift = max(log(ref_step / kstep), 0.0) if ref_step > 0.0 else 0.0
+            block = max(int(round(block_s / kstep)), 1)
             # Python lists are faster than numpy for these small per-record reductions.
             nov_a, reg_a = st["cal_nov"], st["cal_reg"]
             cal_nov, cal_reg = nov_a.tolist(), reg_a.tolist()
-            mad_a = st.get("cal_mad")
-            cal_mad = mad_a.tolist() if mad_a is not None else None
             blocks = st["blocks"]
             bmax = max(blocks.tolist()) if nblk > 0 else 0.0
             total = int(cm.sum())
             cal_n = float(sum(cal_nov))
-            halved = False
-            bn = br = bm = 0
+            bn = br = 0
             k = len(bins)
             for q in range(k):
                 b = bins[q]
@@ -399,81 +483,55 @@ class EnsembleDetector(BaseDetector):
                         cm[:] = ct.sum(axis=0)
                         nt[:] = ct.sum(axis=1)
                         total = int(cm.sum())
+                    # recent level and spread in bin units (for explanations)
+                    lvl += alpha * (b - k_max - lvl)
+                    dev += alpha * (abs(b - k_max - lvl) - dev)
                 else:
                     u = 0.0
                 regime += alpha * (u - regime)
-                # Calibrate: -log P(history >= current) per component, then learn it.
+                # Calibrate: -log P(history >= current) per component, then learn it;
+                # beyond the largest surprise seen, the excess is added in full.
                 bn = min(int(u / step), ctop)
                 br = min(int(regime / step), ctop)
                 denom = cal_n + cprior
-                m_nov = -log((sum(cal_nov[bn:]) + cprior) / denom)
-                m_reg = -log((sum(cal_reg[br:]) + cprior) / denom)
-                if extrap:
-                    m_nov += max(u - umax_nov, 0.0)
-                    m_reg += max(regime - umax_reg, 0.0)
-                    umax_nov, umax_reg = max(umax_nov, u), max(umax_reg, regime)
-                m = max(m_nov, m_reg)
+                m_nov = -log((sum(cal_nov[bn:]) + cprior) / denom) + max(u - umax_nov, 0.0)
+                m_reg = -log((sum(cal_reg[br:]) + cprior) / denom) + max(regime - umax_reg, 0.0)
+                umax_nov, umax_reg = max(umax_nov, u), max(umax_reg, regime)
+                m = max(m_nov if use_nov else 0.0, m_reg if use_reg else 0.0)
                 cal_nov[bn] += 1.0
                 cal_reg[br] += 1.0
-                if cal_mad is not None and mad_u is not None:
-                    bm = min(int(mad_u[q] / step), ctop)
-                    m += w_mad * -log((sum(cal_mad[bm:]) + cprior) / denom)
-                    cal_mad[bm] += 1.0
                 cal_n += 1.0
-                if cal_cap and cal_n > cal_cap:
-                    cal_nov = [v * 0.5 for v in cal_nov]
-                    cal_reg = [v * 0.5 for v in cal_reg]
-                    if cal_mad is not None:
-                        cal_mad = [v * 0.5 for v in cal_mad]
-                    cal_n *= 0.5
-                    halved = True
                 # Suppression: sliding max over the previous blocks and the current block.
-                if nblk > 0:
+                if nblk > 0 and count >= quiet:  # scored records only
                     prev = max(bmax, cur_max)
                     cur_max = max(cur_max, m)
                     if m <= prev:
-                        m *= factor
+                        m = 0.0
                     if (count + 1) % block == 0:
                         blocks[:-1] = blocks[1:]
                         blocks[-1] = cur_max
                         cur_max = -math.inf
                         bmax = max(blocks.tolist())
-                out[idx[q]] = 1.0 - exp(-m / scale) if count >= quiet else 0.0
+                m -= shift
+                out[idx[q]] = 1.0 - exp(-m / scale) if count >= quiet and m > 0.0 else 0.0
                 count += 1
             st["regime"], st["cur_max"], st["n"] = regime, cur_max, count
             st["lo"], st["hi"], st["umax_nov"], st["umax_reg"] = lo, hi, umax_nov, umax_reg
-            if k == 1 and not halved:  # write back only the touched calibration bins
+            st["lvl"], st["dev"] = lvl, dev
+            if k == 1:  # write back only the touched calibration bins
                 nov_a[bn], reg_a[br] = cal_nov[bn], cal_reg[br]
-                if mad_a is not None and cal_mad is not None and mad_u is not None:
-                    mad_a[bm] = cal_mad[bm]
             else:
                 nov_a[:], reg_a[:] = cal_nov, cal_reg
-                if mad_a is not None and cal_mad is not None:
-                    mad_a[:] = cal_mad
 
 
-def state_to_json(state: dict[str, Any]) -> dict[str, Any]:
-    """A JSON-serialisable copy of an ensemble state (for model seeds)."""
-    out: dict[str, Any] = {}
-    for k, v in state.items():
-        if isinstance(v, np.ndarray):
-            arr = np.where(np.isinf(v), -1e308, v) if v.dtype.kind == "f" else v
-            out[k] = {"dtype": str(v.dtype), "shape": list(v.shape), "data": arr.ravel().tolist()}
-        else:
-            out[k] = -1e308 if isinstance(v, float) and math.isinf(v) else v
-    return out
+EXPLAIN_MIN_COUNT = 20  # values a time-of-day bucket needs before its own range is shown
 
 
-def state_from_json(obj: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of ``state_to_json``."""
-    out: dict[str, Any] = {}
-    for k, v in obj.items():
-        if isinstance(v, dict) and "dtype" in v:
-            arr = np.asarray(v["data"], dtype=v["dtype"]).reshape(v["shape"])
-            out[k] = np.where(arr <= -1e308, -np.inf, arr) if arr.dtype.kind == "f" else arr
-        else:
-            out[k] = -np.inf if isinstance(v, float) and v <= -1e308 else v
-    return out
+def median_step(ts: np.ndarray) -> float:
+    """The median positive spacing of ``ts`` in seconds (0.0: none)."""
+    d = np.diff(ts)
+    d = d[np.isfinite(d) & (d > 0)]
+    return float(np.median(d)) if d.size else 0.0
 
 
 def fit_ensemble(
@@ -490,214 +548,5 @@ def fit_ensemble(
     state, _ = det.score(det.init_state(), values, np.asarray(timestamps, dtype=np.float64))
     model = det.to_model()
     model["version"] = f"fit-{values.shape[0]}"
-    model["seed"] = state_to_json(state)
+    model["seed"] = codec.state_to_json(state)
     return model
-
-
-# Packed state (little-endian): header, then the time-of-day histogram's columns [c0, c1)
-# (uint8, or uint16 if flag 2), ``nt`` and ``cm[d0:d1]`` as uint16, the calibration
-# histograms up to their last non-zero bin, ``blocks``, ``warm`` and ``mad_hist`` (flag 1,
-# with ``cal_mad``) as float64. Unpacked float arrays (and ``nt``/``cm``) are views of one
-# buffer each. The default format (zlib) starts with 0x78, so both stay readable.
-_TAG = b"\x01"
-_KEYS = (
-    "n",
-    "warm",
-    "m0",
-    "s0",
-    "ct",
-    "nt",
-    "cm",
-    "regime",
-    "lo",
-    "hi",
-    "umax_nov",
-    "umax_reg",
-    "cal_nov",
-    "cal_reg",
-    "blocks",
-    "cur_max",
-)
-_MAD_KEYS = (*_KEYS, "mad_hist", "cal_mad")
-# tag, flags, n_tod, bins, cal bins, blocks, c0, c1, d0, d1, kept cal_nov/cal_reg/cal_mad
-# prefixes, len(warm), len(mad_hist), n, lo, hi, m0, s0, regime, umax_nov, umax_reg, cur_max
-_HEAD = struct.Struct("<BBHHHHHHHHHHHIIqhh6d")
-_SCALARS = (int, int, int, float, float, float, float, float, float)
-_U16, _I64, _F64 = np.dtype(np.uint16), np.dtype(np.int64), np.dtype(np.float64)
-_LITTLE = sys.byteorder == "little"
-
-
-def _pack(st: dict[str, Any], sig: tuple[Any, ...]) -> bytes:
-    """Pack ``st`` if its arrays have the dtypes and shapes in ``sig``; raises otherwise."""
-    keys = tuple(st)
-    mad = keys == _MAD_KEYS
-    if not (_LITTLE and (mad or keys == _KEYS)):
-        raise ValueError("unexpected state layout")
-    sc = (
-        st["n"],
-        st["lo"],
-        st["hi"],
-        st["m0"],
-        st["s0"],
-        st["regime"],
-        st["umax_nov"],
-        st["umax_reg"],
-        st["cur_max"],
-    )
-    if tuple(map(type, sc)) != _SCALARS:
-        raise TypeError("unexpected scalar types")
-    ct, nt, cm, nov, reg = st["ct"], st["nt"], st["cm"], st["cal_nov"], st["cal_reg"]
-    blk, warm = st["blocks"], st["warm"]
-    if (
-        ct.dtype,
-        ct.shape,
-        nt.dtype,
-        nt.shape,
-        cm.dtype,
-        cm.shape,
-        nov.dtype,
-        nov.shape,
-        reg.dtype,
-        reg.shape,
-        blk.dtype,
-        blk.shape,
-        warm.dtype,
-        warm.ndim,
-    ) != sig:
-        raise TypeError("unexpected dtypes or shapes")
-    (n_tod, nb), cb, nblk, nw = ct.shape, nov.shape[0], blk.shape[0], warm.shape[0]
-    histb = madb = b""
-    if mad:
-        hist, cmad = st["mad_hist"], st["cal_mad"]
-        if (hist.dtype, hist.ndim, cmad.dtype, cmad.shape) != (_F64, 1, _F64, (cb,)):
-            raise TypeError("unexpected dtypes or shapes")
-        histb, madb = hist.tobytes(), cmad.tobytes()
-    lo, hi = st["lo"], st["hi"]
-    c0, c1 = (lo, hi + 1) if 0 <= lo <= hi < nb else (0, 0)  # the bins seen so far
-    d0, d1 = c0, c1
-    sub = ct[:, c0:c1]
-    if np.count_nonzero(sub) != np.count_nonzero(ct):
-        c0, c1, sub = 0, nb, ct
-    raw = sub.tobytes()
-    wide = raw[1::2].count(0) != len(raw) >> 1  # some count >= 256
-    cms = cm[d0:d1].tolist()
-    if np.count_nonzero(cm) != len(cms) - cms.count(0):
-        d0, d1, cms = 0, nb, cm.tolist()
-    ints = struct.pack(f"<{n_tod + d1 - d0}H", *nt.tolist(), *cms)  # struct.error if > 65535
-    novb, regb = nov.tobytes(), reg.tobytes()
-    # float64 arrays without their trailing zero entries
-    kn, kr = (len(novb.rstrip(b"\0")) + 7) >> 3, (len(regb.rstrip(b"\0")) + 7) >> 3
-    km = (len(madb.rstrip(b"\0")) + 7) >> 3
-    head = _HEAD.pack(
-        1,
-        mad | wide << 1,
-        n_tod,
-        nb,
-        cb,
-        nblk,
-        c0,
-        c1,
-        d0,
-        d1,
-        kn,
-        kr,
-        km,
-        nw,
-        len(histb) >> 3,
-        *sc,
-    )
-    return b"".join(
-        (
-            head,
-            raw if wide else raw[::2],
-            ints,
-            novb[: 8 * kn],
-            regb[: 8 * kr],
-            blk.tobytes(),
-            warm.tobytes(),
-            histb,
-            madb[: 8 * km],
-        )
-    )
-
-
-def _unpack(data: bytes) -> dict[str, Any]:
-    (
-        _,
-        flags,
-        n_tod,
-        nb,
-        cb,
-        nblk,
-        c0,
-        c1,
-        d0,
-        d1,
-        kn,
-        kr,
-        km,
-        nw,
-        nh,
-        n,
-        lo,
-        hi,
-        m0,
-        s0,
-        regime,
-        umax_nov,
-        umax_reg,
-        cur_max,
-    ) = _HEAD.unpack_from(data)
-    o = _HEAD.size
-    ct = np.zeros((n_tod, nb), dtype=np.uint16)
-    if c1 > c0:
-        size, wide = n_tod * (c1 - c0), flags & 2
-        ct[:, c0:c1] = np.frombuffer(data, _U16 if wide else np.uint8, size, o).reshape(
-            n_tod, c1 - c0
-        )
-        o += 2 * size if wide else size
-    a, b = o + 2 * n_tod, o + 2 * (n_tod + d1 - d0)
-    iv = np.frombuffer(
-        b"".join((data[o:a], bytes(2 * d0), data[a:b], bytes(2 * (nb - d1)))), _U16
-    ).astype(np.int64)
-    o = b
-    mad = flags & 1
-    a, b = o + 8 * kn, o + 8 * (kn + kr)
-    c = b + 8 * (nblk + nw + nh)
-    f = np.frombuffer(
-        bytearray().join(
-            (
-                data[o:a],
-                bytes(8 * (cb - kn)),
-                data[a:b],
-                bytes(8 * (cb - kr)),
-                data[b:c],
-                data[c : c + 8 * km],
-                bytes(8 * (cb - km) if mad else 0),
-            )
-        ),
-        np.float64,
-    )
-    blocks, warm = f[2 * cb : 2 * cb + nblk], f[2 * cb + nblk : 2 * cb + nblk + nw]
-    st = {
-        "n": n,
-        "warm": warm,
-        "m0": m0,
-        "s0": s0,
-        "ct": ct,
-        "nt": iv[:n_tod],
-        "cm": iv[n_tod:],
-        "regime": regime,
-        "lo": lo,
-        "hi": hi,
-        "umax_nov": umax_nov,
-        "umax_reg": umax_reg,
-        "cal_nov": f[:cb],
-        "cal_reg": f[cb : 2 * cb],
-        "blocks": blocks,
-        "cur_max": cur_max,
-    }
-    if mad:
-        e = 2 * cb + nblk + nw
-        st["mad_hist"], st["cal_mad"] = f[e : e + nh], f[e + nh :]
-    return st

@@ -6,12 +6,13 @@ Per-key state: the last ``window`` finite values (float64) and a counter, i.e.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
 
 from detectors.base import BaseDetector
-from detectors.kernels import finite_mask, rolling_robust_z, z_to_score
+from detectors.kernels import finite_mask, robust_location_scale, rolling_robust_z, z_to_score
 from detectors.xp import asnumpy, get_xp
 
 
@@ -55,6 +56,34 @@ class MadDetector(BaseDetector):
         """Score by robust z-score against the rolling history; see :meth:`Detector.score`."""
         new_state, z = self.zscores(state, values)
         return new_state, z_to_score(np, z, float(self.params["z_scale"]))
+
+    def explain(self, state: dict[str, Any], value: float, ts: float) -> dict[str, Any]:
+        """Expected: median +- ``z_scale * ln 2`` robust sigmas of the window before
+        ``value`` (where the score stays below 0.5). Reason: ``level_shift`` when most of the last
+        ``RECENT`` values lie beyond the same edge, ``variance_change`` when they spread
+        twice as wide as the window, else ``spike``.
+        """
+        hist = np.asarray(state["hist"], dtype=np.float64)
+        past = hist[:-1] if hist.size and hist[-1] == value else hist
+        if past.size < 2:
+            return {"component": "mad", "expected": None, "reason": None}
+        med, scale = robust_location_scale(np, past[None, :])
+        m, sd = float(med[0]), float(scale[0])
+        k = float(self.params["z_scale"]) * math.log(2.0)
+        lo, hi = m - k * sd, m + k * sd
+        recent = hist[-RECENT:]
+        side = 1.0 if value > m else -1.0
+        beyond = np.count_nonzero(side * (recent - m) > k * sd)
+        if beyond > recent.size // 2:
+            reason = "level_shift"
+        elif float(np.median(np.abs(recent - np.median(recent)))) * 1.4826 > 2.0 * sd:
+            reason = "variance_change"
+        else:
+            reason = "spike"
+        return {"component": "mad", "expected": [lo, hi], "reason": reason}
+
+
+RECENT = 8  # values ``explain`` looks back on to tell a level shift from a spike
 
 
 def fit_mad(

@@ -28,6 +28,7 @@ import orjson
 
 from connectors import placement
 from connectors.base import OutRecord, RawRecord, as_raw
+from detectors.base import explain_in_batch, state_before_batch
 from flows import metrics, summary
 from flows.models import Models
 from flows.records import (
@@ -496,19 +497,20 @@ class KeyGroupLogic:
                     entry = by_det[id(det)] = (det, [])
                 entry[1].append(sid)
         for det, sids in by_det.values():
-            states, values, ends = [], [], []
+            states, values, ends, pre = [], [], [], []
             unpack = det.unpack_state
             for sid in sids:
                 closed = pending[sid]
                 state = sensors[sid].det  # type: ignore[union-attr]  # pending: warm
                 states.append(unpack(state) if type(state) is PackedState else state)
+                pre.append(state_before_batch(det, state, len(closed)))
                 values.append(np.fromiter((w.mean for w in closed), np.float64, len(closed)))
                 ends.append(np.fromiter((w.end / 1000.0 for w in closed), np.float64, len(closed)))
             new_states, scores = det.score_batch(states, values, ends)
-            for sid, state, sc in zip(sids, new_states, scores, strict=True):
+            for sid, state, sc, bef in zip(sids, new_states, scores, pre, strict=True):
                 sensor = sensors[sid]
                 sensor.det = state  # type: ignore[union-attr]  # pending: warm
-                self._emit(sid, sensor, det, pending[sid], sc.tolist(), out)  # type: ignore[arg-type]  # warm
+                self._emit(sid, sensor, det, pending[sid], sc.tolist(), out, bef)  # type: ignore[arg-type]  # warm
             metrics.WINDOWS_OUT.inc(sum(len(pending[sid]) for sid in sids))
             last = max(pending[sid][-1].end for sid in sids)
             metrics.WINDOW_CLOSE_LATENCY.observe(max(0.0, time.time() - last / 1000.0))
@@ -521,9 +523,10 @@ class KeyGroupLogic:
         closed: list[Closed],
         scores: list[float],
         out: list,
+        before: bytes | None = None,
     ) -> None:
         name, threshold, emit_all = det.name, self.threshold, self.emit_all
-        for w, score in zip(closed, scores, strict=True):
+        for i, (w, score) in enumerate(zip(closed, scores, strict=True)):
             if score < threshold and not emit_all:
                 continue
             alert_id = stable_id(sid, w.start, w.end, name)  # sid: the state key (records)
@@ -547,6 +550,9 @@ class KeyGroupLogic:
                 "detector": name,
                 "model_version": det.model_version,
             }
+            if score >= threshold:  # why: component, expected range, reason
+                vals, ts = [c.mean for c in closed], [c.end / 1000.0 for c in closed]
+                body["explain"] = explain_in_batch(det, sensor.det, before, vals, ts, i)
             out.append((ALERT, (sid, OutRecord(alert_id, sensor_id, orjson.dumps(body)))))
             if score >= threshold:
                 metrics.ALERTS_OUT.labels(name).inc()

@@ -181,7 +181,7 @@ class Settings:
         {}, "JSON parameter overrides of the detector", '{"window": 64}', kind="json"
     )
     threshold: float = setting(
-        0.475, "score at or above which a window is an alert", "0.99", kind="fraction"
+        0.4755, "score at or above which a window is an alert", "0.99", kind="fraction"
     )
     emit: str = setting(
         "alerts",

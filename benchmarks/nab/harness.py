@@ -1,7 +1,8 @@
 """NAB harness: stream every series through the real flow (or the detector directly),
 write NAB-layout results, and score them with the NAB v1 rules.
 
-``python -m benchmarks.nab --data ../shared/data/nab-dev --out DIR [--json PATH]``
+``python -m benchmarks.nab --data ../shared/data/nab-dev --out DIR [--json PATH]
+[--cv category|series] [--grid GRID.json]``
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.nab.cv import FOLD_KINDS, choose, cross_validate, format_cv
 from benchmarks.nab.scorer import PROFILES, ScoredFile, evaluate, load_profiles, window_rows
 
 REPO = Path(__file__).resolve().parents[2]
+#: the hyper-parameter grid the ``ensemble`` defaults were chosen from (see README.md here)
+DEFAULT_GRID = Path(__file__).with_name("grid.json")
 
 
 @dataclass
@@ -45,8 +49,15 @@ def _epoch(ts: Sequence[str]) -> np.ndarray:
     return dt.astype(np.int64).astype(np.float64) / 1000.0
 
 
-def load_corpus(data_dir: Path, only: Sequence[str] | None = None) -> list[Series]:
-    """Read ``data/<category>/<name>.csv`` and ``labels/combined_windows.json``."""
+def load_corpus(
+    data_dir: Path, only: Sequence[str] | None = None, downsample: int = 1
+) -> list[Series]:
+    """Read ``data/<category>/<name>.csv`` and ``labels/combined_windows.json``.
+
+    ``downsample`` > 1: every run of that many rows becomes one row (the mean value at the
+    run's first timestamp), a shorter, coarser series with the same labelled windows (a
+    stress test of warm-up on short series).
+    """
     labels_path = data_dir / "labels" / "combined_windows.json"
     labels: dict[str, list[list[str]]] = json.loads(labels_path.read_text())
     out = []
@@ -59,6 +70,10 @@ def load_corpus(data_dir: Path, only: Sequence[str] | None = None) -> list[Serie
         raw_ts = [r[0] for r in rows]
         ts = _epoch(raw_ts)
         values = np.array([float(r[1]) for r in rows], dtype=np.float64)
+        if downsample > 1:
+            k = len(values) // downsample * downsample
+            values = values[:k].reshape(-1, downsample).mean(axis=1)
+            raw_ts, ts = raw_ts[:k:downsample], ts[:k:downsample]
         wins = [(_epoch([a])[0], _epoch([b])[0]) for a, b in labels.get(name, [])]
         out.append(Series(name, raw_ts, ts, values, window_rows(ts, wins)))
     if not out:
@@ -189,6 +204,35 @@ def run_direct(
     return out
 
 
+def run_scores(
+    series: Sequence[Series],
+    detector: str,
+    params: dict[str, Any],
+    mode: str,
+    workers: int = 2,
+    batch: int = 0,
+    module: str = "flows.detector",
+    flow_dir: Path | None = None,
+) -> dict[str, np.ndarray]:
+    """Every series' scores through the flow (``mode="flow"``) or ``detector.score``."""
+    if mode == "direct":
+        return run_direct(series, detector, params, batch)
+    with tempfile.TemporaryDirectory(prefix="nab-flow-") as tmp:
+        return run_flow(series, detector, params, flow_dir or Path(tmp), workers, module)
+
+
+def state_bytes(series: Sequence[Series], detector: str, params: dict[str, Any]) -> dict[str, int]:
+    """Packed per-key state after each whole series: the largest and the mean, in bytes."""
+    from detectors import get_detector
+
+    det = get_detector(detector, params)
+    sizes = []
+    for s in series:
+        state, _ = det.score(det.init_state(), s.values, s.ts)
+        sizes.append(len(det.pack_state(state)))
+    return {"max": max(sizes), "mean": round(sum(sizes) / len(sizes))}
+
+
 def write_results(out_dir: Path, series: Sequence[Series], scores: dict[str, np.ndarray]) -> None:
     """``<out>/<category>/<name>.csv`` with ``timestamp,value,anomaly_score`` per input row."""
     for s in series:
@@ -240,28 +284,60 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--flow-module", default="flows.detector")
     ap.add_argument("--only", nargs="*", help="substrings: score only matching series")
     ap.add_argument("--flow-dir", type=Path, help="keep the flow's input/output/DLQ here")
+    ap.add_argument(
+        "--downsample",
+        type=int,
+        default=1,
+        help="average every N rows into one (short, coarse series: a warm-up stress test)",
+    )
+    ap.add_argument(
+        "--cv",
+        choices=FOLD_KINDS,
+        help="also report cross-validated scores: leave one category / one series out",
+    )
+    ap.add_argument(
+        "--grid",
+        type=Path,
+        help="JSON list of parameter overrides tuned with the threshold (with --cv: per fold); "
+        "default with --cv for the ensemble: benchmarks/nab/grid.json; 'none': threshold only",
+    )
     args = ap.parse_args(argv)
 
     params = json.loads(args.params)
-    series = load_corpus(args.data, args.only)
+    series = load_corpus(args.data, args.only, args.downsample)
     prof_path = args.data / "profiles.json"
     profiles = load_profiles(json.loads(prof_path.read_text())) if prof_path.exists() else PROFILES
+    grid = [params]
+    if args.grid is None and args.cv and args.detector == "ensemble" and not params:
+        args.grid = DEFAULT_GRID  # the defaults were tuned on it: the CV must tune it too
+    if args.grid and str(args.grid) != "none":
+        grid = [{**params, **g} for g in json.loads(args.grid.read_text())]
     t0 = time.perf_counter()
-    if args.mode == "flow":
-        with tempfile.TemporaryDirectory(prefix="nab-flow-") as tmp:
-            scores = run_flow(
-                series,
-                args.detector,
-                params,
-                args.flow_dir or Path(tmp),
-                args.workers,
-                args.flow_module,
-            )
-    else:
-        scores = run_direct(series, args.detector, params, args.batch)
+    all_scores = [
+        run_scores(
+            series,
+            args.detector,
+            g,
+            args.mode,
+            args.workers,
+            args.batch,
+            args.flow_module,
+            args.flow_dir,
+        )
+        for g in grid
+    ]
     elapsed = time.perf_counter() - t0
+    cv = None
+    cands = [[ScoredFile(s.name, sc[s.name], s.windows) for s in series] for sc in all_scores]
+    main_profile = next(iter(profiles.values()))  # standard
+    if args.cv:
+        cv = cross_validate(cands, profiles, args.cv)
+    if len(grid) > 1:  # the configuration chosen on all series, as each CV fold chooses
+        params = grid[choose(cands, range(len(series)), main_profile)[0]]
+    scores = all_scores[grid.index(params)]
     write_results(args.out, series, scores)
     results = score_corpus(series, scores, profiles, args.threshold)
+    size = state_bytes(series, args.detector, params)
     n_rows = sum(len(s.ts) for s in series)
     summary = {
         "detector": args.detector,
@@ -272,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "windows": sum(len(s.windows) for s in series),
         "rows": n_rows,
         "stream_seconds": round(elapsed, 2),
+        "state_bytes_per_key": size,
         "fixed_threshold": args.threshold,
         "results": {
             k: {**v, "threshold": v["threshold"] if np.isfinite(v["threshold"]) else None}
@@ -283,6 +360,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{args.detector} via {args.mode} in {elapsed:.1f}s"
     )
     print(format_table(results))
+    print(f"packed state per key: max {size['max']} B, mean {size['mean']} B")
+    if cv is not None:
+        summary["cv"] = {"folds": args.cv, "grid": grid, "results": cv}
+        if args.grid:
+            print(f"\ngrid: {args.grid} ({len(grid)} candidates); chosen on all series: {params}")
+        print(f"\ncross-validation ({args.cv}; {len(grid)} candidate(s), tuned per fold):")
+        print(format_cv(cv, args.cv))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2))

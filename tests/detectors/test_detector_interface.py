@@ -145,3 +145,51 @@ def test_pack_state_round_trips_and_reads_the_default_format(name: str, series) 
         assert _same(det.unpack_state(blob), state)
         old = zlib.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), 1)
         assert _same(det.unpack_state(old), state)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_explain_names_component_range_and_reason(name: str, series) -> None:
+    from detectors.base import REASONS
+
+    v, t = series
+    det = detectors.get_detector(name)
+    spike = len(v) // 2
+    state, _ = det.score(det.init_state(), v[: spike + 1], t[: spike + 1])
+    before = pickle.dumps(state)
+    why = det.explain(state, float(v[spike]), float(t[spike]))
+    assert pickle.dumps(state) == before  # explaining does not change the state
+    assert set(why) == {"component", "expected", "reason"}
+    assert isinstance(why["component"], str) and why["reason"] == "spike"
+    lo, hi = why["expected"]
+    assert lo < hi and not lo <= v[spike] <= hi  # the spike is outside the expected range
+    assert lo <= v[spike - 288] <= hi  # the same time a day earlier (5-minute steps)
+    json.dumps(why)  # goes into the alert body as is
+    # a level shift that has lasted a while is named as such
+    shift = int(len(v) * 0.8) + 10
+    state, _ = det.score(det.init_state(), v[: shift + 1], t[: shift + 1])
+    assert det.explain(state, float(v[shift]), float(t[shift]))["reason"] in REASONS
+    fresh = det.explain(det.init_state(), 1.0, float(t[0]))
+    assert fresh["expected"] is None and fresh["reason"] is None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_explain_in_batch_equals_one_record_at_a_time(name: str, series) -> None:
+    from detectors.base import explain_in_batch, state_before_batch
+
+    v, t = series
+    det = detectors.get_detector(name)
+    spike = len(v) // 2
+    st0, _ = det.score(det.init_state(), v[: spike - 3], t[: spike - 3])
+    vals, ts = v[spike - 3 : spike + 4].tolist(), t[spike - 3 : spike + 4].tolist()
+    before = state_before_batch(det, st0, len(vals))
+    assert before is not None and state_before_batch(det, st0, 1) is None
+    after, _ = det.score(det.unpack_state(before), np.array(vals), np.array(ts))
+    j = 3  # the spike, in the middle of the batch
+    one, _ = det.score(det.unpack_state(before), np.array(vals[: j + 1]), np.array(ts[: j + 1]))
+    expected = det.explain(one, vals[j], ts[j])
+    assert explain_in_batch(det, after, before, vals, ts, j) == expected
+    assert explain_in_batch(det, after, before, vals, ts, 6) == det.explain(after, vals[6], ts[6])
+    fresh = state_before_batch(det, None, 2)
+    assert fresh is not None and pickle.dumps(det.unpack_state(fresh)) == pickle.dumps(
+        det.init_state()
+    )

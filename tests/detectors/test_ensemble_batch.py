@@ -17,10 +17,9 @@ from detectors.ensemble import EnsembleDetector, bins_py, fit_ensemble, novelty_
 CONFIGS: list[dict[str, Any]] = [
     {},
     {"suppress_blocks": 0},
-    {"cal_cap": 40, "hist_cap": 25},
-    {"warm": 5, "cal_warm": 3, "hist_cap": 12, "cal_cap": 15, "block": 3, "suppress_blocks": 2},
-    {"cal_extrapolate": False, "suppressed_factor": 0.3, "n_tod": 7, "bin_k": 10},
-    {"w_mad": 0.5, "warm": 10, "mad_window": 32, "cal_cap": 60},
+    {"hist_cap": 25, "ref_step": 0.0},
+    {"warm": 5, "cal_warm": 3, "hist_cap": 12, "block_s": 900.0, "suppress_blocks": 2},
+    {"n_tod": 7, "bin_k": 10, "ref_step": 3600.0},
 ]
 
 
@@ -107,7 +106,7 @@ def test_score_batch_equals_score_per_key(cfg: dict[str, Any], seeded: bool) -> 
 
 
 def test_score_batch_one_big_batch_equals_split_calls() -> None:
-    det = EnsembleDetector({"hist_cap": 300, "cal_cap": 500})
+    det = EnsembleDetector({"hist_cap": 300})
     series = [_series(k, 2000) for k in range(5)]
     states, scores = det.score_batch([None] * 5, [v for v, _ in series], [t for _, t in series])
     for k, (v, t) in enumerate(series):
@@ -153,11 +152,17 @@ def test_score_batch_fallback_loops_over_score() -> None:
     det._batch = False  # what an ``xp`` other than numpy does
     v, t = _series(3, 400)
     st0, _ = ref.score(ref.init_state(), v[:250], t[:250])
-    states, scores = det.score_batch([copy.deepcopy(st0), None], [v[250:], v[:9]], [t[250:], t[:9]])
+    states, scores = det.score_batch(
+        [copy.deepcopy(st0), None, None], [v[250:], v[:9], v], [t[250:], t[:9], t]
+    )
     for st, s, (rs, rsc) in zip(
         states,
         scores,
-        [ref.score(st0, v[250:], t[250:]), ref.score(ref.init_state(), v[:9], t[:9])],
+        [
+            ref.score(st0, v[250:], t[250:]),
+            ref.score(ref.init_state(), v[:9], t[:9]),
+            ref.score(ref.init_state(), v, t),  # through the warm-up's end
+        ],
         strict=True,
     ):
         assert_same_state(st, rs)
@@ -204,8 +209,8 @@ def test_pack_round_trip_is_exact() -> None:
         before = copy.deepcopy(st)
         blob = det.pack_state(st)
         assert_same_state(st, before)  # packing does not touch the state
-        compact += blob[0] == 1
-        wide += blob[0] == 1 and bool(blob[1] & 2)
+        compact += blob[0] == 2
+        wide += blob[0] == 2 and bool(blob[1] & 2)
         back = det.unpack_state(blob)
         assert_same_state(back, st)
         # old snapshots (pickle + zlib) keep loading
@@ -250,17 +255,14 @@ def test_unusual_states_fall_back_to_the_default_format() -> None:
         o = copy.deepcopy(st)
         o[key][..., 0] = 7
         blob = det.pack_state(o)
-        assert blob[0] == 1
+        assert blob[0] == 2
         assert_same_state(det.unpack_state(blob), o)
-    mad = EnsembleDetector({"w_mad": 1.0})
-    st_mad, _ = mad.score(mad.init_state(), v, t)
-    assert mad.pack_state(st_mad)[0] == 1
-    blob = mad.pack_state(dict(st_mad, cal_mad=np.zeros(3)))
+    blob = det.pack_state(dict(st, warm_t=np.zeros(3)))  # warm and warm_t differ in length
     assert blob[0] == 0x78
     # a state of another configuration still round-trips (default format)
     other = EnsembleDetector({"n_tod": 12})
     blob = other.pack_state(st)
-    assert blob[0] == 0x78 and det.pack_state(st)[0] == 1
+    assert blob[0] == 0x78 and det.pack_state(st)[0] == 2
     assert_same_state(other.unpack_state(blob), st)
     # and the compact format is self-describing
     assert_same_state(other.unpack_state(det.pack_state(st)), st)
@@ -282,3 +284,45 @@ def test_mad_detector_default_pack_and_batch() -> None:
     ):
         assert s["n"] == rs["n"] and s["hist"].tobytes() == rs["hist"].tobytes()
         assert_same_scores(sc, rsc)
+
+
+# States packed by the previous release (format 1, first byte 1): a mature one (400 values)
+# and one in warm-up (50 values), zlib-compressed here only to keep the text short.
+V1_MATURE = (
+    "eNpjZJBgCGQwYOBiUGfQAWN+BhYGBJjACKHVGbQZ9G+EMRuvd3V4evCEir+KsIPcyxTpnW9u2E/J4y1fsEvWYUXwe4c"
+    "dWf/sITo+/GdgYGUHscRABB+I4GICEozcQIKJC0aA1XAyAwkeBijBxgZVxcIBJLiBTmDmhCkC8SAESBVEGYQPVgxi8g"
+    "Bt5AOSxEJNBjsGY4Z0oA/B4EG6A5huiILSHhCawRxKq0BpBSgtAqU/QH3O4MCAFcDlGdDUQegDcVD7YqB0AlTe3mFn+"
+    "NMLe6o+2Z/ue+rTbS/h0PQkqffJGkEHh1IB/UJhEYewi5dFH+5gd/j4cN1W10ouh5KQ6/H5gewO+WrVx7WDuBwmTDux"
+    "ZCMnu4PsXD6/i6Jf7QH9wEm2"
+)
+V1_WARM = (
+    "eNpjZJBgCGQwYOBigAFGIGRgMILyYHQgw///DCjggz0DTYCnAyr94T9lNAJcyln95q6ri0PAfafdqrIuDqWn8s49q3B"
+    "xSNDrfHlB18Vh15m7Nx9cdXZgf9Pokujs4rCw5KaN03YXh+ncNm9yWl0cmooWrZi8ztnh0KqFL/YmOzv8VT24YNZmZ4"
+    "d2xUVLP7G5OEzTtWP5cM3JIeTlEh/2J84OEr/eLl2R4OzAWMm0Qnaxs8Omum1SDXucHR4sPRs++7azw5yCIrlAaxeHU"
+    "00Kv037XRyOiCz7wP/X2WGFL6/Z0QMuDj6BRadWHXR2YE646hvl6eLwSSxsouo0F4frKv8Wu5q6ODQzpSelXnR2+GNq"
+    "uqjukLMDa7NyZiLQHUk9fYxWaS4O58QePyu55Oyw0F7mjwLQP3dMmcp8Q1wcAhf9cnXYCTTHSawlZbaLg/Ox/003gPy"
+    "66cc/LwOGzyKP/8tcgfZ85l7510nS1SHxmYfx0iZXhyPns7yzDF0czMPbLnxZ7OrgoiVzoXueq8Pl6ZWWD9JcHSq5U6"
+    "PPmLo6WMzceDPor4vDsxuHH2t8cnX4rSti+t7FzeHxR0PdSc5uDpMWCWxdK+HmAAClhMkG"
+)
+
+
+def test_format_1_states_still_load_and_resume() -> None:
+    import base64
+
+    from detectors.ensemble_codec import KEYS
+
+    det = EnsembleDetector()
+    mature = det.unpack_state(zlib.decompress(base64.b64decode(V1_MATURE)))
+    assert tuple(mature) == KEYS
+    assert mature["n"] == 400 and (mature["lo"], mature["hi"]) == (39, 43)
+    assert abs(mature["m0"] - 43.36874429455235) < 1e-12 and int(mature["ct"].sum()) == 300
+    assert mature["step"] == 0.0 and mature["warm_t"].size == 0
+    warm = det.unpack_state(zlib.decompress(base64.b64decode(V1_WARM)))
+    assert warm["n"] == 50 and warm["warm"].size == 50 and warm["warm_t"].size == 0
+    v, t = _series(3, 200)
+    for st in (mature, warm):
+        st2, s = det.score(st, v, t)
+        assert st2["n"] == st["n"] + int(np.isfinite(v).sum()) and np.all((s >= 0) & (s < 1))
+        blob = det.pack_state(st2)
+        assert blob[0] == 2
+        assert_same_state(det.unpack_state(blob), st2)

@@ -6,6 +6,7 @@ import numpy as np
 
 import detectors
 from detectors.kernels import MAD_TO_SIGMA
+from detectors.mad import MadDetector
 
 
 def test_mad_score_matches_hand_computation() -> None:
@@ -40,3 +41,16 @@ def test_fit_calibrates_z_scale() -> None:
     det.load_model(model)
     _, s = det.score(det.init_state(), v, np.arange(3000.0))
     assert abs(np.quantile(s[16:], 0.999) - 0.5) < 0.02
+
+
+def test_explain_level_shift_after_a_few_values() -> None:
+    rng = np.random.default_rng(1)
+    v = 10 + rng.normal(0, 1, 400)
+    v[390:] += 20.0
+    t = 1.4e9 + 60.0 * np.arange(400)
+    det = MadDetector()
+    st, _ = det.score(det.init_state(), v[:391], t[:391])
+    assert det.explain(st, float(v[390]), float(t[390]))["reason"] == "spike"
+    st, _ = det.score(det.init_state(), v, t)
+    why = det.explain(st, float(v[399]), float(t[399]))
+    assert why["reason"] == "level_shift" and why["expected"][1] < 20.0

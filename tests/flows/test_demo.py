@@ -7,6 +7,7 @@ import subprocess
 from datetime import datetime
 
 from connectors.demo import ANOMALIES, START_MS
+from detectors.base import REASONS
 from tests.flowrun import PY, ROOT, flow_env
 
 
@@ -33,6 +34,10 @@ def test_demo_alerts_on_every_injected_anomaly() -> None:
         ]
         assert hits, f"no alert within 3 h after the {sensor} anomaly"
         assert all(0.0 <= a["score"] <= 1.0 and len(a["alert_id"]) == 32 for a in hits)
+    for a in alerts:  # every alert says why
+        why = a["explain"]
+        assert why["component"] in ("novelty", "regime") and why["reason"] in REASONS
+        assert why["expected"][0] < why["expected"][1]
     summary = proc.stderr.decode().split("\nsummary: ", 1)[1]
     assert summary.startswith(f"{8 * 168 * 60 + 3:,} records read, {len(alerts)} alerts, 3 dead")
     for sensor, (kind, _start, _end) in ANOMALIES.items():
