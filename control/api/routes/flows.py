@@ -1,0 +1,133 @@
+"""``/v1/flows``: status and lag, run, stop and scale of named flows."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, Field
+
+from control import ops
+from control.api.auth import Principal
+from control.api.context import Api, caller
+from control.api.resources import FlowRef, allowed_env, find_flow, list_flows, new_flow
+from control.api.resources import tenant_store as store_of
+
+router = APIRouter(prefix="/v1/flows", tags=["flows"])
+
+OWNER = r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,63})$"
+FLOWS_READ = caller("flows.read")
+FLOWS_RUN = caller("flows.run")
+FLOWS_SCALE = caller("flows.scale")
+FLOWS_STOP = caller("flows.stop")
+
+
+class RunRequest(BaseModel):
+    """Start a flow (created on first run, owned by ``tenant``; ``*``: all tenants)."""
+
+    tenant: str = Field(pattern=OWNER, examples=["acme"])
+    workers: int = Field(1, ge=1, le=64)
+    processes: int = Field(1, ge=1, le=16)
+    snapshot_interval: int = Field(5, ge=1, le=3600)
+    env: dict[str, str] = Field(default_factory=dict, examples=[{"AD_WINDOW": "none"}])
+
+
+class StopRequest(BaseModel):
+    timeout: float = Field(60.0, gt=0, le=600)
+    kill: bool = False
+
+
+class ScaleRequest(BaseModel):
+    workers: int = Field(ge=1, le=64)
+    processes: int | None = Field(None, ge=1, le=16)
+    timeout: float = Field(60.0, gt=0, le=600)
+
+
+def _api(request: Request) -> Api:
+    return request.app.state.api
+
+
+def _flow(request: Request, who: Principal, action: str, name: str) -> FlowRef:
+    flow = find_flow(_api(request).cfg, name)
+    _api(request).guard(request, who, action, flow.tenant if flow else None, f"flow {name}")
+    assert flow is not None
+    return flow
+
+
+@router.get("", summary="flows visible to the caller")
+def flows_list(request: Request, who: Principal = FLOWS_READ) -> list[dict[str, Any]]:
+    api = _api(request)
+    api.require(request, who, "flows.read")
+    return [
+        {"name": f.name, "tenant": f.tenant, **ops.flow_info(f.dir)}
+        for f in list_flows(api.cfg)
+        if who.sees(f.tenant)
+    ]
+
+
+@router.get("/{name}", summary="status and lag of a flow (as `adctl status --json`)")
+def flow_status(
+    request: Request,
+    name: str,
+    interval: float = Query(0.0, ge=0, le=10, description="seconds between scrapes (rates)"),
+    who: Principal = FLOWS_READ,
+) -> dict[str, Any]:
+    flow = _flow(request, who, "flows.read", name)
+    return {"name": flow.name, "tenant": flow.tenant, **ops.flow_status(flow.dir, None, interval)}
+
+
+@router.post("/{name}/run", summary="start a flow (`adctl run`)")
+def flow_run(
+    request: Request, name: str, body: RunRequest, who: Principal = FLOWS_RUN
+) -> dict[str, Any]:
+    from control.supervisor import FlowSpec, free_ports
+
+    api = _api(request)
+    flow = find_flow(api.cfg, name)
+    owner = flow.tenant if flow else body.tenant
+    if owner != "*" and not api.tenant_exists(owner):
+        owner_known = None
+    else:
+        owner_known = owner
+    api.guard(request, who, "flows.run", owner_known, f"flow {name}")
+    if flow is not None and flow.tenant != body.tenant:
+        raise HTTPException(409, f"flow {name} belongs to tenant {flow.tenant!r}")
+    allowed_env(body.env, api.cfg.allow_urls, api.flow_keys)
+    env = dict(body.env)
+    env.setdefault("AD_METRICS_PORT", str(free_ports(1)[0]))
+    if api.cfg.model_store:
+        store = api.cfg.model_store
+        env["AD_MODEL_STORE"] = store if owner == "*" else store_of(store, owner)
+    spec = FlowSpec(
+        module=api.cfg.module,
+        workers=body.workers,
+        processes=body.processes,
+        snapshot_interval=body.snapshot_interval,
+        env=env,
+    )
+    with api.lock(name):
+        flow = flow or new_flow(api.cfg, name, owner)
+        pids = ops.run_flow(flow.dir, spec, api.base_env)
+    return {"name": name, "tenant": owner, "pids": pids, **ops.flow_info(flow.dir)}
+
+
+@router.post("/{name}/stop", summary="stop a flow cleanly, or kill it (`adctl stop`)")
+def flow_stop(
+    request: Request, name: str, body: StopRequest, who: Principal = FLOWS_STOP
+) -> dict[str, Any]:
+    flow = _flow(request, who, "flows.stop", name)
+    with _api(request).lock(name):
+        res = ops.stop_flow(flow.dir, timeout=body.timeout, kill=body.kill)
+    return {"name": name, **asdict(res)}
+
+
+@router.post("/{name}/scale", summary="restart from the recovery store (`adctl scale`)")
+def flow_scale(
+    request: Request, name: str, body: ScaleRequest, who: Principal = FLOWS_SCALE
+) -> dict[str, Any]:
+    flow = _flow(request, who, "flows.scale", name)
+    api = _api(request)
+    with api.lock(name):
+        spec = ops.scale_flow(flow.dir, body.workers, body.processes, body.timeout, api.base_env)
+    return {"name": name, "workers": spec.workers, "processes": spec.processes}
