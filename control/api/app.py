@@ -46,24 +46,28 @@ class AuditTrail:
         state = scope.setdefault("state", {})
         seen: dict[str, int] = {}
 
-        async def send_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                seen["status"] = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            status = seen.get("status", 500)
+        async def record(status: int) -> None:
+            """Count the request and audit it (before the caller sees the response)."""
+            seen["status"] = status
             route = scope.get("route")
-            self.requests.labels(
-                getattr(route, "path", "unmatched"), scope["method"], str(status)
-            ).inc()
+            path = getattr(route, "path", "unmatched")
+            self.requests.labels(path, scope["method"], str(status)).inc()
             note = state.get("audit")
             if note is not None and (
                 note.get("denied") or status in (401, 403) or ACTIONS[note["action"]] != "viewer"
             ):
                 await run_in_threadpool(self._write, note, status)
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await record(int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            if "status" not in seen:
+                await record(500)
 
     def _write(self, note: dict[str, Any], status: int) -> None:
         denied = note.get("denied")
