@@ -113,6 +113,9 @@ class ApiServer:
         return httpx.Client(base_url=self.url, headers=headers, timeout=120)
 
     def stop(self) -> None:
+        """Stop the server, then kill any flow it left running."""
+        from control.supervisor import Supervisor
+
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -120,3 +123,8 @@ class ApiServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        flows = self.state / "flows"
+        for d in sorted(flows.iterdir()) if flows.is_dir() else []:
+            sv = Supervisor(d)
+            if sv.running():
+                sv.kill()
