@@ -24,7 +24,7 @@ from bytewax.outputs import (
     StatelessSinkPartition,
 )
 
-from connectors.base import OutRecord, RawRecord, SourceURL, parse_bool
+from connectors.base import ConnectorContext, OutRecord, RawRecord, SourceURL
 
 __all__ = ["FileSource", "FileSink", "StreamSink", "source_from_url", "sink_from_url"]
 
@@ -164,19 +164,19 @@ def _path(url: SourceURL) -> Path:
     return Path(url.path)
 
 
-def source_from_url(url: SourceURL, settings: Any) -> FileSource:
+def source_from_url(url: SourceURL, ctx: ConnectorContext) -> FileSource:
     paths = [Path(p) for p in url.path.split(",") if p]
     for p in paths:
         if not p.is_file():
             raise ValueError(f"input file {str(p)!r} does not exist ({url.raw})")
     return FileSource(
         paths,
-        tail=parse_bool(url.param("tail"), False),
-        batch_size=int(url.param("batch", "2000") or 2000),
+        tail=url.bool("tail", False),
+        batch_size=url.int("batch", 2000, minimum=1),
     )
 
 
-def sink_from_url(url: SourceURL, settings: Any) -> FileSink | StreamSink:
+def sink_from_url(url: SourceURL, ctx: ConnectorContext) -> FileSink | StreamSink:
     if url.scheme in ("stdout", "stderr"):
         return StreamSink(url.scheme)
     return FileSink(_path(url))

@@ -21,7 +21,8 @@ from connectors import make_sink, make_source
 from connectors.base import MessageBatch, OutRecord, RawRecord, as_raw
 from flows import metrics
 from flows.decode import Decoder
-from flows.logic import ALERT, DLQ, KeyGroupLogic, Models
+from flows.logic import ALERT, DLQ, KeyGroupLogic
+from flows.models import Models
 from flows.settings import Settings, SettingsError, load_settings
 from state.snapshots import resolve_snapshot_dir
 
@@ -144,8 +145,9 @@ def build_flow(
         metrics.start_metrics_server(s.metrics_port)
         tune_gc()
 
+    ctx = s.connector_context()
     flow = Dataflow(s.flow_id)
-    batches = op.input("read", flow, source or make_source(s.source, s))
+    batches = op.input("read", flow, source or make_source(s.source, ctx))
     decoded = op.flat_map("decode", batches, _decode_step(s))
     split = op.branch("split-bad", decoded, lambda kv: kv[0] != DLQ)
     bad_in = op.map("bad-input", split.falses, lambda kv: kv[1])
@@ -157,9 +159,9 @@ def build_flow(
     is_alert = op.branch("split-alerts", results, lambda tr: tr[0] == ALERT)
     alerts = op.map("alerts", is_alert.trues, lambda tr: tr[1])
     late = op.map("late", is_alert.falses, lambda tr: tr[1])
-    op.output("alerts-out", alerts, sink or make_sink(s.sink, s))
+    op.output("alerts-out", alerts, sink or make_sink(s.sink, ctx))
     op.output(
-        "dead-letters-out", op.merge("dead-letters", bad_in, late), dlq or make_sink(s.dlq, s)
+        "dead-letters-out", op.merge("dead-letters", bad_in, late), dlq or make_sink(s.dlq, ctx)
     )
     return flow
 

@@ -18,7 +18,6 @@ from control.cli_env import (
     split_list,
 )
 from control.progress import Progress, say
-from flows.settings import Settings
 
 
 def _announce(args: argparse.Namespace) -> Any:
@@ -85,8 +84,7 @@ def _common_store(p: argparse.ArgumentParser) -> None:
         p,
         "--detector",
         env="AD_DETECTOR",
-        default=Settings().detector,
-        help="detector name (the flow's default)",
+        help="detector name",
     )
 
 
@@ -102,7 +100,6 @@ def _common_publish(p: argparse.ArgumentParser) -> None:
         p,
         "--control-topic",
         env="AD_CONTROL_TOPIC",
-        default="ad-control",
         help="Kafka topic for audit announcements",
     )
     opt(
