@@ -161,7 +161,6 @@ def register(sub: Any) -> None:
         p,
         "--control-topic",
         env="AD_CONTROL_TOPIC",
-        default="ad-control",
         help="Kafka topic for model announcements",
     )
     opt(

@@ -81,7 +81,8 @@ def flow_status(
 def flow_run(
     request: Request, name: str, body: RunRequest, who: Principal = FLOWS_RUN
 ) -> dict[str, Any]:
-    from control.supervisor import FlowSpec, free_ports
+    from control.launch import free_ports
+    from control.supervisor import FlowSpec
 
     api = _api(request)
     flow = find_flow(api.cfg, name)
