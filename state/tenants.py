@@ -116,6 +116,11 @@ class Quota:
     def unlimited(self) -> bool:
         return self.rate is None and self.max_sensors is None
 
+    @property
+    def capacity(self) -> float | None:
+        """The token bucket's size: ``burst``, else ``rate`` (None: no rate limit)."""
+        return self.burst if self.burst is not None else self.rate
+
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 

@@ -47,6 +47,8 @@ def test_load_a_full_registry(tmp_path: Path) -> None:
     assert acme.detector_params == {"window": 64, "z_scale": 3.0}
     assert (acme.window_size, acme.window_slide, acme.session_gap) == (120.0, 30.0, None)
     assert acme.quota == Quota(rate=100.0, burst=500.0, max_sensors=20)
+    assert acme.quota.capacity == 500.0 and Quota(rate=7.0).capacity == 7.0
+    assert Quota(max_sensors=3).capacity is None
     assert acme.alerts_url == "kafka://127.0.0.1:9092/alerts.acme"
     assert acme.dead_letters_url == "kafka://127.0.0.1:9092/dead-letters.acme"
     shared = reg.get(None)  # a record without a tenant belongs to the default tenant
