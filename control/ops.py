@@ -8,9 +8,9 @@ data or dataclasses; errors are the control plane's own exceptions (``CliError``
 
 from __future__ import annotations
 
+import heapq
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,13 +336,26 @@ def recent_alerts(
     since: float | None = None,
     kafka_conf: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The last ``limit`` alerts in the alert sinks (Kafka topics or JSON-lines files),
-    only those whose ``tenant_id`` is ``tenant`` when one is given; Kafka is read from
-    the record time ``since`` (epoch seconds) on."""
-    from control.history import iter_records
+    """The ``limit`` latest alerts (by ``window_end``; read order breaks ties) in the alert
+    sinks (Kafka topics or JSON-lines files), only those whose ``tenant_id`` is ``tenant``
+    when one is given, oldest first; Kafka is read from the record time ``since`` (epoch
+    seconds) on."""
+    from control.history import iter_records, parse_time
 
-    out: deque[dict[str, Any]] = deque(maxlen=max(0, limit))
-    for rec in iter_records([strip_query(s) for s in sinks], since=since, kafka_conf=kafka_conf):
-        if tenant is None or rec.get("tenant_id") == tenant:
-            out.append(rec)
-    return list(out)
+    def end_of(rec: dict[str, Any]) -> float:
+        try:
+            return parse_time(rec["window_end"])
+        except (KeyError, TypeError, ValueError):
+            return float("-inf")
+
+    best: list[tuple[float, int, dict[str, Any]]] = []  # a min-heap of the latest
+    sources = [strip_query(s) for s in sinks]
+    for n, rec in enumerate(iter_records(sources, since=since, kafka_conf=kafka_conf)):
+        if tenant is not None and rec.get("tenant_id") != tenant:
+            continue
+        item = (end_of(rec), n, rec)
+        if len(best) < limit:
+            heapq.heappush(best, item)
+        elif limit > 0 and item[:2] > best[0][:2]:
+            heapq.heapreplace(best, item)
+    return [rec for _t, _n, rec in sorted(best, key=lambda x: x[:2])]
