@@ -24,6 +24,8 @@ naming the key with a valid example::
 ``Registry.digest`` is the SHA-256 of the canonical content (not of the file's bytes), so
 formatting and comments do not change it; a flow can apply a new registry at an input
 position and compare digests. ``update_registry`` changes a file atomically under a lock.
+``store_registry`` puts a registry into the model store as an immutable, checksummed
+artifact; ``load_registry`` reads it back by its ref.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ __all__ = [
     "parse_registry",
     "parse_tenant",
     "save_registry",
+    "store_registry",
     "tenant_url",
     "update_registry",
 ]
@@ -60,6 +63,8 @@ __all__ = [
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 WINDOWS = ("tumbling", "sliding", "session", "none")
+ARTIFACT_NAME = "ad-tenants"  # the "detector" name of registries in the model store
+ARTIFACT_KIND = "tenant-registry"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _EXAMPLES = {
     "default_tenant": "default_tenant: shared",
@@ -380,13 +385,32 @@ def _path_of(path_or_url: str | Path) -> Path:
     parts = urlsplit(text)
     if parts.scheme != "file":
         raise RegistryError(
-            f"tenant registry {text!r}: only files are supported (e.g. file:///etc/ad/tenants.yaml)"
+            f"tenant registry {text!r}: not a file (e.g. file:///etc/ad/tenants.yaml); "
+            "a registry in the model store is read by its ref (redis://, s3://)"
         )
     return Path(unquote(parts.netloc + parts.path))
 
 
+def _from_artifact(ref: str, model: Any) -> Registry:
+    if not isinstance(model, Mapping) or model.get("kind") != ARTIFACT_KIND:
+        raise RegistryError(f"tenant registry {ref!r}: the artifact is not a tenant registry")
+    reg = parse_registry(model.get("registry"), ref)
+    if reg.digest != model.get("digest"):
+        raise RegistryError(f"tenant registry {ref!r}: content does not match its digest")
+    return reg
+
+
 def load_registry(path_or_url: str | Path) -> Registry:
-    """Read and validate a registry file (a path or ``file://`` URL; YAML or JSON)."""
+    """Read and validate a registry: a YAML/JSON file (a path or ``file://`` URL), or an
+    artifact in the model store by its ref (see :func:`store_registry`)."""
+    text = str(path_or_url)
+    if text.startswith(("redis://", "s3://")):
+        from state import model_store
+
+        try:
+            return _from_artifact(text, model_store.fetch(text))
+        except model_store.ModelStoreError as exc:
+            raise RegistryError(f"tenant registry {text!r}: {exc}") from None
     path = _path_of(path_or_url)
     try:
         text = path.read_text()
@@ -400,7 +424,27 @@ def load_registry(path_or_url: str | Path) -> Registry:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
         raise RegistryError(f"tenant registry {str(path)!r}: not valid YAML{line}") from None
+    if isinstance(data, Mapping) and "format" in data and "model" in data:
+        from state import model_store  # a model-store artifact file: verify it
+
+        try:
+            return _from_artifact(str(path), model_store.fetch(path.as_uri()))
+        except model_store.ModelStoreError as exc:
+            raise RegistryError(f"tenant registry {str(path)!r}: {exc}") from None
     return parse_registry(data, str(path))
+
+
+def store_registry(store_url: str, registry: Registry) -> str:
+    """Put ``registry`` into the model store as an immutable artifact
+    (``ad-tenants/d<digest>``) and return its ref: what a control marker can carry so a
+    flow applies it at an input position. Storing the same content again is a no-op."""
+    from state import model_store
+
+    body = {"kind": ARTIFACT_KIND, "digest": registry.digest, "registry": registry.to_dict()}
+    try:
+        return model_store.put(store_url, ARTIFACT_NAME, f"d{registry.digest[:32]}", body)
+    except model_store.ModelStoreError as exc:
+        raise RegistryError(f"cannot store the tenant registry in {store_url!r}: {exc}") from None
 
 
 def save_registry(path_or_url: str | Path, registry: Registry) -> None:

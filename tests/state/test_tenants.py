@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 from state.tenants import (
     Quota,
@@ -16,6 +17,7 @@ from state.tenants import (
     parse_registry,
     parse_tenant,
     save_registry,
+    store_registry,
     update_registry,
 )
 
@@ -112,8 +114,8 @@ def test_unreadable_and_invalid_files_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("tenants: [\n")
     with pytest.raises(RegistryError, match=r"bad.yaml.*not valid YAML at line"):
         load_registry(tmp_path / "bad.yaml")
-    with pytest.raises(RegistryError, match="only files are supported"):
-        load_registry("redis://127.0.0.1:6379/tenants")
+    with pytest.raises(RegistryError, match="not a file"):
+        load_registry("kafka://127.0.0.1:9092/tenants")
 
 
 def test_the_default_tenant_cannot_be_removed() -> None:
@@ -142,3 +144,41 @@ def test_concurrent_updates_lose_nothing(tmp_path: Path) -> None:
     with pytest.raises(RegistryError):
         update_registry(path, lambda r: Registry(r.tenants, default_tenant="ghost"))
     assert path.read_text() == before
+
+
+def test_a_registry_in_the_model_store_is_immutable_and_verified(tmp_path: Path) -> None:
+    reg = parse_registry(yaml.safe_load(SAMPLE))
+    store = (tmp_path / "models").as_uri()
+    ref = store_registry(store, reg)
+    assert ref == store_registry(store, reg)  # the same content: the same artifact
+    assert ref.endswith(f"/ad-tenants/d{reg.digest[:32]}.json")
+    assert load_registry(ref) == reg and load_registry(ref).digest == reg.digest
+    other = store_registry(store, reg.without_tenant("acme"))
+    assert other != ref and len(load_registry(other)) == 1
+    # a changed artifact is refused (checksum), so is an artifact that is not a registry
+    fresh = store_registry(store, reg.with_tenant(Tenant(id="new", threshold=0.25)))
+    path = Path(fresh.removeprefix("file://"))  # changed before anything read it
+    path.write_text(path.read_text().replace("0.25", "0.75"))
+    with pytest.raises(RegistryError, match="corrupt"):
+        load_registry(path)
+    from state import model_store
+
+    model = model_store.put(store, "mad", "v1", {"detector": "mad"})
+    with pytest.raises(RegistryError, match="not a tenant registry"):
+        load_registry(model)
+
+
+def test_a_registry_in_redis(redis_url: str) -> None:
+    import uuid
+
+    import redis
+
+    prefix = f"test:tenants:{uuid.uuid4().hex[:8]}"
+    reg = parse_registry({"tenants": {"a": {"quota": {"rate": 5}}}})
+    try:
+        ref = store_registry(f"{redis_url}/{prefix}", reg)
+        assert ref.startswith("redis://") and load_registry(ref) == reg
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        for k in client.scan_iter(f"{prefix}/*"):
+            client.delete(k)
