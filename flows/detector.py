@@ -42,6 +42,8 @@ def _decode_step(settings: Settings) -> Any:
         settings.schema_registry,
         settings.max_record_bytes,
         settings.flow_id,
+        settings.timestamp_unit,
+        settings.earliest_ms,
     )
     groups = settings.key_groups
     by_partition = settings.key_by == "partition"

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from connectors.base import ConnectorContext, SourceURL, parse_bool, parse_duration, parse_url
+from schemas.timestamps import UNITS, parse_time_setting
 
 __all__ = [
     "PROCESS_KEYS",
@@ -66,9 +67,9 @@ def setting(
         default: the value when the key is not set.
         help: one line for the README table and ``adctl --help``.
         example: a valid value, shown in every error about this key.
-        kind: ``str``, ``url``, ``choice``, ``duration``, ``fraction`` (0..1), ``count``
-            (integer > 0), ``natural`` (integer >= 0), ``bool``, ``json`` (an object),
-            ``mapping``.
+        kind: ``str``, ``url``, ``time`` (RFC 3339 or epoch seconds), ``choice``,
+            ``duration``, ``fraction`` (0..1), ``count`` (integer > 0), ``natural``
+            (integer >= 0), ``bool``, ``json`` (an object), ``mapping``.
         choices: the valid values of a ``choice``.
         secret: never printed (``repr``, messages, logs).
         shown: the default as the README shows it (default: derived from ``default``).
@@ -139,6 +140,21 @@ class Settings:
         "10s",
         kind="duration",
     )
+    timestamp_unit: str = setting(
+        "auto",
+        "unit of numeric timestamps: `s`, `ms`, `us`, `ns`, or `auto` (by magnitude: "
+        "< 1e11 seconds, < 1e14 milliseconds, < 1e17 microseconds, else nanoseconds)",
+        "ms",
+        kind="choice",
+        choices=UNITS,
+    )
+    earliest_time: str = setting(
+        "2000-01-01T00:00:00Z",
+        "records dated before this are dead letters `bad_timestamp` (RFC 3339 or epoch "
+        "seconds; catches seconds read as milliseconds and zero placeholders)",
+        "1970-01-01T00:00:00Z",
+        kind="time",
+    )
     max_future: float = setting(
         86400.0,
         "how far ahead of it a record may be (else dead letter `future`)",
@@ -203,6 +219,11 @@ class Settings:
     def url(self, name: str) -> SourceURL:
         """Setting ``name`` (``source``, ``sink``, ``dlq``) parsed as a connector URL."""
         return parse_url(getattr(self, name))
+
+    @property
+    def earliest_ms(self) -> int:
+        """``earliest_time`` in epoch milliseconds."""
+        return parse_time_setting(self.earliest_time)
 
     def connector_context(self) -> ConnectorContext:
         """What the connector factories get to know of these settings."""
@@ -296,6 +317,8 @@ def _coerce(key: str, value: Any) -> Any:
             return parse_bool(str(value), _DECLARED[key].default)  # type: ignore[arg-type]
         if kind == "url":
             parse_url(str(value))
+        if kind == "time":
+            parse_time_setting(str(value))
         if kind == "choice" and str(value) not in meta["choices"]:
             raise ValueError(f"not one of {meta['choices']}")
         return str(value)

@@ -27,6 +27,11 @@ PY = sys.executable
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 #: One bad record per class, with the dead-letter reason it must get.
+#: a 2.4 KB JSON line nested 1,100 levels deep (once crashed the decoder for good)
+POISON = (
+    b'{"sensor_id":"a","timestamp":1767225660000,"value":1,"x":' + b"[" * 1100 + b"]" * 1100 + b"}"
+)
+
 BAD_RECORDS: list[tuple[bytes, str]] = [
     (b"\xff\xfe not json at all", "undecodable"),
     (b"[1, 2, 3]", "schema_mismatch"),
@@ -39,6 +44,8 @@ BAD_RECORDS: list[tuple[bytes, str]] = [
     (b'{"sensor_id": "s", "timestamp": "yesterday", "value": 1.0}', "bad_timestamp"),
     (b'{"sensor_id": "s", "timestamp": -5, "value": 1.0}', "bad_timestamp"),
     (b'{"sensor_id": "s", "timestamp": "2026-01-01T00:00:00", "value": 1.0}', "bad_timestamp"),
+    (b'{"sensor_id": "s", "timestamp": 0, "value": 1.0}', "bad_timestamp"),  # a placeholder
+    (POISON, "undecodable"),
 ]
 
 
