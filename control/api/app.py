@@ -15,16 +15,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from control.api.auth import ACTIONS, Principal
+from control.api.auth import ACTIONS, AuthError
 from control.api.config import ApiConfig
-from control.api.context import Api, caller
-from control.api.routes import flows, keys, models, tenants
+from control.api.context import Api
+from control.api.routes import flows, keys, meta, models, tenants
 
 __all__ = ["create_app"]
 
-TENANTS_READ = caller("tenants.read")
 _USERINFO = re.compile(r"(://)[^/@\s]+@")
 
 
@@ -34,10 +34,35 @@ def _clean(text: str) -> str:
 
 
 class AuditTrail:
-    """ASGI middleware: audit mutating calls and denials; count requests for metrics."""
+    """ASGI middleware: authenticate ``/v1`` requests before anything else looks at them
+    (no valid token: 401, whatever the body), audit mutating calls and denials, and count
+    requests for the metrics."""
 
-    def __init__(self, app: ASGIApp, api: Api, requests: Counter) -> None:
-        self.app, self.api, self.requests = app, api, requests
+    def __init__(self, app: ASGIApp, api: Api, requests: Counter, routes: list[BaseRoute]) -> None:
+        self.app, self.api, self.requests, self.routes = app, api, requests, routes
+
+    def _route(self, scope: Scope) -> tuple[str, str]:
+        """``(route path, action)`` of the route that will serve ``scope``."""
+        for route in self.routes:
+            match, _child = route.matches(scope)
+            if match == Match.FULL:
+                deps = getattr(getattr(route, "dependant", None), "dependencies", [])
+                actions = [getattr(d.call, "action", None) for d in deps]
+                return getattr(route, "path", "unmatched"), next(filter(None, actions), "-")
+        return "unmatched", "-"
+
+    async def _authenticate(self, scope: Scope, state: dict[str, Any]) -> str | None:
+        """Put the caller in ``state``; return why not (the 401 message) if it fails."""
+        raw = dict(scope["headers"]).get(b"authorization")
+        header = raw.decode("latin-1") if raw is not None else None
+        try:
+            state["principal"] = await run_in_threadpool(self.api.authn.authenticate, header)
+        except AuthError as exc:
+            path, action = self._route(scope)
+            state["audit"] = {"action": action, "target": scope["path"], "denied": str(exc)}
+            state["route"] = path
+            return str(exc)
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,12 +74,13 @@ class AuditTrail:
         async def record(status: int) -> None:
             """Count the request and audit it (before the caller sees the response)."""
             seen["status"] = status
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
+            path = getattr(scope.get("route"), "path", state.get("route", "unmatched"))
             self.requests.labels(path, scope["method"], str(status)).inc()
             note = state.get("audit")
             if note is not None and (
-                note.get("denied") or status in (401, 403) or ACTIONS[note["action"]] != "viewer"
+                note.get("denied")
+                or status in (401, 403)
+                or ACTIONS.get(note["action"], "viewer") != "viewer"
             ):
                 await run_in_threadpool(self._write, note, status)
 
@@ -63,6 +89,12 @@ class AuditTrail:
                 await record(int(message["status"]))
             await send(message)
 
+        if scope["path"].startswith("/v1/"):
+            why = await self._authenticate(scope, state)
+            if why is not None:
+                reply = JSONResponse({"detail": why}, 401, headers={"WWW-Authenticate": "Bearer"})
+                await reply(scope, receive, send_status)
+                return
         try:
             await self.app(scope, receive, send_status)
         finally:
@@ -125,9 +157,11 @@ def create_app(cfg: ApiConfig, base_env: dict[str, str] | None = None) -> FastAP
         ["route", "method", "status"],
         registry=metrics,
     )
-    app.add_middleware(AuditTrail, api=api, requests=requests)
+    routers = (flows.router, models.router, tenants.router, keys.router, meta.router)
+    routes = [route for r in routers for route in r.routes]
+    app.add_middleware(AuditTrail, api=api, requests=requests, routes=routes)
     _errors(app)
-    for r in (flows.router, models.router, tenants.router, keys.router):
+    for r in routers:
         app.include_router(r)
 
     @app.get("/healthz", tags=["meta"], summary="liveness (no authentication)")
@@ -137,9 +171,5 @@ def create_app(cfg: ApiConfig, base_env: dict[str, str] | None = None) -> FastAP
     @app.get("/metrics", tags=["meta"], summary="Prometheus metrics of the API")
     def prometheus() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(metrics).decode())
-
-    @app.get("/v1/whoami", tags=["meta"], summary="the authenticated caller")
-    def whoami(who: Principal = TENANTS_READ) -> dict[str, Any]:
-        return {"subject": who.subject, "role": who.role, "tenants": sorted(who.tenants)}
 
     return app

@@ -87,7 +87,10 @@ def caller(action: str) -> Any:
         api: Api = request.app.state.api
         request.state.audit = {"action": action, "target": request.url.path}
         try:
-            who = api.authn.authenticate(request.headers.get("authorization"))
+            # authenticated already by the audit middleware (before the body is read)
+            who = getattr(request.state, "principal", None) or api.authn.authenticate(
+                request.headers.get("authorization")
+            )
         except AuthError as exc:
             request.state.audit["denied"] = str(exc)
             raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
@@ -95,4 +98,5 @@ def caller(action: str) -> Any:
         return who
 
     dep.__name__ = f"caller_{action.replace('.', '_')}"
+    dep.action = action  # type: ignore[attr-defined]  # read by the audit middleware
     return Depends(dep)
