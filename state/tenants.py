@@ -400,9 +400,10 @@ def _from_artifact(ref: str, model: Any) -> Registry:
     return reg
 
 
-def load_registry(path_or_url: str | Path) -> Registry:
+def load_registry(path_or_url: str | Path, missing_ok: bool = False) -> Registry:
     """Read and validate a registry: a YAML/JSON file (a path or ``file://`` URL), or an
-    artifact in the model store by its ref (see :func:`store_registry`)."""
+    artifact in the model store by its ref (see :func:`store_registry`). A missing file
+    is an empty registry when ``missing_ok``."""
     text = str(path_or_url)
     if text.startswith(("redis://", "s3://")):
         from state import model_store
@@ -412,6 +413,8 @@ def load_registry(path_or_url: str | Path) -> Registry:
         except model_store.ModelStoreError as exc:
             raise RegistryError(f"tenant registry {text!r}: {exc}") from None
     path = _path_of(path_or_url)
+    if missing_ok and not path.exists():
+        return Registry(tenants={})
     try:
         text = path.read_text()
     except OSError as exc:
@@ -486,11 +489,7 @@ def update_registry(
     """
     path = _path_of(path_or_url)
     with _locked(path):
-        if path.exists() or not create:
-            current = load_registry(path)
-        else:
-            current = Registry(tenants={})
-        new = change(current)
+        new = change(load_registry(path, missing_ok=create))
         parse_registry(new.to_dict())  # the result must load again
         save_registry(path, new)
         return new

@@ -8,9 +8,7 @@ middleware (:mod:`control.api.app`), which writes one line per mutating call or 
 
 from __future__ import annotations
 
-import re
 import threading
-from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, HTTPException, Request
@@ -19,14 +17,7 @@ from control.api.audit import AuditLog
 from control.api.auth import ACTIONS, Authenticator, AuthError, Principal
 from control.api.config import ApiConfig
 from control.api.keys import KeyStore
-from state.tenants import Registry, load_registry
-
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def _path(path_or_url: str) -> Path:
-    return Path(path_or_url[len("file://") :] if path_or_url.startswith("file://") else path_or_url)
-
+from state.tenants import Registry, RegistryError, check_tenant_id, load_registry
 
 __all__ = ["Api", "caller"]
 
@@ -46,16 +37,18 @@ class Api:
 
     def registry(self) -> Registry:
         """The tenant registry now (empty when none is configured or written yet)."""
-        path = self.cfg.registry
-        if not path or not _path(path).exists():
+        if not self.cfg.registry:
             return Registry(tenants={})
-        return load_registry(path)
+        return load_registry(self.cfg.registry, missing_ok=True)
 
     def tenant_exists(self, tenant: str) -> bool:
         """In the registry, or any valid id when no registry is configured."""
-        if not self.cfg.registry:
-            return bool(_ID.match(tenant))
-        return self.registry().get(tenant) is not None
+        if self.cfg.registry:
+            return self.registry().get(tenant) is not None
+        try:
+            return bool(check_tenant_id(tenant))
+        except RegistryError:
+            return False
 
     def lock(self, name: str) -> threading.Lock:
         """One lock per flow: its run/stop/scale calls do not overlap."""

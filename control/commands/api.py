@@ -24,8 +24,8 @@ def _config(args: argparse.Namespace) -> Any:
     from state.tenants import load_registry
 
     state = Path(args.state_dir)
-    if args.registry and Path(args.registry.removeprefix("file://")).exists():
-        load_registry(args.registry)  # a bad registry stops the server at start (exit 2)
+    if args.registry:
+        load_registry(args.registry, missing_ok=True)  # a bad one stops the start (exit 2)
     for flag, path in (("--jwks", args.jwks), ("--jwt-key", args.jwt_key)):
         if path and "://" not in path and not Path(path).is_file():
             raise CliError(f"{flag} {path!r}: no such file (e.g. {flag} /etc/ad/jwks.json)")
