@@ -88,22 +88,25 @@ def metrics_endpoints(
 
 
 def flow_status(
-    state_dir: str | Path, endpoints: str | None = None, interval: float = 0.0
+    state_dir: str | Path,
+    endpoints: str | None = None,
+    interval: float = 0.0,
+    tenant: str | None = None,
 ) -> dict[str, Any]:
     """``adctl status --json``: lag, totals, models, checkpoint age and process info.
 
     Rates (events/s, alerts/s) need two scrapes ``interval`` seconds apart; with 0 they
-    are ``None``.
+    are ``None``. With ``tenant``, only that tenant's series of a shared flow count.
     """
     from control.status import snapshot, summarize
 
     eps, info = metrics_endpoints(state_dir, endpoints)
     prev = None
     if interval > 0:
-        prev = snapshot(eps)
+        prev = snapshot(eps, tenant=tenant)
         time.sleep(interval)
         eps, info = metrics_endpoints(state_dir, endpoints)
-    return summarize(prev, snapshot(eps), info)
+    return summarize(prev, snapshot(eps, tenant=tenant), info)
 
 
 def run_flow(state_dir: str | Path, spec: Any, base_env: Mapping[str, str]) -> list[int]:

@@ -157,7 +157,14 @@ def create_app(cfg: ApiConfig, base_env: dict[str, str] | None = None) -> FastAP
         ["route", "method", "status"],
         registry=metrics,
     )
-    routers = (flows.router, models.router, tenants.router, keys.router, meta.router)
+    routers = (
+        flows.router,
+        flows.tenant_router,
+        models.router,
+        tenants.router,
+        keys.router,
+        meta.router,
+    )
     routes = [route for r in routers for route in r.routes]
     app.add_middleware(AuditTrail, api=api, requests=requests, routes=routes)
     _errors(app)

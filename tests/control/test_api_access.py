@@ -157,6 +157,8 @@ def _restore_tenant(w: World, t: str) -> None:
 
 CASES = [
     Case("flows.read", "GET", "/v1/flows/{t}-flow"),
+    Case("flows.read", "GET", "/v1/tenants/{t}/flows"),
+    Case("flows.read", "GET", "/v1/tenants/{t}/flows/{t}-flow"),
     Case(
         "flows.run",
         "POST",
@@ -385,3 +387,21 @@ def test_lists_show_only_the_callers_tenants(world: World) -> None:
         r = c.post("/v1/flows/x/run", json={"tenant": OWN, "env": {"PYTHONPATH": "/tmp"}})
         assert r.status_code == 422 and "cannot be set through the API" in r.json()["detail"]
         assert c.get("/v1/flows/x").status_code == 404  # nothing was created
+
+
+def test_a_shared_flow_shows_each_tenant_only_its_own_series(world: World) -> None:
+    w = world
+    write_readings(w.tmp / "shared-in.jsonl", sensors=2, per_sensor=20)
+    with w.server.client(w.root_token) as c:
+        r = c.post("/v1/flows/shared-flow/run", json={"tenant": "*", "env": w.flow_env("shared")})
+        assert r.status_code == 200, r.text
+    w.wait_stopped("shared-flow")
+    with w.server.client(w.issuer.token("vic", "viewer", [OWN])) as c:
+        assert c.get("/v1/flows/shared-flow").status_code == 404  # the whole flow: no
+        st = c.get(f"/v1/tenants/{OWN}/flows/shared-flow").json()
+        assert st["shared"] is True and st["tenant"] == "*" and "pids" not in st
+        assert st["lag"] == {} and st["records_in"] == 0.0  # no series labelled acme
+        names = [f["name"] for f in c.get(f"/v1/tenants/{OWN}/flows").json()]
+        assert names == [f"{OWN}-flow", "shared-flow"]
+        assert c.get(f"/v1/tenants/{OWN}/flows/{OTHER}-flow").status_code == 404
+        assert c.get(f"/v1/tenants/{OTHER}/flows/shared-flow").status_code == 404

@@ -132,3 +132,49 @@ def flow_scale(
     with api.lock(name):
         spec = ops.scale_flow(flow.dir, body.workers, body.processes, body.timeout, api.base_env)
     return {"name": name, "workers": spec.workers, "processes": spec.processes}
+
+
+tenant_router = APIRouter(prefix="/v1/tenants/{tenant}/flows", tags=["flows"])
+
+
+def _tenant_flow(request: Request, who: Principal, tenant: str, name: str) -> FlowRef:
+    """A flow the tenant owns or shares ("*"); 404 for any other."""
+    api = _api(request)
+    flow = find_flow(api.cfg, name)
+    known = tenant if api.tenant_exists(tenant) else None
+    if flow is None or flow.tenant not in (tenant, "*"):
+        known = None
+    api.guard(request, who, "flows.read", known, f"flow {name} of tenant {tenant}")
+    assert flow is not None
+    return flow
+
+
+@tenant_router.get("", summary="the tenant's flows and the shared ones")
+def tenant_flows(
+    request: Request, tenant: str, who: Principal = FLOWS_READ
+) -> list[dict[str, Any]]:
+    api = _api(request)
+    api.guard(request, who, "flows.read", tenant if api.tenant_exists(tenant) else None, tenant)
+    return [
+        {"name": f.name, "tenant": f.tenant, **ops.flow_info(f.dir)}
+        for f in list_flows(api.cfg)
+        if f.tenant in (tenant, "*")
+    ]
+
+
+@tenant_router.get("/{name}", summary="a flow's status as the tenant sees it")
+def tenant_flow_status(
+    request: Request,
+    tenant: str,
+    name: str,
+    interval: float = Query(0.0, ge=0, le=10, description="seconds between scrapes (rates)"),
+    who: Principal = FLOWS_READ,
+) -> dict[str, Any]:
+    """A shared flow shows only the series labelled with the tenant (no input lag, no
+    pids); a flow of the tenant's own shows everything."""
+    flow = _tenant_flow(request, who, tenant, name)
+    shared = flow.tenant == "*"
+    st = ops.flow_status(flow.dir, None, interval, tenant=tenant if shared else None)
+    if shared:
+        st.pop("pids", None)
+    return {"name": flow.name, "tenant": flow.tenant, "shared": shared, **st}
