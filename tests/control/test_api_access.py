@@ -304,6 +304,9 @@ def test_the_authorisation_matrix(world: World) -> None:
     assert len(own_versions) == 1 + 2 * 2  # retrained by operator and admin, JWT and key
     assert (w.tmp / f"{OWN}-in.jsonl").read_text().count("#ADCTL") == 4  # pushes
     assert "#ADCTL" not in (w.tmp / f"{OTHER}-in.jsonl").read_text()
+    # the flows really ran: every reading of the own tenant's input has its output
+    out = (w.tmp / f"{OWN}-out.jsonl").read_text().splitlines()
+    assert len({json.loads(x)["alert_id"] for x in out}) == 3 * 60
 
     # secrets appear nowhere: response bodies, server log, audit log, metrics
     with w.server.client() as c:
