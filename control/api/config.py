@@ -31,4 +31,3 @@ class ApiConfig:
     control_topic: str = "ad-control"
     dask_scheduler: str | None = None
     dask_workers: int = 1
-    stop_timeout: float = 60.0

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ROLES", "ApiKey", "KeyError_", "KeyStore", "check_role", "check_tenants"]
+__all__ = ["ROLES", "ApiKey", "ApiKeyError", "KeyStore", "check_role", "check_tenants"]
 
 ROLES = ("viewer", "operator", "admin")
 PREFIX = "adk_"
@@ -34,20 +34,20 @@ _TENANT = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
 _N, _R, _P = 2**14, 8, 1
 
 
-class KeyError_(ValueError):  # noqa: N801 - not the builtin KeyError
+class ApiKeyError(ValueError):
     """A key could not be created, found or parsed."""
 
 
 def check_role(role: str) -> str:
     if role not in ROLES:
-        raise KeyError_(f"unknown role {role!r}; use one of {', '.join(ROLES)} (e.g. viewer)")
+        raise ApiKeyError(f"unknown role {role!r}; use one of {', '.join(ROLES)} (e.g. viewer)")
     return role
 
 
 def check_tenants(tenants: Sequence[str]) -> tuple[str, ...]:
     out = tuple(sorted(set(tenants)))
     if not out or not all(isinstance(t, str) and _TENANT.match(t) for t in out):
-        raise KeyError_(f"tenants must be tenant ids or '*' (e.g. acme), got {list(tenants)!r}")
+        raise ApiKeyError(f"tenants must be tenant ids or '*' (e.g. acme), got {list(tenants)!r}")
     return out
 
 
@@ -103,7 +103,7 @@ class KeyStore:
                 for k, v in data.get("keys", {}).items()
             }
         except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise KeyError_(f"keys file {str(self.path)!r} is unreadable: {exc}") from None
+            raise ApiKeyError(f"keys file {str(self.path)!r} is unreadable: {exc}") from None
 
     def _write(self, keys: dict[str, ApiKey]) -> None:
         body = {

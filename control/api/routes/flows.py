@@ -87,11 +87,8 @@ def flow_run(
     api = _api(request)
     flow = find_flow(api.cfg, name)
     owner = flow.tenant if flow else body.tenant
-    if owner != "*" and not api.tenant_exists(owner):
-        owner_known = None
-    else:
-        owner_known = owner
-    api.guard(request, who, "flows.run", owner_known, f"flow {name}")
+    known = owner == "*" or api.tenant_exists(owner)
+    api.guard(request, who, "flows.run", owner if known else None, f"flow {name}")
     if flow is not None and flow.tenant != body.tenant:
         raise HTTPException(409, f"flow {name} belongs to tenant {flow.tenant!r}")
     allowed_env(body.env, api.cfg.allow_urls, api.flow_keys)
