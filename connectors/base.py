@@ -197,10 +197,19 @@ class ConnectorContext:
     Args:
         flow_id: the flow's identity (transactional ids, consumer groups, dedup keys).
         kafka: librdkafka settings passed to every Kafka client (``AD_KAFKA_*``).
+        format: the input format (``json``, ``csv``, …): file sources pass a CSV
+            file's header line along with its records.
+        fresh: no execution ran with this recovery store before (nothing to resume), so
+            sinks that start afresh (a file in ``mode=truncate``) may clear old output.
+        process_id: this process's index in the cluster (one process does start-up
+            work such as clearing a file).
     """
 
     flow_id: str = "anomaly-detector"
     kafka: Mapping[str, str] = field(default_factory=dict)
+    format: str = "json"
+    fresh: bool = True
+    process_id: int = 0
 
 
 SCHEMES = ("kafka", "kinesis", "pubsub", "redis", "file", "demo", "stdout", "stderr")

@@ -110,9 +110,16 @@ def flow_status(
 
 
 def run_flow(state_dir: str | Path, spec: Any, base_env: Mapping[str, str]) -> list[int]:
-    """Start the flow ``spec`` (a ``FlowSpec``) under ``state_dir``; return the pids."""
-    from control.supervisor import Supervisor
+    """Start the flow ``spec`` (a ``FlowSpec``) under ``state_dir``; return the pids.
 
+    The detector flow's settings are checked first (``SettingsError``, one line), so a
+    bad setting starts nothing.
+    """
+    from control.supervisor import Supervisor
+    from flows.settings import load_settings
+
+    if spec.module.split(":")[0] == "flows.detector":  # its own check, before any start
+        load_settings({**base_env, **spec.env})
     return Supervisor(state_dir).start(spec, base_env=base_env)
 
 

@@ -1,4 +1,4 @@
-"""Decode and validate a batch of raw records (JSON, Avro, Protobuf).
+"""Decode and validate a batch of raw records (JSON, Avro, Protobuf, CSV).
 
 ``Decoder.decode_batch`` turns a list of :class:`RawRecord` into valid
 :class:`Reading` objects, :class:`Control` markers, and dead letters with a reason.
@@ -7,6 +7,7 @@ It never raises on data.
 
 from __future__ import annotations
 
+import csv as _csv
 import io
 import json
 import math
@@ -243,6 +244,83 @@ class _Protobuf:
         return obj
 
 
+class _Csv:
+    """CSV rows: the header comes with each record (a file's first line, as the file
+    source passes it) or from ``columns``; ``mapping`` renames the standard fields
+    (``{"timestamp": "ts"}``). Without a sensor column the sensor id is the file's name
+    (without extensions). Times without a UTC offset are UTC."""
+
+    def __init__(self, mapping: dict[str, str], columns: str | None) -> None:
+        self._names = {f: mapping.get(f, f) for f in _STD_FIELDS}
+        self._columns = columns.encode() if columns else None
+        self._headers: dict[bytes, tuple[list[str], dict[str, int]]] = {}
+
+    def _header(self, line: bytes) -> tuple[list[str], dict[str, int]]:
+        got = self._headers.get(line)
+        if got is None:
+            names = [c.strip() for c in next(_csv.reader([line.decode("utf-8-sig")]))]
+            where = {f: names.index(c) for f, c in self._names.items() if c in names}
+            if "timestamp" not in where or "value" not in where:
+                raise BadRecord(
+                    "schema_mismatch",
+                    f"CSV header {line[:120]!r} lacks {self._names['timestamp']!r} or "
+                    f"{self._names['value']!r}; map columns with "
+                    "?timestamp=<column>&value=<column>&sensor_id=<column>",
+                )
+            got = self._headers[line] = (names, where)
+            if len(self._headers) > 1000:
+                self._headers.clear()
+        return got
+
+    def __call__(self, raw: RawRecord) -> dict[str, Any]:
+        header = self._columns or raw.key
+        if not header:
+            raise BadRecord("schema_mismatch", "CSV record without a header (give ?columns=a,b,c)")
+        names, where = self._header(header)
+        row = next(_csv.reader([raw.value.decode("utf-8")]))
+        if len(row) != len(names):
+            raise BadRecord(
+                "schema_mismatch", f"CSV row has {len(row)} fields, the header {len(names)}"
+            )
+        obj: dict[str, Any] = {}
+        for f, i in where.items():
+            obj[f] = row[i].strip() or None
+        if obj.get("sensor_id") is None and "sensor_id" not in where:
+            obj["sensor_id"] = _file_stem(raw)
+        if obj.get("value") is not None:
+            obj["value"] = _csv_number(obj["value"], "value")
+        ts = obj.get("timestamp")
+        if ts is not None:
+            try:
+                obj["timestamp"] = _csv_number(ts, "timestamp")
+            except BadRecord:
+                if "+" not in ts[10:] and "-" not in ts[10:] and not ts.endswith("Z"):
+                    obj["timestamp"] = ts + "+00:00"  # no offset: UTC
+        used = set(where.values())
+        for i, name in enumerate(names):
+            if i not in used and row[i].strip():
+                try:
+                    obj[name] = float(row[i])
+                except ValueError:
+                    pass
+        return obj
+
+
+def _csv_number(text: str, field: str) -> float | int:
+    try:
+        number = float(text)
+    except ValueError:
+        raise BadRecord("bad_type", f"{field} {text[:40]!r} is not a number") from None
+    return int(number) if number.is_integer() and "." not in text and "e" not in text else number
+
+
+def _file_stem(raw: RawRecord) -> str:
+    """The input file's name without extensions (``file:plant-7.csv`` -> ``plant-7``)."""
+    offset = str(raw.offset)
+    name = offset.rsplit(":", 1)[0] if ":" in offset else str(raw.source).split(":", 1)[-1]
+    return name.split("/")[-1].split(".")[0] or name
+
+
 @lru_cache(maxsize=16)
 def _load_json(name: str) -> Any:
     path = Path(name)
@@ -263,6 +341,7 @@ class Decoder:
         flow_id: str = "anomaly-detector",
         timestamp_unit: str = "auto",
         earliest: int = EARLIEST_MS,
+        csv_mapping: dict[str, str] | None = None,
     ) -> None:
         self.max_bytes = max_bytes
         self.flow_id = flow_id
@@ -277,6 +356,7 @@ class Decoder:
             self._lo = self._hi = 0
         self._decode: Callable[[bytes], Any]
         self._fast: Callable[[bytes], Any] | None = None
+        self._csv: _Csv | None = None
         if fmt == "json":
             self._decode = _json_loads
             self._fast = msgspec.json.Decoder(_Std).decode
@@ -284,6 +364,9 @@ class Decoder:
             self._decode = _Avro(schema, registry)
         elif fmt == "protobuf":
             self._decode = _Protobuf(schema)
+        elif fmt == "csv":
+            mapping = dict(csv_mapping or {})
+            self._csv = _Csv(mapping, mapping.pop("columns", None))
         else:
             raise ValueError(f"unknown format {fmt!r}")
 
@@ -309,7 +392,8 @@ class Decoder:
                 return Control(decode_marker(data), raw)  # type: ignore[arg-type]
             except MarkerInvalid as exc:
                 raise BadRecord("bad_control", str(exc)) from None
-        return _validate(self._decode(data), raw, self.unit, self.earliest, self._lo, self._hi)
+        obj = self._csv(raw) if self._csv is not None else self._decode(data)
+        return _validate(obj, raw, self.unit, self.earliest, self._lo, self._hi)
 
     def decode_batch(
         self, batch: list[RawRecord]

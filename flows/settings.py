@@ -30,8 +30,10 @@ from typing import Any
 
 import yaml
 
+from connectors import keeps_order
 from connectors.base import ConnectorContext, SourceURL, parse_bool, parse_duration, parse_url
 from schemas.timestamps import UNITS, parse_time_setting
+from state.recovery import is_fresh_run, process_index, recovery_dir
 
 __all__ = [
     "PROCESS_KEYS",
@@ -103,10 +105,10 @@ class Settings:
     )
     format: str = setting(
         "json",
-        "`json`, `avro` (Confluent wire format) or `protobuf`",
+        "`json`, `avro` (Confluent wire format), `protobuf` or `csv` (see Input records)",
         "json",
         kind="choice",
-        choices=("json", "avro", "protobuf"),
+        choices=("json", "avro", "protobuf", "csv"),
     )
     schema: str = setting(
         "",
@@ -138,6 +140,13 @@ class Settings:
         0.0,
         "how far behind a sensor's newest event time a record may be",
         "10s",
+        kind="duration",
+    )
+    reorder_wait: float = setting(
+        2.0,
+        "sources that do not keep order (Pub/Sub): records wait this long (processing "
+        "time) and are then used in event-time order; `0s` turns it off",
+        "5s",
         kind="duration",
     )
     timestamp_unit: str = setting(
@@ -220,6 +229,19 @@ class Settings:
         """Setting ``name`` (``source``, ``sink``, ``dlq``) parsed as a connector URL."""
         return parse_url(getattr(self, name))
 
+    def csv_mapping(self) -> dict[str, str]:
+        """CSV column names of the standard fields, and ``columns`` (a header for
+        sources whose records come without one), from the source URL's parameters."""
+        params = self.url("source").params
+        keys = ("sensor_id", "timestamp", "value", "tenant_id", "columns")
+        return {k: params[k] for k in keys if params.get(k)}
+
+    @property
+    def reorder_s(self) -> float:
+        """Seconds records wait to be reordered: ``reorder_wait`` for a source that does
+        not keep order, else 0."""
+        return 0.0 if keeps_order(self.url("source").scheme) else self.reorder_wait
+
     @property
     def earliest_ms(self) -> int:
         """``earliest_time`` in epoch milliseconds."""
@@ -227,7 +249,13 @@ class Settings:
 
     def connector_context(self) -> ConnectorContext:
         """What the connector factories get to know of these settings."""
-        return ConnectorContext(flow_id=self.flow_id, kafka=dict(self.kafka))
+        return ConnectorContext(
+            flow_id=self.flow_id,
+            kafka=dict(self.kafka),
+            format=self.format,
+            fresh=is_fresh_run(recovery_dir()),
+            process_id=process_index(),
+        )
 
     def __repr__(self) -> str:
         shown = []

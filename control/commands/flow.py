@@ -59,7 +59,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     bad = [p for p in procs if not p.ok]
     for p in bad:
-        say(f"process {p.index} exited with {p.exit_code}; see {sv.log_path(p.index)}")
+        why = sv.last_error(p.index)
+        say(
+            f"process {p.index} exited with {p.exit_code}"
+            + (f": {why}" if why else "")
+            + f" (log: {sv.log_path(p.index)})"
+        )
     return 1 if bad else 0
 
 

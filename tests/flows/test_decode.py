@@ -395,3 +395,41 @@ def test_adctl_reads_times_as_the_flow_does() -> None:
         raw = json.dumps({"sensor_id": "a", "timestamp": ts, "value": 1.0}).encode()
         good, _bad = Decoder("json").decode_batch([_raw(raw, 0)])
         assert parse_time(ts) * 1000 == good[0].ts
+
+
+def _csv_raw(line: bytes, header: bytes | None, source: str = "file:plant-7.csv") -> RawRecord:
+    return RawRecord(line, source, "0", "2", header)
+
+
+def test_csv_nab_style_files_work_as_they_are() -> None:
+    d = Decoder("csv")
+    good, bad = d.decode_batch([_csv_raw(b"2014-04-01 00:05:00,42.5", b"timestamp,value")])
+    assert bad == []
+    assert (good[0].sensor_id, good[0].ts, good[0].value) == ("plant-7", 1_396_310_700_000, 42.5)
+
+
+def test_csv_columns_are_mappable_and_extra_numbers_kept() -> None:
+    d = Decoder("csv", csv_mapping={"timestamp": "ts", "value": "reading", "sensor_id": "name"})
+    header = b"name,ts,reading,rpm,site"
+    good, bad = d.decode_batch(
+        [
+            _csv_raw(b"pump-1,1767225600000,1.5,3000,north", header),
+            _csv_raw(b"pump-1,1767225600000,high,3000,north", header),
+            _csv_raw(b"pump-1,1767225600000", header),
+            _csv_raw(b'"pump,2",2026-01-01T00:00:00Z,2,1,x', header),
+        ]
+    )
+    assert [(g.sensor_id, g.value, g.extra) for g in good] == [
+        ("pump-1", 1.5, {"rpm": 3000.0}),
+        ("pump,2", 2.0, {"rpm": 1.0}),
+    ]
+    assert [json.loads(b[1].value)["reason"] for b in bad] == ["bad_type", "schema_mismatch"]
+
+
+def test_csv_without_header_says_how_to_give_one() -> None:
+    _good, bad = Decoder("csv").decode_batch([_csv_raw(b"1,2", None, "kafka:t")])
+    assert "?columns=" in json.loads(bad[0][1].value)["error"]
+    good, bad = Decoder("csv", csv_mapping={"columns": "sensor_id,timestamp,value"}).decode_batch(
+        [_csv_raw(b"s,1767225600,3", None, "kafka:t")]
+    )
+    assert bad == [] and good[0].ts == 1_767_225_600_000
