@@ -277,7 +277,8 @@ def retrain(
     log: Log = _quiet,
 ) -> dict[str, Any]:
     """``adctl retrain``: fit per-key models on Dask from history, store a new version,
-    announce it and optionally push it live (``push_input``)."""
+    announce it and optionally push it live (``push_input``).
+    """
     from control.history import Fields, ReadStats, load_series
     from control.training import assemble_model, train_on_dask
     from state import model_store
@@ -349,7 +350,8 @@ def recent_alerts(
     """The ``limit`` latest alerts (by ``window_end``; read order breaks ties) in the alert
     sinks (Kafka topics or JSON-lines files), only those whose ``tenant_id`` is ``tenant``
     when one is given, oldest first; Kafka is read from the record time ``since`` (epoch
-    seconds) on."""
+    seconds) on.
+    """
     from control.history import iter_records, parse_time
 
     def end_of(rec: dict[str, Any]) -> float:

@@ -33,6 +33,7 @@ class FlowSnapshot:
 
     @property
     def total_lag(self) -> float | None:
+        """Summed consumer lag over all partitions; None when none is reported."""
         return sum(self.lag.values()) if self.lag else None
 
 
@@ -53,7 +54,8 @@ def snapshot(
 ) -> FlowSnapshot:
     """Scrape every endpoint and add up the flow's metrics; with ``tenant``, only series
     labelled ``tenant="<tenant>"`` count (one tenant's view of a shared flow: no input
-    lag, which no tenant owns) besides the checkpoint time."""
+    lag, which no tenant owns) besides the checkpoint time.
+    """
     snap = FlowSnapshot(t=time.time())
     versions: dict[str, set[str]] = {}
     for ep in endpoints:

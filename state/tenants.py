@@ -119,6 +119,7 @@ class Quota:
 
     @property
     def unlimited(self) -> bool:
+        """True if neither a rate nor a sensor limit is set."""
         return self.rate is None and self.max_sensors is None
 
     @property
@@ -127,6 +128,7 @@ class Quota:
         return self.burst if self.burst is not None else self.rate
 
     def to_dict(self) -> dict[str, Any]:
+        """The set limits, as in the file."""
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
@@ -187,6 +189,7 @@ class Registry:
         return len(self.tenants)
 
     def to_dict(self) -> dict[str, Any]:
+        """The registry as in the file (the canonical content the digest covers)."""
         out: dict[str, Any] = {}
         if self.default_tenant is not None:
             out["default_tenant"] = self.default_tenant
@@ -226,23 +229,23 @@ def tenant_url(template: str, tenant_id: str) -> str:
 
 
 def _duration(where: str, key: str, value: Any) -> float:
-    if isinstance(value, bool):
-        raise _err(where, key, f"not a duration: {value!r}")
-    if isinstance(value, (int, float)):
+    out: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         out = float(value)
-    else:
-        text = str(value).strip().lower()
-        out = None
+    elif isinstance(value, str):
+        text = value.strip().lower()
         for unit in ("ms", "s", "m", "h", "d"):
             num = text[: -len(unit)]
             if text.endswith(unit) and num.replace(".", "", 1).isdigit():
                 out = float(num) * _UNITS[unit]
                 break
-        if out is None:
+        else:
             try:
                 out = float(text)
             except ValueError:
-                raise _err(where, key, f"not a duration: {value!r}") from None
+                out = None
+    if out is None:
+        raise _err(where, key, f"not a duration: {value!r}")
     if not out > 0 or out == float("inf"):
         raise _err(where, key, f"must be a positive duration, got {value!r}")
     return out
@@ -368,13 +371,12 @@ def parse_registry(data: Any, where: str = "") -> Registry:
         except RegistryError as exc:
             raise RegistryError(f"{at}{exc}" if at else str(exc)) from None
     default = data.get("default_tenant")
-    if default is not None:
-        if not isinstance(default, str) or default not in tenants:
-            raise _err(
-                f"{at}default_tenant",
-                "default_tenant",
-                f"{default!r} is not one of the tenants ({', '.join(sorted(tenants)) or 'none'})",
-            )
+    if default is not None and (not isinstance(default, str) or default not in tenants):
+        raise _err(
+            f"{at}default_tenant",
+            "default_tenant",
+            f"{default!r} is not one of the tenants ({', '.join(sorted(tenants)) or 'none'})",
+        )
     return Registry(tenants=tenants, default_tenant=default)
 
 
@@ -403,7 +405,8 @@ def _from_artifact(ref: str, model: Any) -> Registry:
 def load_registry(path_or_url: str | Path, missing_ok: bool = False) -> Registry:
     """Read and validate a registry: a YAML/JSON file (a path or ``file://`` URL), or an
     artifact in the model store by its ref (see :func:`store_registry`). A missing file
-    is an empty registry when ``missing_ok``."""
+    is an empty registry when ``missing_ok``.
+    """
     text = str(path_or_url)
     if text.startswith(("redis://", "s3://")):
         from state import model_store
@@ -440,7 +443,8 @@ def load_registry(path_or_url: str | Path, missing_ok: bool = False) -> Registry
 def store_registry(store_url: str, registry: Registry) -> str:
     """Put ``registry`` into the model store as an immutable artifact
     (``ad-tenants/d<digest>``) and return its ref: what a control marker can carry so a
-    flow applies it at an input position. Storing the same content again is a no-op."""
+    flow applies it at an input position. Storing the same content again is a no-op.
+    """
     from state import model_store
 
     body = {"kind": ARTIFACT_KIND, "digest": registry.digest, "registry": registry.to_dict()}

@@ -36,7 +36,8 @@ def _clean(text: str) -> str:
 class AuditTrail:
     """ASGI middleware: authenticate ``/v1`` requests before anything else looks at them
     (no valid token: 401, whatever the body), audit mutating calls and denials, and count
-    requests for the metrics."""
+    requests for the metrics.
+    """
 
     def __init__(self, app: ASGIApp, api: Api, requests: Counter, routes: list[BaseRoute]) -> None:
         self.app, self.api, self.requests, self.routes = app, api, requests, routes
@@ -131,9 +132,17 @@ def _errors(app: FastAPI) -> None:
 
         return handle
 
-    for exc in (CliError, SupervisorError, ModelStoreError, MarkerError, HistoryError):
+    conflicts: tuple[type[Exception], ...] = (
+        CliError,
+        SupervisorError,
+        ModelStoreError,
+        MarkerError,
+        HistoryError,
+    )
+    invalid: tuple[type[Exception], ...] = (RegistryError, TrainingError, ValueError)
+    for exc in conflicts:
         app.add_exception_handler(exc, handler(409))
-    for exc in (RegistryError, TrainingError, ValueError):
+    for exc in invalid:
         app.add_exception_handler(exc, handler(422))
 
 

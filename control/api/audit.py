@@ -90,6 +90,7 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
+        """True if the whole chain verified."""
         return self.bad_line is None
 
 

@@ -67,9 +67,11 @@ class Principal:
         return "*" in self.tenants or (tenant is not None and tenant in self.tenants)
 
     def may(self, action: str) -> bool:
+        """True if the role suffices for ``action`` (a key of :data:`ACTIONS`)."""
         return ROLES.index(self.role) >= ROLES.index(ACTIONS[action])
 
     def outranks(self, role: str) -> bool:
+        """True if the caller's role is ``role`` or above (it may grant ``role``)."""
         return ROLES.index(self.role) >= ROLES.index(role)
 
 
@@ -116,9 +118,11 @@ class Authenticator:
 
     @property
     def jwt_enabled(self) -> bool:
+        """True if JWTs are accepted (a JWKS or a key file is configured)."""
         return bool(self._algs)
 
     def authenticate(self, header: str | None) -> Principal:
+        """The caller of an ``Authorization`` header value; :class:`AuthError` if none."""
         if not header:
             raise AuthError("missing bearer token")
         scheme, _, token = header.partition(" ")

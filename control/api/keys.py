@@ -39,12 +39,14 @@ class ApiKeyError(ValueError):
 
 
 def check_role(role: str) -> str:
+    """``role`` if it is one of :data:`ROLES`, else :class:`ApiKeyError`."""
     if role not in ROLES:
         raise ApiKeyError(f"unknown role {role!r}; use one of {', '.join(ROLES)} (e.g. viewer)")
     return role
 
 
 def check_tenants(tenants: Sequence[str]) -> tuple[str, ...]:
+    """The sorted distinct tenant ids (or ``*``), else :class:`ApiKeyError`."""
     out = tuple(sorted(set(tenants)))
     if not out or not all(isinstance(t, str) and _TENANT.match(t) for t in out):
         raise ApiKeyError(f"tenants must be tenant ids or '*' (e.g. acme), got {list(tenants)!r}")
@@ -133,9 +135,11 @@ class KeyStore:
                 fcntl.flock(lk, fcntl.LOCK_UN)
 
     def list(self) -> list[ApiKey]:
+        """Every stored key, oldest first."""
         return sorted(self._read().values(), key=lambda k: k.created)
 
     def get(self, key_id: str) -> ApiKey | None:
+        """The key ``key_id``, or None."""
         return self._read().get(key_id)
 
     def create(self, role: str, tenants: Sequence[str], name: str = "") -> tuple[ApiKey, str]:
@@ -153,6 +157,7 @@ class KeyStore:
         return key, f"{PREFIX}{key_id}_{secret}"
 
     def revoke(self, key_id: str) -> bool:
+        """Remove the key ``key_id``; False if there was none."""
         with self._locked() as keys:
             if keys.pop(key_id, None) is None:
                 return False

@@ -1,5 +1,6 @@
 """The API's resources on disk: named flows with an owning tenant, per-tenant model
-stores, and the flow settings a caller may set."""
+stores, and the flow settings a caller may set.
+"""
 
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ def new_flow(cfg: ApiConfig, name: str, tenant: str) -> FlowRef:
 
 
 def list_flows(cfg: ApiConfig) -> list[FlowRef]:
+    """Every flow under ``cfg.flows_dir``, by name."""
     if not cfg.flows_dir.is_dir():
         return []
     out = [find_flow(cfg, d.name) for d in sorted(cfg.flows_dir.iterdir()) if d.is_dir()]

@@ -1,5 +1,6 @@
 """``adctl serve`` (the HTTP control API), ``adctl keys`` (service-account API keys) and
-``adctl audit verify`` (check the audit log's hash chain)."""
+``adctl audit verify`` (check the audit log's hash chain).
+"""
 
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """``adctl serve``: run the HTTP control API until interrupted."""
     import uvicorn
 
     from control.api.app import create_app
@@ -65,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
+    """``adctl keys create``: store a key's hash, print the key once."""
     from control.api.keys import KeyStore
 
     key, secret = KeyStore(_keys_file(args)).create(args.role, args.tenant, args.name)
@@ -74,6 +77,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
+    """``adctl keys list``: one JSON line per key (no secrets)."""
     from control.api.keys import KeyStore
 
     for key in KeyStore(_keys_file(args)).list():
@@ -82,6 +86,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """``adctl keys revoke``: remove a key."""
     from control.api.keys import KeyStore
 
     if not KeyStore(_keys_file(args)).revoke(args.id):
@@ -91,6 +96,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """``adctl audit verify``: check the chain; exit 1 at the first bad line."""
     from control.api.audit import verify
 
     path = Path(args.audit_log) if args.audit_log else Path(args.state_dir) / "audit.jsonl"

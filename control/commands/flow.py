@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -41,6 +42,7 @@ def _spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``adctl run``: start the flow processes, optionally wait for them."""
     from control import ops
     from control.supervisor import Supervisor
 
@@ -69,6 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    """``adctl stop``: stop the running flow (SIGKILL with ``--kill``)."""
     from control import ops
 
     res = ops.stop_flow(args.state_dir, timeout=args.timeout, kill=args.kill)
@@ -98,6 +101,7 @@ def _k8s_target(args: argparse.Namespace) -> Any:
 
 
 def do_scale(args: argparse.Namespace, workers: int, processes: int | None) -> None:
+    """Rescale the flow to ``workers`` (and ``processes``) locally or on Kubernetes."""
     if args.target == "k8s":
         from control.k8s import scale_k8s
 
@@ -115,6 +119,7 @@ def do_scale(args: argparse.Namespace, workers: int, processes: int | None) -> N
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
+    """``adctl scale``: set the worker and process counts."""
     do_scale(args, args.workers, args.processes)
     return 0
 
@@ -134,22 +139,19 @@ def _cpu_fraction(pids: list[int], workers: int) -> float | None:
     if not procs:
         return None
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.cpu_percent(None)
-        except psutil.Error:
-            pass
     time.sleep(0.5)
     total = 0.0
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.cpu_percent(None)
-        except psutil.Error:
-            pass
     cores = min(max(1, workers), os.cpu_count() or 1)
     return total / (100.0 * cores)
 
 
 def cmd_autoscale(args: argparse.Namespace) -> int:
+    """``adctl autoscale``: sample lag and CPU and rescale by the policy."""
     from control.autoscale import AutoscalePolicy, PolicyConfig, Sample
     from control.status import snapshot
     from control.supervisor import Supervisor

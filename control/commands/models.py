@@ -27,6 +27,7 @@ def _announce(args: argparse.Namespace) -> Any:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
+    """``adctl retrain``: fit a model on history and store a new version."""
     from control import ops
     from control.history import Fields
 
@@ -55,6 +56,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_push_model(args: argparse.Namespace) -> int:
+    """``adctl push-model``: announce a stored model version to the running flow."""
     from control import ops
 
     result = ops.push_model(
@@ -65,6 +67,7 @@ def cmd_push_model(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """``adctl models``: list the stored versions of a detector's model."""
     from control import ops
 
     for m in ops.list_models(args.model_store, args.detector):

@@ -19,12 +19,14 @@ from control.cli_env import (
 
 
 def metrics_endpoints(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """The flow's metrics endpoints and a summary of its processes."""
     from control.ops import metrics_endpoints as endpoints_of
 
     return endpoints_of(args.state_dir, args.endpoints)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """``adctl status``: show the flow's throughput, lag and errors."""
     from control.ops import flow_status
     from control.status import render, snapshot, summarize
 
@@ -50,6 +52,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``adctl report``: plot the input series with their alerts."""
     from control.history import Fields
     from control.report import plot_report
 

@@ -34,11 +34,15 @@ class RunRequest(BaseModel):
 
 
 class StopRequest(BaseModel):
+    """Stop cleanly within ``timeout`` seconds (then SIGKILL), or kill at once."""
+
     timeout: float = Field(60.0, gt=0, le=600)
     kill: bool = False
 
 
 class ScaleRequest(BaseModel):
+    """New parallelism; ``processes`` left out keeps the current number."""
+
     workers: int = Field(ge=1, le=64)
     processes: int | None = Field(None, ge=1, le=16)
     timeout: float = Field(60.0, gt=0, le=600)
@@ -51,12 +55,14 @@ def _api(request: Request) -> Api:
 def _flow(request: Request, who: Principal, action: str, name: str) -> FlowRef:
     flow = find_flow(_api(request).cfg, name)
     _api(request).guard(request, who, action, flow.tenant if flow else None, f"flow {name}")
-    assert flow is not None
+    if flow is None:  # the guard has raised already; this tells the type checker
+        raise HTTPException(404, f"flow {name} not found")
     return flow
 
 
 @router.get("", summary="flows visible to the caller")
 def flows_list(request: Request, who: Principal = FLOWS_READ) -> list[dict[str, Any]]:
+    """Flows whose tenant is in the caller's scope (viewer)."""
     api = _api(request)
     api.require(request, who, "flows.read")
     return [
@@ -73,6 +79,7 @@ def flow_status(
     interval: float = Query(0.0, ge=0, le=10, description="seconds between scrapes (rates)"),
     who: Principal = FLOWS_READ,
 ) -> dict[str, Any]:
+    """Status and lag of a flow in scope (viewer)."""
     flow = _flow(request, who, "flows.read", name)
     return {"name": flow.name, "tenant": flow.tenant, **ops.flow_status(flow.dir, None, interval)}
 
@@ -81,6 +88,7 @@ def flow_status(
 def flow_run(
     request: Request, name: str, body: RunRequest, who: Principal = FLOWS_RUN
 ) -> dict[str, Any]:
+    """Start a flow; the first run creates it for ``tenant`` (operator)."""
     from control.launch import free_ports
     from control.supervisor import FlowSpec
 
@@ -114,6 +122,7 @@ def flow_run(
 def flow_stop(
     request: Request, name: str, body: StopRequest, who: Principal = FLOWS_STOP
 ) -> dict[str, Any]:
+    """Stop a flow in scope (operator)."""
     flow = _flow(request, who, "flows.stop", name)
     with _api(request).lock(name):
         res = ops.stop_flow(flow.dir, timeout=body.timeout, kill=body.kill)
@@ -124,6 +133,7 @@ def flow_stop(
 def flow_scale(
     request: Request, name: str, body: ScaleRequest, who: Principal = FLOWS_SCALE
 ) -> dict[str, Any]:
+    """Restart a flow in scope from its recovery store with new parallelism (operator)."""
     flow = _flow(request, who, "flows.scale", name)
     api = _api(request)
     with api.lock(name):
@@ -142,7 +152,8 @@ def _tenant_flow(request: Request, who: Principal, tenant: str, name: str) -> Fl
     if flow is None or flow.tenant not in (tenant, "*"):
         known = None
     api.guard(request, who, "flows.read", known, f"flow {name} of tenant {tenant}")
-    assert flow is not None
+    if flow is None:  # the guard has raised already; this tells the type checker
+        raise HTTPException(404, f"flow {name} not found")
     return flow
 
 
@@ -150,6 +161,7 @@ def _tenant_flow(request: Request, who: Principal, tenant: str, name: str) -> Fl
 def tenant_flows(
     request: Request, tenant: str, who: Principal = FLOWS_READ
 ) -> list[dict[str, Any]]:
+    """The tenant's own and the shared flows (viewer)."""
     api = _api(request)
     api.guard(request, who, "flows.read", tenant if api.tenant_exists(tenant) else None, tenant)
     return [
@@ -168,7 +180,8 @@ def tenant_flow_status(
     who: Principal = FLOWS_READ,
 ) -> dict[str, Any]:
     """A shared flow shows only the series labelled with the tenant (no input lag, no
-    pids); a flow of the tenant's own shows everything."""
+    pids); a flow of the tenant's own shows everything.
+    """
     flow = _tenant_flow(request, who, tenant, name)
     shared = flow.tenant == "*"
     st = ops.flow_status(flow.dir, None, interval, tenant=tenant if shared else None)

@@ -17,6 +17,8 @@ KEYS_WRITE = caller("keys.write")
 
 
 class KeyRequest(BaseModel):
+    """A key with ``role`` for ``tenants``; at most the caller's role and tenants."""
+
     role: Literal["viewer", "operator", "admin"]
     tenants: list[str] = Field(min_length=1, max_length=100, examples=[["acme"]])
     name: str = Field("", max_length=200)
@@ -35,6 +37,7 @@ def _visible(who: Principal, key: ApiKey) -> bool:
 
 @router.get("", summary="keys whose tenants are all in the caller's scope")
 def keys_list(request: Request, who: Principal = KEYS_READ) -> list[dict[str, Any]]:
+    """Keys whose tenants are all in the caller's scope (admin)."""
     api, keys = _keys(request)
     api.require(request, who, "keys.read")
     return [k.public() for k in keys.list() if _visible(who, k)]
@@ -42,6 +45,7 @@ def keys_list(request: Request, who: Principal = KEYS_READ) -> list[dict[str, An
 
 @router.post("", status_code=201, summary="create a key; its secret is shown only here")
 def keys_create(request: Request, body: KeyRequest, who: Principal = KEYS_WRITE) -> dict[str, Any]:
+    """Create a key; its secret is in this response only (admin)."""
     api, keys = _keys(request)
     for t in sorted(set(body.tenants)):
         api.guard(request, who, "keys.write", t, f"tenant {t}")
@@ -55,6 +59,7 @@ def keys_create(request: Request, body: KeyRequest, who: Principal = KEYS_WRITE)
 
 @router.delete("/{key_id}", summary="revoke a key")
 def keys_revoke(request: Request, key_id: str, who: Principal = KEYS_WRITE) -> dict[str, Any]:
+    """Revoke a key whose tenants are in the caller's scope (admin)."""
     api, keys = _keys(request)
     key = keys.get(key_id)
     scope_ok = key is not None and _visible(who, key)

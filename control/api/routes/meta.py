@@ -16,4 +16,5 @@ TENANTS_READ = caller("tenants.read")
 
 @router.get("/whoami", summary="the authenticated caller")
 def whoami(who: Principal = TENANTS_READ) -> dict[str, Any]:
+    """The caller's subject, role and tenants."""
     return {"subject": who.subject, "role": who.role, "tenants": sorted(who.tenants)}

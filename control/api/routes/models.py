@@ -1,5 +1,6 @@
 """``/v1/tenants/{tenant}/models``: stored versions, retrain and push-model, in the
-tenant's own area of the model store and into the tenant's own flows."""
+tenant's own area of the model store and into the tenant's own flows.
+"""
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def _source(api: Api, tenant: str, name: str) -> str:
 def models_list(
     request: Request, tenant: str, detector: str, who: Principal = MODELS_READ
 ) -> list[dict[str, str]]:
+    """Stored versions of ``detector`` in the tenant's model store (viewer)."""
     _api, store = _store(request, who, "models.read", tenant)
     return ops.list_models(store, detector)
 
@@ -75,6 +77,7 @@ def models_push(
     body: PushRequest,
     who: Principal = MODELS_PUSH,
 ) -> dict[str, Any]:
+    """Switch one of the tenant's flows to a stored version (operator)."""
     api, store = _store(request, who, "models.push", tenant)
     source = _source(api, tenant, body.flow)
     announce = ops.Announce(ops.kafka_bootstrap(source), api.cfg.control_topic)
@@ -89,6 +92,7 @@ def models_retrain(
     body: RetrainRequest,
     who: Principal = MODELS_RETRAIN,
 ) -> dict[str, Any]:
+    """Train on one of the tenant's flows' input and store a version (operator)."""
     api, store = _store(request, who, "models.retrain", tenant)
     source = _source(api, tenant, body.flow)
     return ops.retrain(

@@ -57,12 +57,14 @@ def _view(t: Tenant, reg: Registry) -> dict[str, Any]:
 def _known(api: Api, request: Request, who: Principal, action: str, tenant: str) -> Tenant:
     t = api.registry().get(tenant)
     api.guard(request, who, action, t.id if t else None, f"tenant {tenant}")
-    assert t is not None
+    if t is None:  # the guard has raised already; this tells the type checker
+        raise HTTPException(404, f"tenant {tenant} not found")
     return t
 
 
 @router.get("", summary="the registry: tenants visible to the caller and its digest")
 def tenants_list(request: Request, who: Principal = TENANTS_READ) -> dict[str, Any]:
+    """The registry's digest and the tenants in the caller's scope (viewer)."""
     api = _api(request)
     api.require(request, who, "tenants.read")
     reg = api.registry()
@@ -75,6 +77,7 @@ def tenants_list(request: Request, who: Principal = TENANTS_READ) -> dict[str, A
 
 @router.get("/{tenant}", summary="one tenant's settings")
 def tenant_get(request: Request, tenant: str, who: Principal = TENANTS_READ) -> dict[str, Any]:
+    """One tenant's settings (viewer)."""
     api = _api(request)
     return _view(_known(api, request, who, "tenants.read", tenant), api.registry())
 
@@ -87,6 +90,7 @@ def tenant_put(
     make_default: bool = Query(False, description="also make it the default tenant"),
     who: Principal = TENANTS_WRITE,
 ) -> dict[str, Any]:
+    """Create or replace a tenant (admin; the default tenant needs ``*``)."""
     api = _api(request)
     api.guard(request, who, "tenants.write", tenant, f"tenant {tenant}")
     if make_default and not who.sees("*"):
@@ -107,6 +111,7 @@ def tenant_put(
 
 @router.delete("/{tenant}", summary="remove a tenant")
 def tenant_delete(request: Request, tenant: str, who: Principal = TENANTS_WRITE) -> dict[str, Any]:
+    """Remove a tenant; the default tenant cannot be removed (admin)."""
     api = _api(request)
     _known(api, request, who, "tenants.write", tenant)
     reg = update_registry(api.cfg.registry or "", lambda r: r.without_tenant(tenant))
@@ -115,6 +120,7 @@ def tenant_delete(request: Request, tenant: str, who: Principal = TENANTS_WRITE)
 
 @router.get("/{tenant}/quota", summary="a tenant's quota")
 def quota_get(request: Request, tenant: str, who: Principal = TENANTS_READ) -> dict[str, Any]:
+    """A tenant's quota (viewer)."""
     api = _api(request)
     return _known(api, request, who, "tenants.read", tenant).quota.to_dict()
 
@@ -123,6 +129,7 @@ def quota_get(request: Request, tenant: str, who: Principal = TENANTS_READ) -> d
 def quota_put(
     request: Request, tenant: str, body: QuotaBody, who: Principal = QUOTA_WRITE
 ) -> dict[str, Any]:
+    """Replace a tenant's quota (admin)."""
     api = _api(request)
     current = _known(api, request, who, "quota.write", tenant)
     data = {**current.to_dict(), "quota": body.model_dump(exclude_none=True)}
@@ -139,6 +146,7 @@ def alerts_recent(
     since: float | None = Query(None, ge=0, description="epoch s (Kafka: by record time)"),
     who: Principal = ALERTS_READ,
 ) -> dict[str, Any]:
+    """The tenant's latest alerts from its alert sink (viewer)."""
     api = _api(request)
     t = _known(api, request, who, "alerts.read", tenant)
     sink = t.alerts_url or api.cfg.alerts
