@@ -45,6 +45,7 @@ def _decode_step(settings: Settings) -> Any:
         settings.timestamp_unit,
         settings.earliest_ms,
         settings.csv_mapping(),
+        settings.default_tenant,
     )
     groups = settings.key_groups
     by_partition = settings.key_by == "partition"
