@@ -49,8 +49,13 @@ def scrape(endpoint: str, timeout: float = 3.0) -> list[tuple[str, dict[str, str
     return out
 
 
-def snapshot(endpoints: Sequence[str], timeout: float = 3.0) -> FlowSnapshot:
-    """Scrape every endpoint and add up the flow's metrics."""
+def snapshot(
+    endpoints: Sequence[str], timeout: float = 3.0, tenant: str | None = None
+) -> FlowSnapshot:
+    """Scrape every endpoint and add up the flow's metrics; with ``tenant``, only series
+    labelled ``tenant="<tenant>"`` count (one tenant's view of a shared flow: no input
+    lag, which no tenant owns) besides the checkpoint time.
+    """
     snap = FlowSnapshot(t=time.time())
     versions: dict[str, set[str]] = {}
     for ep in endpoints:
@@ -61,6 +66,12 @@ def snapshot(endpoints: Sequence[str], timeout: float = 3.0) -> FlowSnapshot:
             continue
         snap.endpoints_up.append(ep)
         for name, labels, value in samples:
+            if (
+                tenant is not None
+                and labels.get("tenant") != tenant
+                and name != "ad_last_checkpoint_timestamp_seconds"
+            ):
+                continue
             if name == "ad_input_lag":
                 part = labels.get("partition", "?")
                 snap.lag[part] = snap.lag.get(part, 0.0) + value

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
+import pytest
 import yaml
 
 from tests.flowrun import ROOT
@@ -48,3 +50,19 @@ def test_compose_has_the_whole_stack() -> None:
         {k: str(v) for k, v in env.items() if k.startswith("AD_") and k not in entrypoint_only}
     )
     assert (ROOT / "deploy" / "prometheus.yml").is_file()
+
+
+def test_compose_starts_the_control_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["ad-api"]
+    assert api["entrypoint"] == ["adctl"] and api["command"][0] == "serve"
+    assert api["image"] == "anomaly-detector:latest" and "8080:8080" in api["ports"]
+    for key in [k for k in os.environ if k.startswith("AD_")]:
+        monkeypatch.delenv(key)
+    for key, value in api["environment"].items():
+        monkeypatch.setenv(key, str(value))
+    from control.cli import build_parser
+
+    args = build_parser().parse_args(api["command"])  # every flag and AD_* value is adctl's
+    assert (args.host, args.port, args.state_dir) == ("0.0.0.0", 8080, "/var/lib/adctl")
+    assert args.registry == "/var/lib/adctl/tenants.yaml"
+    assert args.allow_url == ["kafka://kafka:9092/"]

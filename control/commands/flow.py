@@ -13,7 +13,6 @@ from typing import Any
 from control.cli_env import CliError, flow_env, opt
 from control.commands.observe import metrics_endpoints
 from control.progress import say
-from flows.settings import SettingsError, load_settings
 
 
 def _spec_from_args(args: argparse.Namespace) -> Any:
@@ -44,16 +43,12 @@ def _spec_from_args(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``adctl run``: start the flow processes, optionally wait for them."""
+    from control import ops
     from control.supervisor import Supervisor
 
     sv = Supervisor(args.state_dir)
     spec = _spec_from_args(args)
-    if spec.module.split(":")[0] == "flows.detector":  # its own check, before any start
-        try:
-            load_settings({**flow_env(), **spec.env})
-        except SettingsError as exc:
-            raise CliError(str(exc)) from None
-    pids = sv.start(spec, base_env=flow_env())
+    pids = ops.run_flow(args.state_dir, spec, base_env=flow_env())
     say(
         f"started {spec.module}: {spec.processes} process(es) x {spec.workers} worker(s), "
         f"pids {pids}; logs in {sv.log_dir}, recovery in {spec.recovery_dir}"
@@ -77,23 +72,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     """``adctl stop``: stop the running flow (SIGKILL with ``--kill``)."""
-    from control.supervisor import Supervisor
+    from control import ops
 
-    sv = Supervisor(args.state_dir)
-    if not sv.running():
+    res = ops.stop_flow(args.state_dir, timeout=args.timeout, kill=args.kill)
+    if not res.was_running:
         say("the flow is not running")
         return 0
     if args.kill:
-        sv.kill()
         say("killed (SIGKILL); the next run resumes from the last snapshot")
         return 0
-    clean, procs = sv.stop(timeout=args.timeout)
-    for p in procs:
-        how = "interrupted" if p.interrupted else f"exit {p.exit_code}"
-        say(f"process {p.index} (pid {p.pid}): {how}")
-    if not clean:
+    for p in res.processes:
+        how = "interrupted" if p["interrupted"] else f"exit {p['exit_code']}"
+        say(f"process {p['index']} (pid {p['pid']}): {how}")
+    if not res.clean:
         say("stop was not clean (timeout or error); see the logs")
-    return 0 if clean else 1
+    return 0 if res.clean else 1
 
 
 def _k8s_target(args: argparse.Namespace) -> Any:
@@ -116,14 +109,12 @@ def do_scale(args: argparse.Namespace, workers: int, processes: int | None) -> N
             _k8s_target(args), processes or 1, workers, dry_run=args.dry_run, log=lambda m: say(m)
         )
         return
-    from control.supervisor import Supervisor
+    from control import ops
 
     if args.dry_run:
         say(f"dry-run: would restart the local flow with {workers} worker(s)")
         return
-    new = Supervisor(args.state_dir).scale(
-        workers, processes, timeout=args.timeout, base_env=flow_env()
-    )
+    new = ops.scale_flow(args.state_dir, workers, processes, args.timeout, base_env=flow_env())
     say(f"restarted from the recovery store: {new.processes} process(es) x {new.workers} worker(s)")
 
 

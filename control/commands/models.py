@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from typing import Any
 
 from control.cli_env import (
@@ -17,128 +16,62 @@ from control.cli_env import (
     opt,
     parse_time_arg,
     split_list,
-    strip_query,
 )
 from control.progress import Progress, say
 
 
-def _publish(
-    args: argparse.Namespace, detector: str, version: str, ref: str, push: bool
-) -> dict[str, Any]:
-    from control.markers import announce, encode_marker, push_marker
+def _announce(args: argparse.Namespace) -> Any:
+    from control.ops import Announce
 
-    result: dict[str, Any] = {"detector": detector, "version": version, "model_ref": ref}
-    if push:
-        if not args.input:
-            raise CliError("--push needs the flow's input (--input or AD_SOURCE)")
-        written = push_marker(args.input, encode_marker(detector, version, ref))
-        result["markers"] = {w.partition: w.position for w in written}
-        say(
-            f"model switch to {version} written into {len(written)} input partition(s) "
-            f"of {strip_query(args.input)}"
-        )
-    if args.announce:
-        bootstrap = bootstrap_of(args)
-        if bootstrap is None:
-            say("not announcing: no Kafka bootstrap (--bootstrap or a kafka:// AD_SOURCE)")
-        else:
-            announce(
-                bootstrap,
-                args.control_topic,
-                {"type": "model", "event": "pushed" if push else "trained", **result},
-            )
-            result["announced"] = f"{bootstrap}/{args.control_topic}"
-    return result
+    return Announce(bootstrap_of(args), args.control_topic) if args.announce else None
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     """``adctl retrain``: fit a model on history and store a new version."""
-    from control.history import Fields, ReadStats, load_series
-    from control.training import assemble_model, train_on_dask
-    from state import model_store
+    from control import ops
+    from control.history import Fields
 
-    sources = [strip_query(s) for s in split_list(args.source or os.environ.get("AD_SOURCE"))]
-    if not sources:
-        raise CliError(
-            "no history given: --from kafka://host:port/topic or files "
-            "(or set AD_HISTORY / AD_SOURCE)"
-        )
-    since, until = parse_time_arg(args.since), parse_time_arg(args.until)
-    stats = ReadStats()
-    t0 = time.monotonic()
-    say(f"reading history from {', '.join(sources)}")
-    series = load_series(
-        sources,
+    if args.push and not args.input:
+        raise CliError("--push needs the flow's input (--input or AD_SOURCE)")
+    result = ops.retrain(
+        split_list(args.source or os.environ.get("AD_SOURCE")),
+        store=args.model_store,
+        detector=args.detector,
         fields=Fields(args.key_field, args.time_field, args.value_field),
-        since=since,
-        until=until,
-        stats=stats,
-        on_progress=lambda n: say(f"read {n:,} records"),
-    )
-    points = sum(len(s.values) for s in series.values())
-    say(
-        f"read {stats.records:,} records: {len(series)} keys, {points:,} points, "
-        f"{stats.bad_records} bad, {stats.skipped_markers} control markers skipped "
-        f"({time.monotonic() - t0:.1f}s)"
-    )
-    where = args.scheduler or f"LocalCluster({args.dask_workers} workers)"
-    say(f"training {args.detector} per key on Dask {where}" + (" with CuPy" if args.gpu else ""))
-    per_key = train_on_dask(
-        series,
-        args.detector,
+        since=parse_time_arg(args.since),
+        until=parse_time_arg(args.until),
         params=args.params,
+        version=args.version,
         scheduler=args.scheduler,
-        n_workers=args.dask_workers,
-        fit_spec=args.fit,
+        dask_workers=args.dask_workers,
+        fit=args.fit,
         gpu=args.gpu,
         progress=Progress(args.progress, "training"),
+        push_input=args.input if args.push else None,
+        announce=_announce(args),
+        log=say,
     )
-    version = args.version or model_store.next_version(args.model_store, args.detector)
-    training = {
-        "sources": sources,
-        "since": since,
-        "until": until,
-        "records": stats.records,
-        "keys": len(series),
-        "points": points,
-        "params": args.params,
-    }
-    model = assemble_model(args.detector, version, per_key, training)
-    ref = model_store.put(
-        args.model_store,
-        args.detector,
-        version,
-        model,
-        meta={"trained_at": time.time(), "scheduler": where},
-    )
-    say(f"stored {args.detector} {version} at {ref}")
-    result = _publish(args, args.detector, version, ref, args.push)
     print(json.dumps(result, sort_keys=True))
     return 0
 
 
 def cmd_push_model(args: argparse.Namespace) -> int:
     """``adctl push-model``: announce a stored model version to the running flow."""
-    from state import model_store
+    from control import ops
 
-    version = args.version
-    if version in (None, "", "latest"):
-        version = model_store.latest(args.model_store, args.detector)
-        if version is None:
-            raise CliError(f"no versions of {args.detector!r} in {args.model_store}")
-    ref = model_store.model_ref(args.model_store, args.detector, version)
-    model_store.fetch(ref)  # the flow will fetch it: make sure it exists and is intact
-    result = _publish(args, args.detector, version, ref, push=True)
+    result = ops.push_model(
+        args.model_store, args.detector, args.version, args.input, _announce(args), log=say
+    )
     print(json.dumps(result, sort_keys=True))
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     """``adctl models``: list the stored versions of a detector's model."""
-    from state import model_store
+    from control import ops
 
-    for v in model_store.list_versions(args.model_store, args.detector):
-        print(f"{v}\t{model_store.model_ref(args.model_store, args.detector, v)}")
+    for m in ops.list_models(args.model_store, args.detector):
+        print(f"{m['version']}\t{m['model_ref']}")
     return 0
 
 

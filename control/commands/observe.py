@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -21,39 +20,20 @@ from control.cli_env import (
 
 def metrics_endpoints(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     """The flow's metrics endpoints and a summary of its processes."""
-    from control.supervisor import Supervisor
+    from control.ops import metrics_endpoints as endpoints_of
 
-    info: dict[str, Any] = {}
-    sv = Supervisor(args.state_dir)
-    spec = sv.load_spec()
-    if spec is not None:
-        procs = sv.processes()
-        info = {
-            "workers": spec.workers,
-            "processes": spec.processes,
-            "state": "running" if any(p.alive for p in procs) else "stopped",
-            "pids": [p.pid for p in procs if p.alive],
-        }
-    if args.endpoints:
-        return [e.strip() for e in args.endpoints.split(",") if e.strip()], info
-    port = int(
-        (spec.env.get("AD_METRICS_PORT") if spec else None)
-        or os.environ.get("AD_METRICS_PORT")
-        or 0
-    )
-    if not port:
-        raise CliError(
-            "no metrics endpoints: pass --endpoints host:port,... or run the flow "
-            "with AD_METRICS_PORT set"
-        )
-    n = spec.processes if spec else 1
-    return [f"127.0.0.1:{port + i}" for i in range(n)], info
+    return endpoints_of(args.state_dir, args.endpoints)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """``adctl status``: show the flow's throughput, lag and errors."""
+    from control.ops import flow_status
     from control.status import render, snapshot, summarize
 
+    if not args.watch:
+        st = flow_status(args.state_dir, args.endpoints, interval=args.interval)
+        print(json.dumps(st, sort_keys=True) if args.json else render(st), flush=True)
+        return 0 if st["endpoints_up"] else 1
     endpoints, info = metrics_endpoints(args)
     prev = snapshot(endpoints)
     while True:
@@ -64,13 +44,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(st, sort_keys=True), flush=True)
         else:
-            if args.watch and sys.stdout.isatty():
+            if sys.stdout.isatty():
                 print("\033[2J\033[H", end="")
             print(render(st), flush=True)
-            if args.watch:
-                print()
-        if not args.watch:
-            return 0 if cur.endpoints_up else 1
+            print()
         prev = cur
 
 
