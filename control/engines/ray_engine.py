@@ -1,0 +1,86 @@
+"""Ray: a local runtime (``ray.init``) or a running cluster (``--address``). Tasks are
+Ray remote functions with ``max_retries``; a job waits for another by taking its
+object refs as arguments. Ray has no task priorities: a higher ``--priority`` job is
+only submitted first."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from control.engines.base import Engine, EngineError, Tasks, call_task
+
+__all__ = ["RayEngine"]
+
+#: object store of an embedded runtime (small: results are small, the machine shared)
+OBJECT_STORE_BYTES = 200 * 1024 * 1024
+
+
+class RayEngine(Engine):
+    name = "ray"
+
+    def __init__(self, workers: int = 2, address: str | None = None, retries: int = 2) -> None:
+        super().__init__(workers, address, retries)
+        self._started = False
+        self._remote: Any = None
+
+    def start(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            try:
+                if self.address:
+                    ray.init(address=self.address, logging_level="ERROR")
+                else:
+                    ray.init(
+                        num_cpus=self.n_workers,
+                        include_dashboard=False,
+                        object_store_memory=OBJECT_STORE_BYTES,
+                        logging_level="ERROR",
+                        log_to_driver=False,
+                    )
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise EngineError(
+                    f"cannot start or reach Ray {self.address or 'locally'}: {exc}; "
+                    "e.g. --address ray://127.0.0.1:10001"
+                ) from None
+            self._started = True
+        self._remote = ray.remote(max_retries=self.retries, retry_exceptions=True)(call_task)
+
+    def workers(self) -> int:
+        import ray
+
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def submit(
+        self,
+        fn: Callable[[Any], Any],
+        items: Sequence[Any],
+        *,
+        priority: int = 0,
+        after: Sequence[Tasks] = (),
+    ) -> Tasks:
+        deps = [r for t in after for r in t.handles]
+        refs = [self._remote.remote(fn, item, *deps) for item in items]
+        return Tasks(refs, len(refs), priority)
+
+    def as_completed(self, tasks: Tasks) -> Iterator[tuple[int, Any]]:
+        import ray
+
+        index = {r: i for i, r in enumerate(tasks.handles)}
+        pending = list(tasks.handles)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - re-raised with context
+                    raise EngineError(f"a Ray task failed: {type(exc).__name__}: {exc}") from exc
+                yield index[ref], result
+
+    def close(self) -> None:
+        import ray
+
+        if self._started and ray.is_initialized():
+            ray.shutdown()
+        self._started = False

@@ -1,0 +1,256 @@
+"""History as columns for batch detection: sensor ids, event times (epoch ms), values.
+
+Reads what ``control.history`` reads (Parquet, CSV, JSON lines: paths, globs,
+``file://``; ``kafka://`` topics from start to their end offsets at the time of
+reading) plus ``s3://bucket/key`` (Parquet or JSON lines, through pyarrow's S3
+filesystem; ``AWS_ENDPOINT_URL`` for an S3-compatible store). Parquet is read as
+columns, without a Python object per row.
+
+Records are checked as the flow's decoder checks them, so batch detection sees the
+readings the flow would: event time is an RFC 3339 string with an offset or epoch
+**milliseconds** (``flows.decode.parse_timestamp``), the value a finite number, the
+sensor id a non-empty string. Records failing these are counted as bad and dropped
+(the flow dead-letters them).
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from control.history import Fields, HistoryError, ReadStats, iter_records
+from flows.decode import BadRecord, parse_timestamp
+
+__all__ = ["Readings", "read_readings"]
+
+
+@dataclass
+class Readings:
+    """Valid readings in input order, as columns."""
+
+    sids: np.ndarray  # object: str
+    ts: np.ndarray  # int64 epoch ms
+    vals: np.ndarray  # float64, finite
+    tenants: np.ndarray  # object: str | None
+    stats: ReadStats = field(default_factory=ReadStats)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def select(self, mask: np.ndarray) -> Readings:
+        return Readings(
+            self.sids[mask], self.ts[mask], self.vals[mask], self.tenants[mask], self.stats
+        )
+
+
+class _Cols:
+    def __init__(self) -> None:
+        self.sids: list[Any] = []
+        self.ts: list[np.ndarray] = []
+        self.vals: list[np.ndarray] = []
+        self.tenants: list[Any] = []
+
+    def add(self, sids: Any, ts: Any, vals: Any, tenants: Any) -> None:
+        self.sids.append(np.asarray(sids, dtype=object))
+        self.ts.append(np.asarray(ts, dtype=np.int64))
+        self.vals.append(np.asarray(vals, dtype=np.float64))
+        self.tenants.append(np.asarray(tenants, dtype=object))
+
+    def done(self, stats: ReadStats) -> Readings:
+        def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+        return Readings(
+            cat(self.sids, object),
+            cat(self.ts, np.int64),
+            cat(self.vals, np.float64),
+            cat(self.tenants, object),
+            stats,
+        )
+
+
+def _s3_paths(url: str) -> tuple[Any, list[str]]:
+    from pyarrow import fs
+
+    s3, path = fs.FileSystem.from_uri(url)
+    if any(c in path for c in "*?["):
+        base = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+        infos = s3.get_file_info(fs.FileSelector(base, recursive=True))
+        import fnmatch
+
+        paths = sorted(i.path for i in infos if i.is_file and fnmatch.fnmatch(i.path, path))
+    else:
+        paths = [path]
+    if not paths:
+        raise HistoryError(f"no objects match {url}; e.g. s3://bucket/history/*.parquet")
+    return s3, paths
+
+
+def _parquet(table: Any, f: Fields, cols: _Cols, stats: ReadStats) -> None:
+    """Columns of a Parquet table, checked without a Python object per row where the
+    types allow (string ids, integer-millisecond or timestamp times, numeric values)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = set(table.column_names)
+    missing = [c for c in (f.key, f.time, f.value) if c not in names]
+    if missing:
+        raise HistoryError(
+            f"Parquet history lacks column(s) {missing}; give --key-field/--time-field/"
+            "--value-field, e.g. --time-field ts"
+        )
+    n = table.num_rows
+    stats.records += n
+    sid = table.column(f.key)
+    t = table.column(f.time)
+    v = table.column(f.value)
+    ok = np.ones(n, dtype=bool)
+    if not pa.types.is_string(sid.type) and not pa.types.is_large_string(sid.type):
+        ok &= False  # the flow needs a string id
+        stats.bad_records += n
+        return
+    sid_np = sid.to_numpy(zero_copy_only=False)
+    ok &= pc.fill_null(pc.greater(pc.utf8_length(sid), 0), False).to_numpy(
+        zero_copy_only=False
+    )
+    if pa.types.is_timestamp(t.type):
+        t_ms = pc.cast(pc.cast(t, pa.timestamp("ms")), pa.int64())
+        ts_np = pc.fill_null(t_ms, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    elif pa.types.is_integer(t.type) or pa.types.is_floating(t.type):
+        tf = pc.fill_null(pc.cast(t, pa.float64()), -1.0).to_numpy(zero_copy_only=False)
+        with np.errstate(invalid="ignore"):
+            good = (tf >= 0) & (tf < 7258118400000.0)
+        ts_np = np.where(good, np.round(tf), -1).astype(np.int64)
+    else:  # text: the flow's parser, per row
+        ts_np = np.fromiter(
+            (_ts_or_bad(x) for x in t.to_pylist()), dtype=np.int64, count=n
+        )
+    ok &= ts_np >= 0
+    if not (pa.types.is_integer(v.type) or pa.types.is_floating(v.type)):
+        stats.bad_records += n
+        return
+    vals = pc.cast(v, pa.float64()).to_numpy(zero_copy_only=False)
+    vals = np.where(np.isnan(vals) & np.asarray(pc.is_null(v)), np.nan, vals)
+    ok &= np.isfinite(vals)
+    if "tenant_id" in names:
+        ten = table.column("tenant_id").to_numpy(zero_copy_only=False)
+    else:
+        ten = np.full(n, None, dtype=object)
+    stats.bad_records += int(n - ok.sum())
+    cols.add(sid_np[ok], ts_np[ok], vals[ok], ten[ok])
+
+
+def _ts_or_bad(x: Any) -> int:
+    try:
+        return parse_timestamp(x) if x is not None else -1
+    except BadRecord:
+        return -1
+
+
+def _rows(records: Iterator[dict[str, Any]], f: Fields, cols: _Cols, stats: ReadStats) -> None:
+    """Rows (dicts) checked one by one, as the flow's decoder does."""
+    sids: list[str] = []
+    ts: list[int] = []
+    vals: list[float] = []
+    tenants: list[str | None] = []
+    for rec in records:
+        stats.records += 1
+        sid, t, v = rec.get(f.key), rec.get(f.time), rec.get(f.value)
+        ten = rec.get("tenant_id") or None
+        try:
+            if isinstance(v, str):  # CSV cells are text
+                v = float(v)
+            if isinstance(t, str) and t.strip().lstrip("-").isdigit():
+                t = int(t)
+            if (
+                not isinstance(sid, str)
+                or not sid
+                or isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or (ten is not None and not isinstance(ten, str))
+            ):
+                raise BadRecord("bad_type", "")
+            ms = parse_timestamp(t)
+        except (BadRecord, ValueError, OverflowError):
+            stats.bad_records += 1
+            continue
+        sids.append(sid)
+        ts.append(ms)
+        vals.append(float(v))
+        tenants.append(ten)
+    cols.add(sids, ts, vals, tenants)
+
+
+def read_readings(
+    sources: list[str],
+    *,
+    fields: Fields = Fields(),
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    kafka_conf: dict[str, str] | None = None,
+) -> Readings:
+    """Every valid reading of ``sources`` (in source order) within ``[since, until)``."""
+    stats = ReadStats()
+    cols = _Cols()
+    for src in sources:
+        if src.startswith("s3://"):
+            stats.sources.append(src)
+            s3, paths = _s3_paths(src)
+            for p in paths:
+                if p.endswith(".parquet"):
+                    import pyarrow.parquet as pq
+
+                    _parquet(pq.read_table(p, filesystem=s3), fields, cols, stats)
+                else:
+                    with s3.open_input_stream(p) as fh:
+                        data = fh.read().splitlines()
+                    _rows(_json_lines(data, stats), fields, cols, stats)
+            continue
+        local = src[len("file://") :] if src.startswith("file://") else src
+        paths = sorted(glob.glob(local)) if any(c in local for c in "*?[") else [local]
+        if not src.startswith("kafka://") and all(p.endswith(".parquet") for p in paths):
+            import pyarrow.parquet as pq
+
+            stats.sources.append(src)
+            for p in paths:
+                if not Path(p).is_file():
+                    raise HistoryError(f"history file not found: {p}")
+                _parquet(pq.read_table(p), fields, cols, stats)
+            continue
+        since = None if since_ms is None else since_ms / 1000.0
+        _rows(iter_records([src], since=since, stats=stats, kafka_conf=kafka_conf), fields,
+              cols, stats)
+    out = cols.done(stats)
+    if since_ms is not None or until_ms is not None:
+        keep = np.ones(len(out), dtype=bool)
+        if since_ms is not None:
+            keep &= out.ts >= since_ms
+        if until_ms is not None:
+            keep &= out.ts < until_ms
+        stats.out_of_range += int(len(out) - keep.sum())
+        out = out.select(keep)
+    return out
+
+
+def _json_lines(lines: list[bytes], stats: ReadStats) -> Iterator[dict[str, Any]]:
+    import orjson
+
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            stats.bad_records += 1
+            continue
+        if isinstance(rec, dict):
+            yield rec
+        else:
+            stats.bad_records += 1
