@@ -18,7 +18,13 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 #: modules on the per-record path (flows/__init__.py keeps the same list)
-COMPILED = ("flows.windows", "flows.records", "flows.decode", "flows.logic")
+COMPILED = (
+    "flows.windows",
+    "flows.records",
+    "flows.sensor_state",
+    "flows.decode",
+    "flows.logic",
+)
 HERE = Path(__file__).resolve().parent
 
 

@@ -40,6 +40,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import Gauge, Histogram
 
 from connectors import placement
 from connectors.base import (
@@ -50,7 +51,6 @@ from connectors.base import (
     parse_bool,
     register_message_type,
 )
-from control import metrics
 
 __all__ = [
     "KafkaSource",
@@ -60,6 +60,13 @@ __all__ = [
     "source_from_url",
     "sink_from_url",
 ]
+
+#: Prometheus metrics of the Kafka connector (served by the flow's metrics server).
+INPUT_LAG = Gauge("ad_input_lag", "Records behind the end of the input partition", ["partition"])
+CHECKPOINT_SECONDS = Histogram(
+    "ad_checkpoint_duration_seconds", "Time for a sink snapshot (flush + commit)", ["sink"]
+)
+LAST_CHECKPOINT = Gauge("ad_last_checkpoint_timestamp_seconds", "Unix time of the last sink commit")
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +154,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[in
         self._awake: datetime | None = None
         # tail=False: the end of the data available now; stop once it has been read
         self._stop_at: int | None = None if tail else high
-        self._lag = metrics.INPUT_LAG.labels(f"{topic}/{part}")
+        self._lag = INPUT_LAG.labels(f"{topic}/{part}")
 
     def next_batch(self) -> list[MessageBatch]:
         msgs = self._consumer.consume(self._batch, 0.0)
@@ -410,8 +417,8 @@ class _TxnSinkPartition(StatefulSinkPartition[OutRecord, int]):
         if self._in_txn:
             t0 = time.perf_counter()
             self._commit()
-            metrics.CHECKPOINT_SECONDS.labels(self._step).observe(time.perf_counter() - t0)
-            metrics.LAST_CHECKPOINT.set(time.time())
+            CHECKPOINT_SECONDS.labels(self._step).observe(time.perf_counter() - t0)
+            LAST_CHECKPOINT.set(time.time())
         return self._offset
 
     def _commit(self) -> None:

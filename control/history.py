@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from control.markers import MARKER_PREFIX
+from schemas.markers import MARKER_PREFIX
 
 __all__ = ["Fields", "HistoryError", "Series", "iter_records", "load_series", "parse_time"]
 

@@ -1,8 +1,8 @@
 """Control markers: model switches written *into* the flow's input, one per partition.
 
-A marker's value is ``b"#ADCTL"`` followed by UTF-8 JSON ``{"type": "model", "detector":
-..., "version": ..., "model_ref": ...}``. Because it sits at an input position, the flow
-applies the switch at the same point on every replay, so recovery stays exact.
+The marker codec is ``schemas.markers`` (shared with the flow). Because a marker sits at
+an input position, the flow applies the switch at the same point on every replay, so
+recovery stays exact.
 
 ``push_marker`` writes one marker into every partition of a source URL:
 
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from schemas.markers import MARKER_PREFIX, decode_marker, encode_marker
+
 __all__ = [
     "MARKER_PREFIX",
     "MarkerError",
@@ -33,34 +35,9 @@ __all__ = [
     "push_marker",
 ]
 
-MARKER_PREFIX = b"#ADCTL"
-
 
 class MarkerError(RuntimeError):
     """A marker could not be written (unsupported source, broker error)."""
-
-
-def encode_marker(detector: str, version: str, model_ref: str) -> bytes:
-    """The bytes of a model-switch marker."""
-    body = {"type": "model", "detector": detector, "version": version, "model_ref": model_ref}
-    return MARKER_PREFIX + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
-def decode_marker(value: bytes | None) -> dict[str, Any] | None:
-    """The marker dict if ``value`` is a control marker, else ``None``.
-
-    Raises ``ValueError`` for a value that starts with the prefix but is not a valid
-    marker (so the flow can dead-letter it rather than treat it as data).
-    """
-    if value is None or not value.startswith(MARKER_PREFIX):
-        return None
-    body = json.loads(value[len(MARKER_PREFIX) :].decode("utf-8"))
-    if not isinstance(body, dict) or body.get("type") != "model":
-        raise ValueError(f"unknown control marker: {value[:200]!r}")
-    for k in ("detector", "version", "model_ref"):
-        if not isinstance(body.get(k), str) or not body[k]:
-            raise ValueError(f"control marker lacks {k!r}: {value[:200]!r}")
-    return body
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 __all__ = ["COMPILED", "IMPLEMENTATION"]
 
 #: modules on the per-record path, in import-dependency order (setup.py compiles them)
-COMPILED = ("windows", "records", "decode", "logic")
+COMPILED = ("windows", "records", "sensor_state", "decode", "logic")
 
 #: module name -> "compiled" | "interpreted"
 IMPLEMENTATION: dict[str, str] = {}

@@ -26,11 +26,12 @@ import orjson
 from connectors.base import MessageBatch, OutRecord, RawRecord, as_raw
 from flows.records import Columns, Control, Reading, SubBatch, dead_letter, key_group
 from schemas import AVRO_IDS, DEFAULT_AVRO, DEFAULT_PROTO, HERE
+from schemas.markers import MARKER_PREFIX, MarkerInvalid, decode_marker
 
 __all__ = ["Decoder", "CONTROL_PREFIX", "parse_timestamp"]
 
-#: Input values starting with these bytes are control markers (see control/).
-CONTROL_PREFIX = b"#ADCTL"
+#: Input values starting with these bytes are control markers (schemas.markers).
+CONTROL_PREFIX = MARKER_PREFIX
 _MIN_TS = 0.0  # 1970-01-01
 _MAX_TS = 7258118400000.0  # 2200-01-01, in ms
 _STD_FIELDS = ("sensor_id", "timestamp", "value", "tenant_id")
@@ -292,10 +293,10 @@ class Decoder:
         if len(data) > self.max_bytes:
             raise BadRecord("oversize", f"{len(data)} bytes > max {self.max_bytes}")
         if data[:6] == CONTROL_PREFIX:
-            body = _json_loads(data[6:])
-            if not isinstance(body, dict) or "type" not in body:
-                raise BadRecord("bad_control", "control marker without a type")
-            return Control(body, raw)
+            try:
+                return Control(decode_marker(data), raw)  # type: ignore[arg-type]
+            except MarkerInvalid as exc:
+                raise BadRecord("bad_control", str(exc)) from None
         return _validate(self._decode(data), raw)
 
     def decode_batch(

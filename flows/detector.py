@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,13 +19,14 @@ from bytewax.operators import StatefulBatchLogic
 
 from connectors import make_sink, make_source
 from connectors.base import MessageBatch, OutRecord, RawRecord, as_raw
-from control import metrics
+from flows import metrics
 from flows.decode import Decoder
-from flows.logic import ALERT, DLQ, KeyGroupLogic, Models
-from flows.settings import Settings, load_settings
+from flows.logic import ALERT, DLQ, KeyGroupLogic
+from flows.models import Models
+from flows.settings import Settings, SettingsError, load_settings
 from state.snapshots import resolve_snapshot_dir
 
-__all__ = ["build_flow", "flow"]
+__all__ = ["build_flow"]
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +118,32 @@ def tune_gc() -> None:
 
 
 def build_flow(
-    settings: Settings | None = None, *, source: Any = None, sink: Any = None, dlq: Any = None
+    settings: Settings | None = None,
+    *,
+    source: Any = None,
+    sink: Any = None,
+    dlq: Any = None,
+    serve: bool | None = None,
 ) -> Dataflow:
-    """The dataflow for ``settings`` (default: from the environment). ``source``,
-    ``sink`` and ``dlq`` replace the configured connectors (tests use Bytewax's
-    ``TestingSource``/``TestingSink``)."""
-    s = settings or load_settings()
-    metrics.start_metrics_server(s.metrics_port)
+    """The dataflow for ``settings``; the factory ``bytewax.run`` calls.
+
+    Args:
+        settings: the configuration; default: read from ``AD_*`` / ``AD_CONFIG``, where a
+            bad value exits with status 2 and one line naming the key with an example.
+        source, sink, dlq: replace the configured connectors (tests use Bytewax's
+            ``TestingSource``/``TestingSink``).
+        serve: set this process up to run the flow (metrics server, GC tuning); default:
+            only when the settings come from the environment.
+    """
+    if settings is None:
+        settings = _settings_or_exit()
+        serve = True if serve is None else serve
+    s = settings
     models = Models(s.detector, s.detector_params)
     models.get("builtin", "")  # fail fast on a bad detector name or parameters
-    tune_gc()
+    if serve:
+        metrics.start_metrics_server(s.metrics_port)
+        tune_gc()
 
     flow = Dataflow(s.flow_id)
     batches = op.input("read", flow, source or make_source(s.source, s))
@@ -147,4 +165,19 @@ def build_flow(
     return flow
 
 
-flow = build_flow()
+def _settings_or_exit() -> Settings:
+    """Settings from the environment; a configuration error ends the process (status 2)."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def __getattr__(name: str) -> Any:
+    """``flow`` is built on first use, so ``python -m bytewax.run flows.detector`` works
+    while importing this module starts nothing."""
+    if name == "flow":
+        built = globals()["flow"] = build_flow()
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,13 +15,10 @@ same input gives the same alerts with the same ``alert_id``.
 
 from __future__ import annotations
 
-import gc
 import logging
 import pickle
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +27,8 @@ import orjson
 
 from connectors import placement
 from connectors.base import OutRecord, RawRecord, as_raw
-from control import metrics
-from detectors import get_detector
+from flows import metrics
+from flows.models import Models
 from flows.records import (
     Columns,
     Control,
@@ -41,7 +38,11 @@ from flows.records import (
     key_group,
     stable_id,
 )
-from flows.windows import FUTURE, LATE, Closed, WindowSpec, WindowState, add_to_agg, new_agg
+
+# Sensor stays importable from here: snapshots of earlier versions pickled it as
+# flows.logic.Sensor (see CHANGELOG, compatibility shims)
+from flows.sensor_state import PackedState, Sensor, freeze_sensor, gc_paused, thaw_sensor
+from flows.windows import FUTURE, LATE, Closed, WindowSpec, add_to_agg, new_agg
 from state.snapshots import Manifest, SegmentStore, SnapshotError
 
 __all__ = ["KeyGroupLogic", "key_group", "ALERT", "DLQ", "BUILTIN"]
@@ -51,139 +52,6 @@ DLQ = "dlq"
 BUILTIN = "builtin"
 
 log = logging.getLogger(__name__)
-
-
-class PackedState(bytes):
-    """A detector state at rest, as the detector's ``pack_state`` wrote it.
-
-    Snapshots pack the states that changed since the previous snapshot and keep them
-    packed until the sensor is scored again, so a snapshot re-serialises only what
-    changed, and sensors hold ~0.5 KB instead of ~6-8 KB (ensemble) of detector state
-    in memory and in the recovery store. The round trip is exact, so scores are
-    unchanged.
-    """
-
-    __slots__ = ()
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while (un)pickling a key group: (un)pickling a group allocates
-    millions of objects that stay alive, so the collector would run full collections
-    over the whole heap again and again (measured in-process at 300k keys: restoring
-    the groups took 2.9 s with the collector running, 0.9 s without). (Un)pickling
-    creates no reference cycles, so nothing is left for the collector."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-class Sensor:
-    """Per-sensor state: windows, detector state, model version, origin partition.
-
-    ``det`` is the live detector state, a :class:`PackedState`, or ``None`` for the
-    model's initial state (created when the sensor's first window is scored).
-    """
-
-    __slots__ = ("win", "det", "model", "tenant")
-
-    def __init__(self, det_state: Any, model: tuple[str, str], tenant: str | None) -> None:
-        self.win = WindowState()
-        self.det = det_state
-        self.model = model  # (version, model ref)
-        self.tenant = tenant
-
-    def __getstate__(self) -> tuple:
-        return (self.win, self.det, self.model, self.tenant)
-
-    def __setstate__(self, st: tuple) -> None:
-        self.win, self.det, self.model, self.tenant = st
-
-
-def freeze_sensor(sensor: Sensor) -> bytes:
-    """A sensor at rest: a pickled tuple of plain values (~0.7 us to write and to read
-    back, against ~5 us and ~4 us for pickling the objects). Its detector state must
-    already be packed (or ``None``)."""
-    w, det = sensor.win, sensor.det
-    return pickle.dumps(
-        (
-            w.max_ts,
-            w.open,
-            w.sessions,
-            None if det is None else bytes(det),
-            sensor.model,
-            sensor.tenant,
-        ),
-        pickle.HIGHEST_PROTOCOL,
-    )
-
-
-def thaw_sensor(data: bytes) -> Sensor:
-    """Inverse of :func:`freeze_sensor` (also reads sensors pickled as objects, as
-    snapshots of earlier versions hold them)."""
-    obj = pickle.loads(data)
-    if type(obj) is not tuple:
-        return obj  # type: ignore[no-any-return]
-    max_ts, wins, sessions, det, model, tenant = obj
-    w = WindowState.__new__(WindowState)
-    w.max_ts, w.open, w.sessions = max_ts, wins, sessions
-    sensor = Sensor.__new__(Sensor)
-    sensor.win, sensor.model, sensor.tenant = w, model, tenant
-    sensor.det = None if det is None else PackedState(det)
-    return sensor
-
-
-class Models:
-    """Detector instances per model version (derived, never snapshotted).
-
-    Artifacts are immutable per version, so re-fetching after a restart gives the same
-    detector. ``BUILTIN`` is the configured detector with its configured parameters.
-    An artifact may hold per-key models (``keys[sensor_id]``, from ``adctl retrain``):
-    a sensor with one gets a detector of its own (LRU-cached), the others the
-    artifact's pooled top-level model.
-    """
-
-    def __init__(self, name: str, params: dict[str, Any], per_key_cache: int = 50_000) -> None:
-        self.name = name
-        self.params = params
-        self._cache: dict[str, Any] = {}
-        self._artifacts: dict[str, dict[str, Any]] = {}
-        self._per_key: OrderedDict[tuple[str, str], Any] = OrderedDict()
-        self._per_key_max = per_key_cache
-
-    def _build(self, version: str, model: dict[str, Any] | None) -> Any:
-        det = get_detector(self.name, self.params)
-        if model is not None:
-            det.load_model(model)
-            det.model_version = version
-        return det
-
-    def get(self, version: str, ref: str | None, key: str | None = None) -> Any:
-        artifact = None
-        if ref:
-            artifact = self._artifacts.get(version)
-            if artifact is None:
-                from state.model_store import fetch
-
-                artifact = self._artifacts[version] = fetch(ref)
-        keyed = (artifact or {}).get("keys") or {}
-        if key is not None and key in keyed:
-            det = self._per_key.get((version, key))
-            if det is None:
-                det = self._per_key[(version, key)] = self._build(version, keyed[key])
-                if len(self._per_key) > self._per_key_max:
-                    self._per_key.popitem(last=False)
-            else:
-                self._per_key.move_to_end((version, key))
-            return det
-        det = self._cache.get(version)
-        if det is None:
-            det = self._cache[version] = self._build(version, artifact)
-        return det
 
 
 class KeyGroupLogic:
@@ -216,7 +84,7 @@ class KeyGroupLogic:
         if resume is None:
             self.sensors = {}
         else:
-            with _gc_paused():
+            with gc_paused():
                 saved = pickle.loads(resume)
                 if type(saved) is Manifest:  # incremental: load the segment chain
                     self.group, self._manifest = saved.group, saved
@@ -268,7 +136,7 @@ class KeyGroupLogic:
     def snapshot(self) -> bytes:
         changed = list(self._warm)
         self._freeze()
-        with _gc_paused():
+        with gc_paused():
             if self._snap_dir is None or self.group is None:
                 return pickle.dumps((self.sensors, self.switches), protocol=pickle.HIGHEST_PROTOCOL)
             sensors = self.sensors
@@ -311,7 +179,7 @@ class KeyGroupLogic:
     def _freeze(self) -> None:
         """Make every warm sensor cold: pack a changed detector state, pickle the sensor."""
         sensors = self.sensors
-        with _gc_paused():
+        with gc_paused():
             for sid in self._warm:
                 sensor = sensors[sid]
                 det = sensor.det
@@ -429,12 +297,7 @@ class KeyGroupLogic:
             self._reject(raw, rejected, ts, sensor.win.watermark(self.spec), out)
 
     def _control(self, c: Control, pending: dict[str, list[Closed]], out: list) -> None:
-        body = c.body
-        if body.get("type") != "model" or "version" not in body:
-            out.append(
-                (DLQ, dead_letter(c.raw, "bad_control", f"unknown control {body}", self.flow_id))
-            )
-            return
+        body = c.body  # a valid model switch (schemas.markers.decode_marker)
         version, ref = str(body["version"]), str(body.get("model_ref", ""))
         try:
             self.models.get(version, ref)

@@ -102,15 +102,17 @@ _DURATIONS = {"window_size", "window_slide", "session_gap", "allowed_lateness", 
 _URLS = {"source", "sink", "dlq"}
 _KNOWN = {f.name for f in fields(Settings)}
 # AD_ variables that belong to other tools, not to the flow's settings.
-_FOREIGN = {
-    "config",
-    "process_id",
-    "metrics_addr",
-    "stack_dir",
-    "keep_stack",
-    "state_dir",
-    "compiled",
-}
+FOREIGN_KEYS = frozenset(
+    {
+        "config",
+        "process_id",
+        "metrics_addr",
+        "stack_dir",
+        "keep_stack",
+        "state_dir",
+        "compiled",
+    }
+)
 
 
 def _err(key: str, msg: str) -> SettingsError:
@@ -182,7 +184,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         key = name[3:].lower()
         if key.startswith("kafka_"):
             kafka[key[len("kafka_") :].replace("_", ".")] = value
-        elif key.startswith("stack_") or key in _FOREIGN:
+        elif key.startswith("stack_") or key in FOREIGN_KEYS:
             continue
         elif key not in _KNOWN:
             raise _err(
@@ -217,3 +219,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         raise _err("session_gap", "must be > 0")
     parse_bool(s.url("source").param("tail"), True)
     return s
+
+
+def flow_env_names() -> frozenset[str]:
+    """Every ``AD_*`` name the flow reads (its settings and the foreign keys it ignores)."""
+    return frozenset(f"AD_{k.upper()}" for k in _KNOWN | FOREIGN_KEYS)

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from control import metrics
+from connectors import kafka as kafka_connector
 from control.k8s import K8sTarget, scale_commands, scale_k8s, scale_patch
+from flows import metrics
 from tests.conftest import ROOT
 
 K8S = ROOT / "deploy" / "k8s"
@@ -157,7 +158,7 @@ def test_prometheus_config_scrapes_the_flow_ports() -> None:
 
 def _metric_names() -> set[str]:
     names = set()
-    for obj in vars(metrics).values():
+    for obj in [*vars(metrics).values(), *vars(kafka_connector).values()]:
         describe = getattr(obj, "describe", None)
         if callable(describe) and hasattr(obj, "_name"):
             for fam in describe():

@@ -27,7 +27,7 @@ def test_encode_decode_roundtrip() -> None:
     }
     assert decode_marker(b'{"sensor_id": "a"}') is None
     with pytest.raises(ValueError):
-        decode_marker(b'#ADCTL{"type": "model", "version": "v1"}')
+        decode_marker(b'#ADCTL{"type": "model", "detector": "mad"}')
     # the flow's decoder recognises the same prefix
     from flows.decode import CONTROL_PREFIX
 

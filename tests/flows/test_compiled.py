@@ -35,7 +35,8 @@ def scenario(out_path: str) -> None:
     from connectors.base import RawRecord
     from flows import IMPLEMENTATION
     from flows.decode import Decoder
-    from flows.logic import KeyGroupLogic, Models
+    from flows.logic import KeyGroupLogic
+    from flows.models import Models
     from flows.settings import load_settings
 
     rng = random.Random(11)

@@ -9,8 +9,7 @@ import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from connectors.base import MessageBatch, RawRecord
-from control import metrics
-from flows import detector
+from flows import detector, metrics
 from flows.settings import load_settings
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from connectors.base import RawRecord
 from flows import logic
-from flows.logic import KeyGroupLogic, Models
+from flows.logic import KeyGroupLogic
+from flows.models import Models
 from flows.records import Reading, SubBatch
 from flows.settings import load_settings
 from state.snapshots import Manifest, SegmentStore

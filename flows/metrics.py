@@ -1,4 +1,7 @@
-"""Prometheus metrics served by every flow process (prometheus-client).
+"""The flow's Prometheus metrics, and the server every flow process runs (prometheus-client).
+
+Connector metrics live with their connector (e.g. ``connectors.kafka``); they register
+in the same default registry, so this server serves them too.
 
 The flow increments these; ``start_metrics_server`` serves them on
 ``AD_METRICS_PORT + process_id`` so several processes on one host do not collide.
@@ -14,16 +17,11 @@ RECORDS_IN = Counter("ad_records_in_total", "Input records decoded", ["source"])
 ALERTS_OUT = Counter("ad_alerts_total", "Alerts emitted", ["detector"])
 WINDOWS_OUT = Counter("ad_windows_scored_total", "Windows scored")
 DEAD_LETTERS = Counter("ad_dead_letters_total", "Records sent to the dead-letter sink", ["reason"])
-INPUT_LAG = Gauge("ad_input_lag", "Records behind the end of the input partition", ["partition"])
 WINDOW_CLOSE_LATENCY = Histogram(
     "ad_window_close_latency_seconds",
     "Wall time from the newest record of a window arriving to the window being scored",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-CHECKPOINT_SECONDS = Histogram(
-    "ad_checkpoint_duration_seconds", "Time for a sink snapshot (flush + commit)", ["sink"]
-)
-LAST_CHECKPOINT = Gauge("ad_last_checkpoint_timestamp_seconds", "Unix time of the last sink commit")
 REMOTE_KEY_GROUPS = Counter(
     "ad_remote_key_groups_total",
     "Key groups by input partition that run on another worker than the one reading "

@@ -1,0 +1,59 @@
+"""The detector instances a flow process uses, per model version and per key."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from detectors import get_detector
+
+__all__ = ["Models"]
+
+
+class Models:
+    """Detector instances per model version (derived, never snapshotted).
+
+    Artifacts are immutable per version, so re-fetching after a restart gives the same
+    detector. ``BUILTIN`` is the configured detector with its configured parameters.
+    An artifact may hold per-key models (``keys[sensor_id]``, from ``adctl retrain``):
+    a sensor with one gets a detector of its own (LRU-cached), the others the
+    artifact's pooled top-level model.
+    """
+
+    def __init__(self, name: str, params: dict[str, Any], per_key_cache: int = 50_000) -> None:
+        self.name = name
+        self.params = params
+        self._cache: dict[str, Any] = {}
+        self._artifacts: dict[str, dict[str, Any]] = {}
+        self._per_key: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._per_key_max = per_key_cache
+
+    def _build(self, version: str, model: dict[str, Any] | None) -> Any:
+        det = get_detector(self.name, self.params)
+        if model is not None:
+            det.load_model(model)
+            det.model_version = version
+        return det
+
+    def get(self, version: str, ref: str | None, key: str | None = None) -> Any:
+        artifact = None
+        if ref:
+            artifact = self._artifacts.get(version)
+            if artifact is None:
+                from state.model_store import fetch
+
+                artifact = self._artifacts[version] = fetch(ref)
+        keyed = (artifact or {}).get("keys") or {}
+        if key is not None and key in keyed:
+            det = self._per_key.get((version, key))
+            if det is None:
+                det = self._per_key[(version, key)] = self._build(version, keyed[key])
+                if len(self._per_key) > self._per_key_max:
+                    self._per_key.popitem(last=False)
+            else:
+                self._per_key.move_to_end((version, key))
+            return det
+        det = self._cache.get(version)
+        if det is None:
+            det = self._cache[version] = self._build(version, artifact)
+        return det

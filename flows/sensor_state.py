@@ -1,0 +1,102 @@
+"""A sensor's state and its codec: windows, detector state, model version, tenant.
+
+Sensors at rest are pickled tuples of plain values (``freeze_sensor``/``thaw_sensor``);
+detector states at rest stay as their detector's packed bytes (:class:`PackedState`)
+until the sensor is scored again.
+"""
+
+from __future__ import annotations
+
+import gc
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flows.windows import WindowState
+
+__all__ = ["PackedState", "Sensor", "freeze_sensor", "gc_paused", "thaw_sensor"]
+
+
+class PackedState(bytes):
+    """A detector state at rest, as the detector's ``pack_state`` wrote it.
+
+    Snapshots pack the states that changed since the previous snapshot and keep them
+    packed until the sensor is scored again, so a snapshot re-serialises only what
+    changed, and sensors hold ~0.5 KB instead of ~6-8 KB (ensemble) of detector state
+    in memory and in the recovery store. The round trip is exact, so scores are
+    unchanged.
+    """
+
+    __slots__ = ()
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while (un)pickling a key group: (un)pickling a group allocates
+    millions of objects that stay alive, so the collector would run full collections
+    over the whole heap again and again (measured in-process at 300k keys: restoring
+    the groups took 2.9 s with the collector running, 0.9 s without). (Un)pickling
+    creates no reference cycles, so nothing is left for the collector."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class Sensor:
+    """Per-sensor state: windows, detector state, model version, origin partition.
+
+    ``det`` is the live detector state, a :class:`PackedState`, or ``None`` for the
+    model's initial state (created when the sensor's first window is scored).
+    """
+
+    __slots__ = ("win", "det", "model", "tenant")
+
+    def __init__(self, det_state: Any, model: tuple[str, str], tenant: str | None) -> None:
+        self.win = WindowState()
+        self.det = det_state
+        self.model = model  # (version, model ref)
+        self.tenant = tenant
+
+    def __getstate__(self) -> tuple:
+        return (self.win, self.det, self.model, self.tenant)
+
+    def __setstate__(self, st: tuple) -> None:
+        self.win, self.det, self.model, self.tenant = st
+
+
+def freeze_sensor(sensor: Sensor) -> bytes:
+    """A sensor at rest: a pickled tuple of plain values (~0.7 us to write and to read
+    back, against ~5 us and ~4 us for pickling the objects). Its detector state must
+    already be packed (or ``None``)."""
+    w, det = sensor.win, sensor.det
+    return pickle.dumps(
+        (
+            w.max_ts,
+            w.open,
+            w.sessions,
+            None if det is None else bytes(det),
+            sensor.model,
+            sensor.tenant,
+        ),
+        pickle.HIGHEST_PROTOCOL,
+    )
+
+
+def thaw_sensor(data: bytes) -> Sensor:
+    """Inverse of :func:`freeze_sensor` (also reads sensors pickled as objects, as
+    snapshots of earlier versions hold them)."""
+    obj = pickle.loads(data)
+    if type(obj) is not tuple:
+        return obj  # type: ignore[no-any-return]
+    max_ts, wins, sessions, det, model, tenant = obj
+    w = WindowState.__new__(WindowState)
+    w.max_ts, w.open, w.sessions = max_ts, wins, sessions
+    sensor = Sensor.__new__(Sensor)
+    sensor.win, sensor.model, sensor.tenant = w, model, tenant
+    sensor.det = None if det is None else PackedState(det)
+    return sensor
