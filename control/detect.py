@@ -46,6 +46,14 @@ __all__ = [
 #: records per ``on_batch`` call inside a task (bounds the memory of the columns)
 CHUNK = 65_536
 ROOT = Path(__file__).resolve().parents[1]
+#: the flow modules whose code decides a partition's alerts (part of the cache key)
+FLOW_CODE = (
+    "flows/windows.py",
+    "flows/records.py",
+    "flows/sensor_state.py",
+    "flows/models.py",
+    "flows/logic.py",
+)
 
 
 class RowRef(int):
@@ -107,7 +115,7 @@ def detect_settings(settings: Settings, **overrides: Any) -> Settings:
 
 def _code_digest() -> str:
     h = hashlib.sha256()
-    for rel in ("flows/windows.py", "flows/records.py", "flows/logic.py"):
+    for rel in FLOW_CODE:
         h.update((ROOT / rel).read_bytes())
     for p in sorted((ROOT / "detectors").glob("*.py")):
         h.update(p.read_bytes())
@@ -137,10 +145,9 @@ def config_digest(settings: Settings) -> str:
 def split_partitions(r: Readings, partitions: int) -> list[Partition]:
     """Readings split by ``key_group(sensor)`` into ``partitions``, each sorted by sensor
     and event time, with a content digest. Empty partitions are left out."""
-    names, codes = np.unique(r.sids.astype(str), return_inverse=True)
-    codes = codes.astype(np.int32).ravel()
+    names, codes = r.names, r.codes
     group_of_name = np.fromiter(
-        (int(key_group(n, partitions)) for n in names), dtype=np.int32, count=len(names)
+        (int(key_group(n, partitions)) for n in names.tolist()), dtype=np.int32, count=len(names)
     )
     group = group_of_name[codes]
     order = np.lexsort((r.ts, codes, group))
@@ -190,7 +197,8 @@ def _inject_failure(path: str | None) -> None:
 
 def detect_partition(task: DetectTask) -> PartResult:
     """Run one partition through the flow's key-group logic (runs on a worker)."""
-    from flows.logic import ALERT, KeyGroupLogic, Models
+    from flows.logic import ALERT, KeyGroupLogic
+    from flows.models import Models
 
     started = time.time()
     _inject_failure(task.fail_once)

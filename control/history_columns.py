@@ -32,9 +32,11 @@ __all__ = ["Readings", "read_readings"]
 
 @dataclass
 class Readings:
-    """Valid readings in input order, as columns."""
+    """Valid readings in input order, as columns; sensor ids as codes into ``names``
+    (sorted), so no string object exists per reading."""
 
-    sids: np.ndarray  # object: str
+    names: np.ndarray  # object: str, sorted, unique
+    codes: np.ndarray  # int32 index into names
     ts: np.ndarray  # int64 epoch ms
     vals: np.ndarray  # float64, finite
     tenants: np.ndarray  # object: str | None
@@ -45,29 +47,61 @@ class Readings:
 
     def select(self, mask: np.ndarray) -> Readings:
         return Readings(
-            self.sids[mask], self.ts[mask], self.vals[mask], self.tenants[mask], self.stats
+            self.names,
+            self.codes[mask],
+            self.ts[mask],
+            self.vals[mask],
+            self.tenants[mask],
+            self.stats,
         )
 
 
 class _Cols:
+    """Column chunks as they are read; sensor ids interned into one dictionary."""
+
     def __init__(self) -> None:
-        self.sids: list[Any] = []
+        self.index: dict[str, int] = {}
+        self.codes: list[np.ndarray] = []
         self.ts: list[np.ndarray] = []
         self.vals: list[np.ndarray] = []
         self.tenants: list[Any] = []
 
-    def add(self, sids: Any, ts: Any, vals: Any, tenants: Any) -> None:
-        self.sids.append(np.asarray(sids, dtype=object))
+    def _push(self, codes: np.ndarray, ts: Any, vals: Any, tenants: Any) -> None:
+        self.codes.append(codes)
         self.ts.append(np.asarray(ts, dtype=np.int64))
         self.vals.append(np.asarray(vals, dtype=np.float64))
         self.tenants.append(np.asarray(tenants, dtype=object))
+
+    def add_coded(
+        self, names: list[str], codes: np.ndarray, ts: Any, vals: Any, tenants: Any
+    ) -> None:
+        """A chunk whose ids are ``names[codes]``."""
+        index = self.index
+        remap = np.fromiter(
+            (index.setdefault(n, len(index)) for n in names), dtype=np.int32, count=len(names)
+        )
+        self._push(remap[codes], ts, vals, tenants)
+
+    def add(self, sids: list[str], ts: Any, vals: Any, tenants: Any) -> None:
+        index = self.index
+        codes = np.fromiter(
+            (index.setdefault(s, len(index)) for s in sids), dtype=np.int32, count=len(sids)
+        )
+        self._push(codes, ts, vals, tenants)
 
     def done(self, stats: ReadStats) -> Readings:
         def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
             return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
+        names = np.empty(len(self.index), dtype=object)
+        names[:] = list(self.index)
+        order = np.argsort(names, kind="stable")
+        rank = np.empty(len(names), dtype=np.int32)
+        rank[order] = np.arange(len(names), dtype=np.int32)
+        codes = cat(self.codes, np.int32)
         return Readings(
-            cat(self.sids, object),
+            names[order],
+            rank[codes],
             cat(self.ts, np.int64),
             cat(self.vals, np.float64),
             cat(self.tenants, object),
@@ -115,10 +149,10 @@ def _parquet(table: Any, f: Fields, cols: _Cols, stats: ReadStats) -> None:
         ok &= False  # the flow needs a string id
         stats.bad_records += n
         return
-    sid_np = sid.to_numpy(zero_copy_only=False)
-    ok &= pc.fill_null(pc.greater(pc.utf8_length(sid), 0), False).to_numpy(
-        zero_copy_only=False
-    )
+    ok &= pc.fill_null(pc.greater(pc.utf8_length(sid), 0), False).to_numpy(zero_copy_only=False)
+    enc = pc.dictionary_encode(sid).combine_chunks()
+    sid_names = enc.dictionary.to_pylist()
+    sid_codes = pc.fill_null(enc.indices, 0).to_numpy(zero_copy_only=False).astype(np.int32)
     if pa.types.is_timestamp(t.type):
         t_ms = pc.cast(pc.cast(t, pa.timestamp("ms")), pa.int64())
         ts_np = pc.fill_null(t_ms, -1).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -128,9 +162,7 @@ def _parquet(table: Any, f: Fields, cols: _Cols, stats: ReadStats) -> None:
             good = (tf >= 0) & (tf < 7258118400000.0)
         ts_np = np.where(good, np.round(tf), -1).astype(np.int64)
     else:  # text: the flow's parser, per row
-        ts_np = np.fromiter(
-            (_ts_or_bad(x) for x in t.to_pylist()), dtype=np.int64, count=n
-        )
+        ts_np = np.fromiter((_ts_or_bad(x) for x in t.to_pylist()), dtype=np.int64, count=n)
     ok &= ts_np >= 0
     if not (pa.types.is_integer(v.type) or pa.types.is_floating(v.type)):
         stats.bad_records += n
@@ -143,7 +175,8 @@ def _parquet(table: Any, f: Fields, cols: _Cols, stats: ReadStats) -> None:
     else:
         ten = np.full(n, None, dtype=object)
     stats.bad_records += int(n - ok.sum())
-    cols.add(sid_np[ok], ts_np[ok], vals[ok], ten[ok])
+    if sid_names:
+        cols.add_coded(sid_names, sid_codes[ok], ts_np[ok], vals[ok], ten[ok])
 
 
 def _ts_or_bad(x: Any) -> int:
@@ -191,12 +224,13 @@ def _rows(records: Iterator[dict[str, Any]], f: Fields, cols: _Cols, stats: Read
 def read_readings(
     sources: list[str],
     *,
-    fields: Fields = Fields(),
+    fields: Fields | None = None,
     since_ms: int | None = None,
     until_ms: int | None = None,
     kafka_conf: dict[str, str] | None = None,
 ) -> Readings:
     """Every valid reading of ``sources`` (in source order) within ``[since, until)``."""
+    fields = fields or Fields()
     stats = ReadStats()
     cols = _Cols()
     for src in sources:
@@ -225,8 +259,12 @@ def read_readings(
                 _parquet(pq.read_table(p), fields, cols, stats)
             continue
         since = None if since_ms is None else since_ms / 1000.0
-        _rows(iter_records([src], since=since, stats=stats, kafka_conf=kafka_conf), fields,
-              cols, stats)
+        _rows(
+            iter_records([src], since=since, stats=stats, kafka_conf=kafka_conf),
+            fields,
+            cols,
+            stats,
+        )
     out = cols.done(stats)
     if since_ms is not None or until_ms is not None:
         keep = np.ones(len(out), dtype=bool)

@@ -126,14 +126,14 @@ def series_of(r: Readings) -> dict[str, Series]:
     out: dict[str, Series] = {}
     if not len(r):
         return out
-    names, codes = np.unique(r.sids.astype(str), return_inverse=True)
-    order = np.lexsort((r.ts, codes.ravel()))
-    codes = codes.ravel()[order]
-    bounds = np.searchsorted(codes, np.arange(len(names) + 1))
+    order = np.lexsort((r.ts, r.codes))
+    codes = r.codes[order]
+    bounds = np.searchsorted(codes, np.arange(len(r.names) + 1))
     ts, vals = r.ts[order] / 1000.0, r.vals[order]
-    for i, name in enumerate(names):
+    for i, name in enumerate(r.names.tolist()):
         lo, hi = bounds[i], bounds[i + 1]
-        out[str(name)] = Series(ts[lo:hi].astype(np.float64), vals[lo:hi].astype(np.float64))
+        if hi > lo:
+            out[name] = Series(ts[lo:hi].astype(np.float64), vals[lo:hi].astype(np.float64))
     return out
 
 

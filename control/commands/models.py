@@ -19,6 +19,7 @@ from control.cli_env import (
     split_list,
     strip_query,
 )
+from control.commands.batch import add_engine_options
 from control.progress import Progress, say
 from flows.settings import Settings
 
@@ -53,8 +54,9 @@ def _publish(
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
+    from control.commands.batch import train_with_engine
     from control.history import Fields, ReadStats, load_series
-    from control.training import assemble_model, train_on_dask
+    from control.training import assemble_model
     from state import model_store
 
     sources = [strip_query(s) for s in split_list(args.source or os.environ.get("AD_SOURCE"))]
@@ -81,18 +83,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         f"{stats.bad_records} bad, {stats.skipped_markers} control markers skipped "
         f"({time.monotonic() - t0:.1f}s)"
     )
-    where = args.scheduler or f"LocalCluster({args.dask_workers} workers)"
-    say(f"training {args.detector} per key on Dask {where}" + (" with CuPy" if args.gpu else ""))
-    per_key = train_on_dask(
-        series,
-        args.detector,
-        params=args.params,
-        scheduler=args.scheduler,
-        n_workers=args.dask_workers,
-        fit_spec=args.fit,
-        gpu=args.gpu,
-        progress=Progress(args.progress, "training"),
-    )
+    # issue 15: train on --engine (dask, ray or spark)
+    per_key, where = train_with_engine(args, series, Progress(args.progress, "training"))
     version = args.version or model_store.next_version(args.model_store, args.detector)
     training = {
         "sources": sources,
@@ -230,6 +222,7 @@ def register(sub: Any) -> None:
         type=int,
         help="worker processes of the embedded LocalCluster",
     )
+    add_engine_options(p, dask_flags=False)  # issue 15: --engine, --address, --master
     opt(
         p,
         "--fit",

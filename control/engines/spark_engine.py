@@ -56,8 +56,9 @@ class SparkEngine(Engine):
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
         from pyspark.sql import SparkSession
 
-        master = _local_master(self.address or f"local[{self.n_workers}]", self.n_workers,
-                               self.retries)
+        master = _local_master(
+            self.address or f"local[{self.n_workers}]", self.n_workers, self.retries
+        )
         try:
             self.spark = (
                 SparkSession.builder.master(master)
@@ -95,9 +96,7 @@ class SparkEngine(Engine):
             return
         import pandas as pd
 
-        pdf = pd.DataFrame(
-            {"task": range(len(pairs)), "blob": [pickle.dumps(p) for p in pairs]}
-        )
+        pdf = pd.DataFrame({"task": range(len(pairs)), "blob": [pickle.dumps(p) for p in pairs]})
         self.spark.conf.set("spark.sql.shuffle.partitions", str(len(pairs)))
         df = self.spark.createDataFrame(pdf, "task long, blob binary")
         out = df.groupBy("task").applyInPandas(_run_group, schema="task long, blob binary")
