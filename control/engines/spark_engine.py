@@ -64,6 +64,9 @@ class SparkEngine(Engine):
                 SparkSession.builder.master(master)
                 .appName("adctl")
                 .config("spark.ui.enabled", "false")
+                .config("spark.ui.showConsoleProgress", "false")
+                # one task per item: adaptive execution would coalesce them into one
+                .config("spark.sql.adaptive.coalescePartitions.enabled", "false")
                 .config("spark.task.maxFailures", str(self.retries + 1))
                 .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                 .config("spark.driver.memory", "1g")
