@@ -28,8 +28,11 @@ class OutputError(ValueError):
 
 
 def alerts_of(results: Iterable[PartResult]) -> list[tuple[str, str, bytes]]:
-    """Every alert of ``results`` as ``(sensor_id, alert_id, body)``, partition order."""
-    return [a for r in sorted(results, key=lambda r: r.index) for a in r.alerts]
+    """Every alert of ``results`` as ``(sensor_id, alert_id, body)``, by sensor, each
+    sensor's in window order."""
+    alerts = [a for r in results for a in r.alerts]
+    alerts.sort(key=lambda a: a[0])  # stable: windows stay in order
+    return alerts
 
 
 def _parquet(alerts: list[tuple[str, str, bytes]], path: Path) -> None:
