@@ -48,3 +48,21 @@ def test_compose_has_the_whole_stack() -> None:
         {k: str(v) for k, v in env.items() if k.startswith("AD_") and k not in entrypoint_only}
     )
     assert (ROOT / "deploy" / "prometheus.yml").is_file()
+
+
+def test_dask_runs_the_projects_image() -> None:
+    """The Dask scheduler and workers run the image the detector service builds, so
+    ``adctl detect --scheduler tcp://dask-scheduler:8786`` finds the project there."""
+    spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    image = spec["detector"]["image"]
+    assert spec["detector"]["build"] == "."
+    for name, cmd in (("dask-scheduler", "scheduler"), ("dask-worker", "worker")):
+        assert spec[name]["image"] == image, name
+        assert spec[name]["entrypoint"][:2] == ["dask", cmd], name
+    assert "tcp://dask-scheduler:8786" in spec["dask-worker"]["entrypoint"]
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = extras["optional-dependencies"]
+    assert "pip install --no-cache-dir '.[all]'" in (ROOT / "Dockerfile").read_text()
+    assert any("dask" in x for x in extras["all"])  # the image has Dask's workers
