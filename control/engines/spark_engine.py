@@ -100,7 +100,9 @@ class SparkEngine(Engine):
         import pandas as pd
 
         pdf = pd.DataFrame({"task": range(len(pairs)), "blob": [pickle.dumps(p) for p in pairs]})
-        self.spark.conf.set("spark.sql.shuffle.partitions", str(len(pairs)))
+        # a Spark task costs ~0.1 s of Python-worker and Arrow set-up: a few groups each
+        slots = min(len(pairs), 2 * self.workers())
+        self.spark.conf.set("spark.sql.shuffle.partitions", str(slots))
         df = self.spark.createDataFrame(pdf, "task long, blob binary")
         out = df.groupBy("task").applyInPandas(_run_group, schema="task long, blob binary")
         try:
