@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -102,9 +101,6 @@ class PartResult:
     records: int
     alerts: list[tuple[str, str, bytes]]
     dead_letters: list[bytes] = field(default_factory=list)
-    started: float = 0.0
-    finished: float = 0.0
-    pid: int = 0
     cached: bool = False
 
 
@@ -200,7 +196,6 @@ def detect_partition(task: DetectTask) -> PartResult:
     from flows.logic import ALERT, KeyGroupLogic
     from flows.models import Models
 
-    started = time.time()
     _inject_failure(task.fail_once)
     part, s = task.part, task.settings
     logic = KeyGroupLogic(s, Models(s.detector, s.detector_params), None)
@@ -228,9 +223,7 @@ def detect_partition(task: DetectTask) -> PartResult:
         collect(logic.on_batch([SubBatch(group, [c])])[0])
     collect(logic.on_eof()[0])
     alerts.sort(key=lambda a: a[0])  # stable: each sensor's windows stay in order
-    return PartResult(
-        part.index, task.key, len(part), alerts, dead, started, time.time(), os.getpid()
-    )
+    return PartResult(part.index, task.key, len(part), alerts, dead)
 
 
 class ResultCache:

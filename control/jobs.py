@@ -69,6 +69,7 @@ class JobRecord:
     cached: int = 0
     records: int = 0
     alerts: int = 0
+    rejected: int = 0  # readings too far in the future (the flow's dead letters)
     error: str = ""
     task_times: list[tuple[float, float]] = field(default_factory=list)
 
@@ -137,6 +138,13 @@ def series_of(r: Readings) -> dict[str, Series]:
     return out
 
 
+def timed(fn: Callable[[Any], Any], item: Any) -> tuple[float, float, Any]:
+    """Run ``fn(item)`` on a worker: ``(started, finished, result)`` (wall clock)."""
+    t0 = time.time()
+    out = fn(item)
+    return t0, time.time(), out
+
+
 def _order(jobs: list[Job]) -> list[Job]:
     """Dependency order; among jobs whose dependencies are placed, higher priority first."""
     by_name = {j.name: j for j in jobs}
@@ -193,7 +201,7 @@ def run_jobs(
             rec.tasks, rec.cached = len(items) + len(hits), len(hits)
             total += sum(len(t.part) for t in items)
             handles[job.name] = engine.submit(
-                detect_partition, items, priority=job.priority, after=after
+                partial(timed, detect_partition), items, priority=job.priority, after=after
             )
             pending[job.name] = (items, hits)
         elif job.kind == "retrain":
@@ -203,7 +211,9 @@ def run_jobs(
             s = job.settings
             batches = _batches(series, engine.workers() * 4)
             fn = partial(fit_batch, s.detector, s.detector_params or None, fit_spec=job.fit_spec)
-            handles[job.name] = engine.submit(fn, batches, priority=job.priority, after=after)
+            handles[job.name] = engine.submit(
+                partial(timed, fn), batches, priority=job.priority, after=after
+            )
             rec.tasks = len(batches)
             pending[job.name] = (batches, [])
         else:
@@ -218,27 +228,32 @@ def run_jobs(
         items, results = pending[job.name]
         try:
             if job.kind == "detect":
-                for _i, res in engine.as_completed(handles[job.name]):
+                for _i, (t0, t1, res) in engine.as_completed(handles[job.name]):
                     cache.put(res)
                     results.append(res)
                     rec.computed += 1
-                    rec.task_times.append((res.started, res.finished))
+                    rec.task_times.append((t0, t1))
                     done_records += res.records
                     if progress is not None:
                         progress(done_records, total)
                 results.sort(key=lambda r: r.index)
                 rec.records = sum(r.records for r in results)
                 rec.alerts = sum(len(r.alerts) for r in results)
+                rec.rejected = sum(len(r.dead_letters) for r in results)
                 job.result = results
             else:
                 models: dict[str, Any] = {}
-                for _i, part in engine.as_completed(handles[job.name]):
+                for _i, (t0, t1, part) in engine.as_completed(handles[job.name]):
                     models.update(part)
                     rec.computed += 1
+                    rec.task_times.append((t0, t1))
                 job.result = {k: models[k] for k in sorted(models)}
                 rec.records = len(job.readings)
             rec.output = job.on_done(job, job.result) if job.on_done else ""
             rec.state = "done"
+            if rec.task_times:  # the job ran from its first task's start to its last's end
+                rec.started = min(t0 for t0, _ in rec.task_times)
+                rec.finished = max(t1 for _, t1 in rec.task_times)
         except Exception as exc:
             rec.state, rec.error = "failed", f"{type(exc).__name__}: {exc}"
             for other in ordered:
@@ -247,6 +262,6 @@ def run_jobs(
                     store.save(other.record)
             raise
         finally:
-            rec.finished = time.time()
+            rec.finished = rec.finished or time.time()
             store.save(rec)
     return ordered

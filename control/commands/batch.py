@@ -243,6 +243,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             "cached": rec.cached,
             "records": rec.records,
             "alerts": rec.alerts,
+            "rejected": rec.rejected,
             "output": rec.output,
         }
         print(json.dumps(line, sort_keys=True))

@@ -4,6 +4,7 @@ running scheduler (``tcp://host:8786``). Tasks are futures with ``priority=`` an
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -41,8 +42,10 @@ class DaskEngine(Engine):
                     n_workers=self.n_workers,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=None,
-                    silence_logs=40,
+                    dashboard_address=":0",  # a free port: never "8787 in use"
+                    # workers closing with the cluster log lost heartbeats as errors;
+                    # a failed task raises through its future, not the log
+                    silence_logs=logging.CRITICAL,
                 )
                 self.client = Client(self.cluster)
         except (OSError, TimeoutError) as exc:

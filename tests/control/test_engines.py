@@ -30,7 +30,7 @@ from control.training import assemble_model, fit_batch
 from flows import detector
 from flows.settings import Settings, load_settings
 from state.model_store import canonical_json
-from tests.control.helpers import START_MS, read_topic, write_readings
+from tests.control.helpers import START_MS, produce_json, read_topic, write_readings
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINES = ["dask", "ray", "spark"]
@@ -250,11 +250,34 @@ def test_adctl_detect_and_jobs(
     got = sorted(rec["alert_id"] for rec in read_topic(kafka_brokers, topic))
     assert got == sorted(a for _s, a, _b in expected)
 
+    # history from a Kafka topic (keyed by sensor, 2 partitions): the same alerts
+    source = kafka_topic(partitions=2)
+    produce_json(
+        kafka_brokers,
+        source,
+        [(json.loads(v)["sensor_id"], v) for v in history.read_bytes().splitlines()],
+    )
+    from_kafka = tmp_path / "from-kafka.jsonl"
+    res = _adctl(
+        tmp_path,
+        "detect",
+        "--from",
+        f"kafka://{kafka_brokers}/{source}",
+        "--out",
+        str(from_kafka),
+        "--partitions",
+        "4",
+        "--workers",
+        "1",
+    )
+    assert res.returncode == 0, res.stderr
+    assert from_kafka.read_bytes().splitlines() == out.read_bytes().splitlines()
+
     jobs = _adctl(tmp_path, "jobs")
     assert jobs.returncode == 0, jobs.stderr
     listed = [ln for ln in jobs.stdout.splitlines()[1:] if ln.strip()]
-    assert len(listed) == 2 and all(" done " in ln for ln in listed)
-    assert str(out) in listed[0] and topic in listed[1]
+    assert len(listed) == 3 and all(" done " in ln for ln in listed)
+    assert str(out) in listed[0] and topic in listed[1] and str(from_kafka) in listed[2]
 
     bad = _adctl(tmp_path, "detect", "--from", str(parquet), "--out", str(tmp_path / "a.txt"))
     assert bad.returncode == 2 and "use a .parquet or .jsonl file" in bad.stderr
