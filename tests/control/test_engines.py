@@ -294,3 +294,29 @@ def test_adctl_detect_and_jobs(
         "nowhere://x",
     )
     assert bad.returncode == 2 and "cannot start Spark" in bad.stderr
+
+
+def test_adctl_retrain_gives_one_digest_on_every_engine(history: Path, tmp_path: Path) -> None:
+    digests = {}
+    for name in ENGINES:
+        store = tmp_path / name
+        res = _adctl(
+            tmp_path,
+            "retrain",
+            "--engine",
+            name,
+            "--from",
+            str(history),
+            "--detector",
+            "mad",
+            "--model-store",
+            f"file://{store}",
+            "--version",
+            "v1",
+            "--no-announce",
+            "--progress",
+            "none",
+        )
+        assert res.returncode == 0, res.stderr
+        digests[name] = json.loads((store / "mad" / "v1.json").read_text())["sha256"]
+    assert len(set(digests.values())) == 1, digests
