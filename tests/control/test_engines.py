@@ -320,3 +320,48 @@ def test_adctl_retrain_gives_one_digest_on_every_engine(history: Path, tmp_path:
         assert res.returncode == 0, res.stderr
         digests[name] = json.loads((store / "mad" / "v1.json").read_text())["sha256"]
     assert len(set(digests.values())) == 1, digests
+
+
+def test_history_from_s3_reads_as_from_files(
+    history: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``s3://`` history (moto's S3 server over HTTP): Parquet and JSON lines, globbed."""
+    import boto3
+    import moto.server as server_mod
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.control.helpers import free_port
+
+    port = free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        for k, v in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }.items():
+            monkeypatch.setenv(k, v)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="history")
+        local = read_readings([str(history)])
+        lines = history.read_bytes().splitlines(keepends=True)
+        half = len(lines) // 2
+        s3.put_object(Bucket="history", Key="raw/a.jsonl", Body=b"".join(lines[:half]))
+        s3.put_object(Bucket="history", Key="raw/b.jsonl", Body=b"".join(lines[half:]))
+        rows = [json.loads(x) for x in lines]
+        parquet = tmp_path / "h.parquet"
+        pq.write_table(pa.table({k: [r.get(k) for r in rows] for k in rows[0]}), parquet)
+        s3.upload_file(str(parquet), "history", "cols/h.parquet")
+        for url in ("s3://history/raw/*.jsonl", "s3://history/cols/h.parquet"):
+            got = read_readings([url])
+            assert got.names.tolist() == local.names.tolist(), url
+            for col in ("codes", "ts", "vals"):
+                assert np.array_equal(getattr(got, col), getattr(local, col)), (url, col)
+        assert got.stats.records == len(lines)
+    finally:
+        server.stop()
