@@ -15,6 +15,7 @@ sensor id a non-empty string. Records failing these are counted as bad and dropp
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import math
 from collections.abc import Iterator
@@ -116,8 +117,6 @@ def _s3_paths(url: str) -> tuple[Any, list[str]]:
     if any(c in path for c in "*?["):
         base = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
         infos = s3.get_file_info(fs.FileSelector(base, recursive=True))
-        import fnmatch
-
         paths = sorted(i.path for i in infos if i.is_file and fnmatch.fnmatch(i.path, path))
     else:
         paths = [path]
@@ -145,9 +144,10 @@ def _parquet(table: Any, f: Fields, cols: _Cols, stats: ReadStats) -> None:
     t = table.column(f.time)
     v = table.column(f.value)
     ok = np.ones(n, dtype=bool)
+    if pa.types.is_dictionary(sid.type):  # e.g. a pandas categorical
+        sid = pc.cast(sid, pa.string())
     if not pa.types.is_string(sid.type) and not pa.types.is_large_string(sid.type):
-        ok &= False  # the flow needs a string id
-        stats.bad_records += n
+        stats.bad_records += n  # the flow needs a string id
         return
     ok &= pc.fill_null(pc.greater(pc.utf8_length(sid), 0), False).to_numpy(zero_copy_only=False)
     enc = pc.dictionary_encode(sid).combine_chunks()
@@ -167,8 +167,7 @@ def _parquet(table: Any, f: Fields, cols: _Cols, stats: ReadStats) -> None:
     if not (pa.types.is_integer(v.type) or pa.types.is_floating(v.type)):
         stats.bad_records += n
         return
-    vals = pc.cast(v, pa.float64()).to_numpy(zero_copy_only=False)
-    vals = np.where(np.isnan(vals) & np.asarray(pc.is_null(v)), np.nan, vals)
+    vals = pc.cast(v, pa.float64()).to_numpy(zero_copy_only=False)  # null -> NaN
     ok &= np.isfinite(vals)
     if "tenant_id" in names:
         ten = table.column("tenant_id").to_numpy(zero_copy_only=False)
