@@ -85,7 +85,7 @@ def detector_flow() -> Any:
     from flows.settings import load_settings
 
     s = load_settings()
-    return build_flow(s, source=TimedSource(make_source(s.source, s), len))
+    return build_flow(s, source=TimedSource(make_source(s.source, s.connector_context()), len))
 
 
 def baseline_flow() -> Any:

@@ -49,7 +49,7 @@ import orjson
 import psutil
 
 from benchmarks import bench_kafka as bk
-from control.supervisor import clean_env, free_ports
+from control.launch import FlowLaunch, clean_env
 from control.supervisor import init_recovery as _init_recovery
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,44 +86,32 @@ class Flow:
         processes: int = 1,
         profile: str = "",
     ) -> None:
-        cmd = [PY, "-m", "bytewax.run", target, "-w", str(workers)]
-        if recovery is not None:
-            cmd += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
-        addrs = ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
         self.marks = marks
         self.log = log
         self.profile = profile
         self.started = time.time()
-        self.procs: list[subprocess.Popen] = []
+
+        def spy(i: int) -> list[str]:
+            """py-spy records each process: raw folded stacks."""
+            if not profile:
+                return []
+            native = ["--native"] if os.environ.get("BENCH_PROFILE_NATIVE") else []
+            out_file = profile if processes == 1 else f"{profile}.p{i}"
+            py_spy = str(Path(PY).with_name("py-spy"))
+            return [py_spy, "record", "-r", "250", "-f", "raw", *native, "-o", out_file, "--"]
+
+        launch = FlowLaunch(
+            target=target,
+            workers=workers,
+            processes=processes,
+            recovery_dir=str(recovery) if recovery is not None else None,
+            snapshot_s=snapshot_s,
+            python=PY,
+        )
         with open(log, "ab") as out:
-            for i in range(processes):
-                extra = ["-i", str(i), "-a", addrs] if processes > 1 else []
-                spy: list[str] = []
-                if profile:  # py-spy records each process: raw folded stacks
-                    native = ["--native"] if os.environ.get("BENCH_PROFILE_NATIVE") else []
-                    out_file = profile if processes == 1 else f"{profile}.p{i}"
-                    spy = [
-                        str(Path(PY).with_name("py-spy")),
-                        "record",
-                        "-r",
-                        "250",
-                        "-f",
-                        "raw",
-                        *native,
-                        "-o",
-                        out_file,
-                        "--",
-                    ]
-                self.procs.append(
-                    subprocess.Popen(
-                        spy + cmd + extra,
-                        cwd=ROOT,
-                        env={**env, "BENCH_MARKS": str(marks), "AD_PROCESS_ID": str(i)},
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
+            self.procs = launch.spawn(
+                {**env, "BENCH_MARKS": str(marks)}, cwd=ROOT, stdout=out, wrap=spy
+            )
         self.pid = self.procs[0].pid
         self._done: dict[int, tuple[float, int, Any]] = {}
         self.ended: float | None = None

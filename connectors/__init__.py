@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from connectors.base import SourceURL, parse_url
+from connectors.base import ConnectorContext, SourceURL, parse_url
 
 __all__ = ["make_source", "make_sink"]
 
@@ -34,11 +34,13 @@ def _module(table: dict[str, str], url: SourceURL, role: str) -> Any:
     return import_module(name)
 
 
-def make_source(raw: str, settings: Any) -> Any:
+def make_source(raw: str, ctx: ConnectorContext | None = None) -> Any:
+    """The Bytewax source for URL ``raw``."""
     url = parse_url(raw)
-    return _module(_SOURCES, url, "source").source_from_url(url, settings)
+    return _module(_SOURCES, url, "source").source_from_url(url, ctx or ConnectorContext())
 
 
-def make_sink(raw: str, settings: Any) -> Any:
+def make_sink(raw: str, ctx: ConnectorContext | None = None) -> Any:
+    """The Bytewax sink for URL ``raw``."""
     url = parse_url(raw)
-    return _module(_SINKS, url, "sink").sink_from_url(url, settings)
+    return _module(_SINKS, url, "sink").sink_from_url(url, ctx or ConnectorContext())

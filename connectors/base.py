@@ -8,7 +8,8 @@ Sinks receive ``(key, OutRecord)`` pairs; ``key`` routes the record to a partiti
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import builtins
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = [
     "register_message_type",
     "OutRecord",
     "SourceURL",
+    "ConnectorContext",
     "parse_url",
     "parse_bool",
     "parse_duration",
@@ -130,7 +132,84 @@ class SourceURL:
         return [n for n in self.path.strip("/").split(",") if n]
 
     def param(self, name: str, default: str | None = None) -> str | None:
+        """The raw text of parameter ``name`` (``default`` when absent)."""
         return self.params.get(name, default)
+
+    def text(self, name: str, default: str) -> str:
+        """Parameter ``name`` as text; ``default`` when absent or empty."""
+        return self.params.get(name) or default
+
+    def int(self, name: str, default: builtins.int, minimum: builtins.int = 0) -> builtins.int:
+        """Parameter ``name`` as an integer ≥ ``minimum``; ``default`` when absent or empty."""
+        return self._typed(name, default, builtins.int, f"an integer >= {minimum}", minimum)
+
+    def float(self, name: str, default: builtins.float) -> builtins.float:
+        """Parameter ``name`` as a number ≥ 0; ``default`` when absent or empty."""
+        return self._typed(name, default, builtins.float, "a number >= 0", 0.0)
+
+    def bool(self, name: str, default: builtins.bool) -> builtins.bool:
+        """Parameter ``name`` as ``true``/``false``; ``default`` when absent or empty."""
+        return self._typed(name, default, lambda s: parse_bool(s, default), "true or false")
+
+    def duration(self, name: str, default: builtins.float | str) -> builtins.float:
+        """Parameter ``name`` as seconds (``500ms``, ``30s``, ``5m``…); ``default`` when absent."""
+        return self._typed(name, parse_duration(default), parse_duration, "a duration", 0.0)
+
+    def _typed(
+        self, name: str, default: Any, conv: Callable[[str], Any], what: str, minimum: Any = None
+    ) -> Any:
+        raw = self.params.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = conv(raw)
+        except ValueError:
+            value = None
+        if value is None or (minimum is not None and value < minimum):
+            example = f"{default}" if not isinstance(default, builtins.bool) else "true"
+            raise ValueError(
+                f"URL parameter {name}={raw!r} of {self.redacted} must be {what}; "
+                f"e.g. {self.scheme}://…?{name}={example}"
+            )
+        return value
+
+    @property
+    def redacted(self) -> str:
+        """The URL with secrets (passwords, tokens, keys) masked, for messages and logs."""
+        parts = urlsplit(self.raw)
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = "***@" + netloc.rsplit("@", 1)[1]
+        query = "&".join(
+            f"{k}=***" if k.lower() in SECRET_PARAMS else f"{k}={v}" for k, v in self.params.items()
+        )
+        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+#: URL parameters whose values are secrets (never printed)
+SECRET_PARAMS = frozenset({"password", "token", "secret", "key", "sasl.password"})
+
+
+@dataclass(frozen=True)
+class ConnectorContext:
+    """What a connector factory knows of the flow besides its URL.
+
+    Args:
+        flow_id: the flow's identity (transactional ids, consumer groups, dedup keys).
+        kafka: librdkafka settings passed to every Kafka client (``AD_KAFKA_*``).
+        format: the input format (``json``, ``csv``, …): file sources pass a CSV
+            file's header line along with its records.
+        fresh: no execution ran with this recovery store before (nothing to resume), so
+            sinks that start afresh (a file in ``mode=truncate``) may clear old output.
+        process_id: this process's index in the cluster (one process does start-up
+            work such as clearing a file).
+    """
+
+    flow_id: str = "anomaly-detector"
+    kafka: Mapping[str, str] = field(default_factory=dict)
+    format: str = "json"
+    fresh: bool = True
+    process_id: int = 0
 
 
 SCHEMES = ("kafka", "kinesis", "pubsub", "redis", "file", "demo", "stdout", "stderr")

@@ -9,13 +9,11 @@ sink. The same URL always yields the same bytes.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.base import RawRecord, SourceURL
+from connectors.base import ConnectorContext, RawRecord, SourceURL
 
 __all__ = ["DemoSource", "demo_records", "ANOMALIES", "source_from_url"]
 
@@ -126,10 +124,10 @@ class DemoSource(FixedPartitionedSource[list[RawRecord], int]):
         return _DemoPartition(for_part, recs, resume_state, self._batch)
 
 
-def source_from_url(url: SourceURL, settings: Any) -> DemoSource:
+def source_from_url(url: SourceURL, ctx: ConnectorContext) -> DemoSource:
     return DemoSource(
-        sensors=int(url.param("sensors", "8") or 8),
-        hours=float(url.param("hours", "168") or 168),
-        step_s=int(url.param("step", "60") or 60),
-        seed=int(url.param("seed", "7") or 7),
+        sensors=url.int("sensors", 8, minimum=1),
+        hours=url.float("hours", 168.0),
+        step_s=url.int("step", 60, minimum=1),
+        seed=url.int("seed", 7),
     )

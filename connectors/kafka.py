@@ -44,11 +44,11 @@ from prometheus_client import Gauge, Histogram
 
 from connectors import placement
 from connectors.base import (
+    ConnectorContext,
     MessageBatch,
     OutRecord,
     RawRecord,
     SourceURL,
-    parse_bool,
     register_message_type,
 )
 
@@ -491,19 +491,19 @@ class ExactlyOnceKafkaSink(FixedPartitionedSink[OutRecord, int]):
         )
 
 
-def source_from_url(url: SourceURL, settings: Any) -> KafkaSource:
+def source_from_url(url: SourceURL, ctx: ConnectorContext) -> KafkaSource:
     return KafkaSource(
         url.hostport,
         url.names,
-        tail=parse_bool(url.param("tail"), True),
-        start=url.param("start", "earliest") or "earliest",
-        batch_size=int(url.param("batch", "2000") or 2000),
-        max_rate=float(url.param("max_rate", "0") or 0),
-        extra=settings.kafka,
+        tail=url.bool("tail", True),
+        start=url.text("start", "earliest"),
+        batch_size=url.int("batch", 2000, minimum=1),
+        max_rate=url.float("max_rate", 0.0),
+        extra=dict(ctx.kafka),
     )
 
 
-def sink_from_url(url: SourceURL, settings: Any) -> ExactlyOnceKafkaSink:
+def sink_from_url(url: SourceURL, ctx: ConnectorContext) -> ExactlyOnceKafkaSink:
     if len(url.names) != 1:
         raise ValueError(
             f"a Kafka sink URL names one topic, e.g. kafka://host:9092/alerts; got {url.raw!r}"
@@ -511,7 +511,7 @@ def sink_from_url(url: SourceURL, settings: Any) -> ExactlyOnceKafkaSink:
     return ExactlyOnceKafkaSink(
         url.hostport,
         url.names[0],
-        settings.flow_id,
-        partitions=int(url.param("partitions", "4") or 4),
-        extra=settings.kafka,
+        ctx.flow_id,
+        partitions=url.int("partitions", 4, minimum=1),
+        extra=dict(ctx.kafka),
     )

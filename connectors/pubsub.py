@@ -59,7 +59,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import pubsub_v1
 
-from connectors.base import OutRecord, RawRecord, SourceURL, parse_duration
+from connectors.base import ConnectorContext, OutRecord, RawRecord, SourceURL
 
 __all__ = ["PubSubSource", "PubSubSink", "source_from_url", "sink_from_url"]
 
@@ -483,7 +483,7 @@ def _emulator(url: SourceURL) -> str | None:
     return url.param("emulator") or None
 
 
-def source_from_url(url: SourceURL, settings: object) -> PubSubSource:
+def source_from_url(url: SourceURL, ctx: ConnectorContext) -> PubSubSource:
     """``pubsub://project/subscription?idle_exit=5s&ack_lag=2&dedup=60s&batch=1000``."""
     project, sub = _project_and_name(url, "subscription")
     idle = url.param("idle_exit")
@@ -491,21 +491,21 @@ def source_from_url(url: SourceURL, settings: object) -> PubSubSource:
         project,
         sub,
         emulator=_emulator(url),
-        batch=int(url.param("batch", "1000") or 1000),
-        ack_lag=int(url.param("ack_lag", "2") or 2),
-        dedup=parse_duration(url.param("dedup", "60s") or "60s"),
-        lease=parse_duration(url.param("lease", "60s") or "60s"),
-        idle_exit=parse_duration(idle) if idle else None,
+        batch=url.int("batch", 1000, minimum=1),
+        ack_lag=url.int("ack_lag", 2),
+        dedup=url.duration("dedup", "60s"),
+        lease=url.duration("lease", "60s"),
+        idle_exit=url.duration("idle_exit", 0.0) if idle else None,
     )
 
 
-def sink_from_url(url: SourceURL, settings: object) -> PubSubSink:
+def sink_from_url(url: SourceURL, ctx: ConnectorContext) -> PubSubSink:
     """``pubsub://project/topic?partitions=1``."""
     project, topic = _project_and_name(url, "topic")
     return PubSubSink(
         project,
         topic,
-        str(settings.flow_id),  # type: ignore[attr-defined]
+        ctx.flow_id,
         emulator=_emulator(url),
-        partitions=int(url.param("partitions", "1") or 1),
+        partitions=url.int("partitions", 1, minimum=1),
     )

@@ -27,7 +27,12 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from connectors.base import OutRecord, RawRecord, SourceURL, parse_bool, parse_duration
+from connectors.base import (
+    ConnectorContext,
+    OutRecord,
+    RawRecord,
+    SourceURL,
+)
 
 __all__ = ["RedisStreamSource", "RedisStreamSink", "source_from_url", "sink_from_url"]
 
@@ -302,25 +307,25 @@ def _common(url: SourceURL) -> dict:
     return {
         "host": url.host or "127.0.0.1",
         "port": url.port or 6379,
-        "db": int(url.param("db", "0") or 0),
+        "db": url.int("db", 0),
         "password": url.param("password"),
     }
 
 
-def source_from_url(url: SourceURL, settings: object) -> RedisStreamSource:
+def source_from_url(url: SourceURL, ctx: ConnectorContext) -> RedisStreamSource:
     """``redis://host:port/s1,s2?tail=false&count=1000&start=0|$&field=value&poll=10ms``."""
     return RedisStreamSource(
         streams=url.names,
-        tail=parse_bool(url.param("tail"), default=True),
-        start=url.param("start", "0") or "0",
-        count=int(url.param("count", "1000") or 1000),
-        field=url.param("field", "value") or "value",
-        poll=parse_duration(url.param("poll", "10ms") or "10ms"),
+        tail=url.bool("tail", True),
+        start=url.text("start", "0"),
+        count=url.int("count", 1000, minimum=1),
+        field=url.text("field", "value"),
+        poll=url.duration("poll", "10ms"),
         **_common(url),
     )
 
 
-def sink_from_url(url: SourceURL, settings: object) -> RedisStreamSink:
+def sink_from_url(url: SourceURL, ctx: ConnectorContext) -> RedisStreamSink:
     """``redis://host:port/alerts?maxlen=N&dedup_ttl=7d&partitions=1``."""
     names = url.names
     if len(names) != 1:
@@ -330,9 +335,9 @@ def sink_from_url(url: SourceURL, settings: object) -> RedisStreamSink:
         )
     return RedisStreamSink(
         stream=names[0],
-        flow_id=str(settings.flow_id),  # type: ignore[attr-defined]
-        maxlen=int(url.param("maxlen", "0") or 0),
-        dedup_ttl=parse_duration(url.param("dedup_ttl", "7d") or "7d"),
-        partitions=int(url.param("partitions", "1") or 1),
+        flow_id=ctx.flow_id,
+        maxlen=url.int("maxlen", 0),
+        dedup_ttl=url.duration("dedup_ttl", "7d"),
+        partitions=url.int("partitions", 1, minimum=1),
         **_common(url),
     )

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from flows.settings import flow_env_names
+from flows.settings import declared_default, flow_env_names
 
 __all__ = ["ADCTL_ENV", "CliError", "add_field_options", "flow_env", "opt"]
 
@@ -68,8 +68,11 @@ def opt(
     flag: bool = False,
     **kw: Any,
 ) -> None:
-    """Add a flag whose default comes from environment variable ``env``."""
+    """Add a flag whose default comes from environment variable ``env``; for a flow
+    setting (``AD_DETECTOR``, …) without an explicit ``default``, the flow's declared one."""
     ADCTL_ENV.add(env)
+    if default is None:
+        default = declared_default(env)
     shown = f" (default: {default})" if default not in (None, "", False) else ""
     text = f"{help}{shown} [env: {env}]"
     if kw.get("action") == "append":

@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from schemas.markers import MARKER_PREFIX
+from schemas.timestamps import to_millis
 
 __all__ = ["Fields", "HistoryError", "Series", "iter_records", "load_series", "parse_time"]
 
@@ -65,25 +66,22 @@ class ReadStats:
     sources: list[str] = field(default_factory=list)
 
 
-def parse_time(value: Any) -> float:
-    """Epoch seconds from RFC 3339 text or a number (values > 1e11 are milliseconds)."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a timestamp: {value!r}")
-    if isinstance(value, (int, float)):
-        v = float(value)
-        return v / 1000.0 if abs(v) > 1e11 else v
-    if hasattr(value, "timestamp"):  # datetime / pandas-like
-        dt = value if value.tzinfo else value.replace(tzinfo=UTC)
+def parse_time(value: Any, unit: str = "auto") -> float:
+    """Epoch seconds of a history record's time, read as the flow reads it
+    (``schemas.timestamps``: RFC 3339, or a number whose ``unit`` is given or, with
+    ``auto``, follows from its magnitude); text without an offset and datetimes without
+    a zone are UTC. Raises ``ValueError``."""
+    if hasattr(value, "timestamp") and not isinstance(value, (int, float, str)):
+        dt = value if value.tzinfo else value.replace(tzinfo=UTC)  # datetime / pandas
         return float(dt.timestamp())
-    text = str(value).strip()
-    try:
-        return parse_time(float(text))
-    except ValueError:
-        pass
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            value = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat()
+    return to_millis(value, unit, earliest=0) / 1000.0
 
 
 # ------------------------------------------------------------------ raw record readers

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from control.launch import FlowLaunch, free_ports
 
 __all__ = ["FlowSpec", "Supervisor", "SupervisorError", "init_recovery", "load_env_file"]
 
@@ -86,16 +87,6 @@ def load_env_file(path: str | Path) -> dict[str, str]:
     return out
 
 
-def clean_env(root: Path, drop: tuple[str, ...] = ("AD_",), **overrides: str) -> dict[str, str]:
-    """An environment for a flow subprocess: this one without variables starting with
-    ``drop`` (stray ``AD_*`` settings the flow would reject), importing from ``root``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env["PYTHONPATH"] = str(root)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(overrides)
-    return env
-
-
 def init_recovery(directory: Path, parts: int, python: str = sys.executable) -> bool:
     """Create ``parts`` recovery partitions in ``directory`` unless it already has some."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -109,20 +100,6 @@ def init_recovery(directory: Path, parts: int, python: str = sys.executable) -> 
     if res.returncode != 0:
         raise SupervisorError(f"bytewax.recovery failed: {res.stderr.strip()[-2000:]}")
     return True
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (for ``-a`` addresses)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _group_alive(pgid: int) -> bool:
@@ -261,34 +238,25 @@ class Supervisor:
         for pattern in ("flow-*.pid", "flow-*.rc", "flow-*.rc.ready"):
             for old in self.run_dir.glob(pattern):
                 old.unlink()
-        ports = (
-            [spec.base_port + i for i in range(spec.processes)]
+        launch = FlowLaunch(
+            target=spec.module,
+            workers=spec.workers,
+            processes=spec.processes,
+            recovery_dir=spec.recovery_dir,
+            snapshot_s=int(spec.snapshot_interval),
+            backup_s=int(spec.backup_interval),
+            addresses=tuple(f"127.0.0.1:{spec.base_port + i}" for i in range(spec.processes))
             if spec.base_port
-            else free_ports(spec.processes)
+            else tuple(f"127.0.0.1:{p}" for p in free_ports(spec.processes)),
+            python=spec.python,
         )
-        addresses = [f"127.0.0.1:{p}" for p in ports]
         env = dict(os.environ if base_env is None else base_env)
         env.update(spec.env)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [spec.cwd, env.get("PYTHONPATH")]))
         pids = []
         for i in range(spec.processes):
-            argv = [
-                spec.python,
-                "-m",
-                "bytewax.run",
-                spec.module,
-                "-w",
-                str(spec.workers),
-                "-r",
-                spec.recovery_dir,
-                "-s",
-                str(int(spec.snapshot_interval)),
-                "-b",
-                str(int(spec.backup_interval)),
-            ]
-            if spec.processes > 1:
-                argv += ["-i", str(i), "-a", ";".join(addresses)]
-            penv = {**env, "AD_PROCESS_ID": str(i)}
+            argv = launch.argv(i)
+            penv = launch.env(env, i)
             rc_file = self.run_dir / f"flow-{i}.rc"
             shim = [spec.python, "-m", "control.supervisor", "shim", str(rc_file), "--", *argv]
             with open(self.log_path(i), "ab") as log:
@@ -308,7 +276,7 @@ class Supervisor:
                 )
             (self.run_dir / f"flow-{i}.pid").write_text(str(proc.pid))
             pids.append(proc.pid)
-        self._save(spec, pids, addresses)
+        self._save(spec, pids, list(launch.addresses))
         self._wait_ready(spec.processes)
         return pids
 

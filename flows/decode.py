@@ -1,4 +1,4 @@
-"""Decode and validate a batch of raw records (JSON, Avro, Protobuf).
+"""Decode and validate a batch of raw records (JSON, Avro, Protobuf, CSV).
 
 ``Decoder.decode_batch`` turns a list of :class:`RawRecord` into valid
 :class:`Reading` objects, :class:`Control` markers, and dead letters with a reason.
@@ -7,6 +7,7 @@ It never raises on data.
 
 from __future__ import annotations
 
+import csv as _csv
 import io
 import json
 import math
@@ -15,7 +16,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -27,13 +27,12 @@ from connectors.base import MessageBatch, OutRecord, RawRecord, as_raw
 from flows.records import Columns, Control, Reading, SubBatch, dead_letter, key_group
 from schemas import AVRO_IDS, DEFAULT_AVRO, DEFAULT_PROTO, HERE
 from schemas.markers import MARKER_PREFIX, MarkerInvalid, decode_marker
+from schemas.timestamps import EARLIEST_MS, LATEST_MS, TimestampError, to_millis
 
 __all__ = ["Decoder", "CONTROL_PREFIX", "parse_timestamp"]
 
 #: Input values starting with these bytes are control markers (schemas.markers).
 CONTROL_PREFIX = MARKER_PREFIX
-_MIN_TS = 0.0  # 1970-01-01
-_MAX_TS = 7258118400000.0  # 2200-01-01, in ms
 _STD_FIELDS = ("sensor_id", "timestamp", "value", "tenant_id")
 
 
@@ -57,6 +56,11 @@ def _unicode_ok(text: str) -> bool:
     return True
 
 
+class RegistryUnavailable(RuntimeError):
+    """The schema registry cannot be reached: the flow stops (a restart resumes) rather
+    than dead-letter records that are probably good."""
+
+
 class BadRecord(Exception):
     """A record that goes to the dead-letter sink with ``reason``."""
 
@@ -65,31 +69,18 @@ class BadRecord(Exception):
         self.reason = reason
 
 
-def parse_timestamp(ts: Any) -> int:
-    """RFC 3339 string or epoch milliseconds (int/float) to epoch milliseconds."""
-    if isinstance(ts, bool):
-        raise BadRecord("bad_type", "timestamp must be an RFC 3339 string or epoch milliseconds")
-    if isinstance(ts, (int, float)):
-        try:
-            out = float(ts)
-        except OverflowError:
-            raise BadRecord("bad_timestamp", "timestamp outside 1970..2200") from None
-    elif isinstance(ts, str):
-        try:
-            dt = datetime.fromisoformat(ts)
-        except ValueError:
-            raise BadRecord("bad_timestamp", f"unparseable timestamp {ts[:64]!r}") from None
-        if dt.tzinfo is None:
-            raise BadRecord("bad_timestamp", f"timestamp {ts[:64]!r} has no UTC offset")
-        out = dt.timestamp() * 1000.0
-    else:
-        raise BadRecord("bad_type", f"timestamp has type {type(ts).__name__}")
-    if not (_MIN_TS <= out < _MAX_TS):  # also false for NaN
-        raise BadRecord("bad_timestamp", f"timestamp {ts!r} outside 1970..2200")
-    return round(out)
+def parse_timestamp(ts: Any, unit: str = "auto", earliest: int = EARLIEST_MS) -> int:
+    """Epoch milliseconds of a record's timestamp (``schemas.timestamps``); a bad one
+    raises :class:`BadRecord` with its reason."""
+    try:
+        return to_millis(ts, unit, earliest)
+    except TimestampError as exc:
+        raise BadRecord(exc.reason, str(exc)) from None
 
 
-def _validate(obj: Any, raw: RawRecord) -> Reading:
+def _validate(
+    obj: Any, raw: RawRecord, unit: str = "ms", earliest: int = 0, lo: int = 0, hi: int = 0
+) -> Reading:
     """Check a decoded mapping and build a Reading."""
     if type(obj) is dict:
         # fast path, the common record: exact types, no extra fields (same result as below)
@@ -102,7 +93,7 @@ def _validate(obj: Any, raw: RawRecord) -> Reading:
             and sensor
             and type(ts) is int
             and type(value) is float
-            and _MIN_TS <= ts < _MAX_TS
+            and lo <= ts < hi
             and math.isfinite(value)
             and sensor.isascii()
         ):
@@ -149,7 +140,7 @@ def _validate(obj: Any, raw: RawRecord) -> Reading:
             ):
                 extra = dict(extra or {})
                 extra[k] = float(v)
-    return Reading(sensor, parse_timestamp(ts), value, tenant, extra or None, raw)
+    return Reading(sensor, parse_timestamp(ts, unit, earliest), value, tenant, extra or None, raw)
 
 
 def _json_loads(data: bytes) -> Any:
@@ -160,7 +151,7 @@ def _json_loads(data: bytes) -> Any:
         # "non_finite" rather than "undecodable" (slow path, bad records only)
         try:
             return json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise BadRecord("undecodable", f"invalid JSON: {exc}") from None
 
 
@@ -203,7 +194,7 @@ class _Avro:
                 err = exc
             time.sleep(0.2 * 2**attempt)
         # the registry is down: stop rather than dead-letter good data; a restart resumes
-        raise RuntimeError(f"schema registry {url} unavailable: {err}")
+        raise RegistryUnavailable(f"schema registry {url} unavailable: {err}")
 
     def __call__(self, data: bytes) -> Any:
         if len(data) < 5 or data[0] != 0:
@@ -253,6 +244,83 @@ class _Protobuf:
         return obj
 
 
+class _Csv:
+    """CSV rows: the header comes with each record (a file's first line, as the file
+    source passes it) or from ``columns``; ``mapping`` renames the standard fields
+    (``{"timestamp": "ts"}``). Without a sensor column the sensor id is the file's name
+    (without extensions). Times without a UTC offset are UTC."""
+
+    def __init__(self, mapping: dict[str, str], columns: str | None) -> None:
+        self._names = {f: mapping.get(f, f) for f in _STD_FIELDS}
+        self._columns = columns.encode() if columns else None
+        self._headers: dict[bytes, tuple[list[str], dict[str, int]]] = {}
+
+    def _header(self, line: bytes) -> tuple[list[str], dict[str, int]]:
+        got = self._headers.get(line)
+        if got is None:
+            names = [c.strip() for c in next(_csv.reader([line.decode("utf-8-sig")]))]
+            where = {f: names.index(c) for f, c in self._names.items() if c in names}
+            if "timestamp" not in where or "value" not in where:
+                raise BadRecord(
+                    "schema_mismatch",
+                    f"CSV header {line[:120]!r} lacks {self._names['timestamp']!r} or "
+                    f"{self._names['value']!r}; map columns with "
+                    "?timestamp=<column>&value=<column>&sensor_id=<column>",
+                )
+            got = self._headers[line] = (names, where)
+            if len(self._headers) > 1000:
+                self._headers.clear()
+        return got
+
+    def __call__(self, raw: RawRecord) -> dict[str, Any]:
+        header = self._columns or raw.key
+        if not header:
+            raise BadRecord("schema_mismatch", "CSV record without a header (give ?columns=a,b,c)")
+        names, where = self._header(header)
+        row = next(_csv.reader([raw.value.decode("utf-8")]))
+        if len(row) != len(names):
+            raise BadRecord(
+                "schema_mismatch", f"CSV row has {len(row)} fields, the header {len(names)}"
+            )
+        obj: dict[str, Any] = {}
+        for f, i in where.items():
+            obj[f] = row[i].strip() or None
+        if obj.get("sensor_id") is None and "sensor_id" not in where:
+            obj["sensor_id"] = _file_stem(raw)
+        if obj.get("value") is not None:
+            obj["value"] = _csv_number(obj["value"], "value")
+        ts = obj.get("timestamp")
+        if ts is not None:
+            try:
+                obj["timestamp"] = _csv_number(ts, "timestamp")
+            except BadRecord:
+                if "+" not in ts[10:] and "-" not in ts[10:] and not ts.endswith("Z"):
+                    obj["timestamp"] = ts + "+00:00"  # no offset: UTC
+        used = set(where.values())
+        for i, name in enumerate(names):
+            if i not in used and row[i].strip():
+                try:
+                    obj[name] = float(row[i])
+                except ValueError:
+                    pass
+        return obj
+
+
+def _csv_number(text: str, field: str) -> float | int:
+    try:
+        number = float(text)
+    except ValueError:
+        raise BadRecord("bad_type", f"{field} {text[:40]!r} is not a number") from None
+    return int(number) if number.is_integer() and "." not in text and "e" not in text else number
+
+
+def _file_stem(raw: RawRecord) -> str:
+    """The input file's name without extensions (``file:plant-7.csv`` -> ``plant-7``)."""
+    offset = str(raw.offset)
+    name = offset.rsplit(":", 1)[0] if ":" in offset else str(raw.source).split(":", 1)[-1]
+    return name.split("/")[-1].split(".")[0] or name
+
+
 @lru_cache(maxsize=16)
 def _load_json(name: str) -> Any:
     path = Path(name)
@@ -271,11 +339,24 @@ class Decoder:
         registry: str = "",
         max_bytes: int = 1 << 20,
         flow_id: str = "anomaly-detector",
+        timestamp_unit: str = "auto",
+        earliest: int = EARLIEST_MS,
+        csv_mapping: dict[str, str] | None = None,
     ) -> None:
         self.max_bytes = max_bytes
         self.flow_id = flow_id
+        self.unit = timestamp_unit
+        self.earliest = earliest
+        # epoch-ms integers the fast paths may take as they are: in range, and (auto) in
+        # the magnitude that reads as milliseconds
+        if timestamp_unit in ("ms", "auto"):
+            self._lo = max(earliest, 0 if timestamp_unit == "ms" else 100_000_000_000)
+            self._hi = LATEST_MS
+        else:
+            self._lo = self._hi = 0
         self._decode: Callable[[bytes], Any]
         self._fast: Callable[[bytes], Any] | None = None
+        self._csv: _Csv | None = None
         if fmt == "json":
             self._decode = _json_loads
             self._fast = msgspec.json.Decoder(_Std).decode
@@ -283,10 +364,24 @@ class Decoder:
             self._decode = _Avro(schema, registry)
         elif fmt == "protobuf":
             self._decode = _Protobuf(schema)
+        elif fmt == "csv":
+            mapping = dict(csv_mapping or {})
+            self._csv = _Csv(mapping, mapping.pop("columns", None))
         else:
             raise ValueError(f"unknown format {fmt!r}")
 
     def decode_one(self, raw: RawRecord) -> Reading | Control:
+        """One record, or :class:`BadRecord`: whatever a record holds, decoding it raises
+        nothing else (a decoder library's own exception, ``RecursionError`` from deep
+        nesting, ``MemoryError`` …), so no record can stop the flow."""
+        try:
+            return self._decode_one(raw)
+        except (BadRecord, RegistryUnavailable):
+            raise
+        except Exception as exc:  # noqa: BLE001 - hostile input: any failure is this record's
+            raise BadRecord("undecodable", f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+    def _decode_one(self, raw: RawRecord) -> Reading | Control:
         data = raw.value
         if data is None:
             raise BadRecord("undecodable", "empty record (tombstone)")
@@ -297,7 +392,8 @@ class Decoder:
                 return Control(decode_marker(data), raw)  # type: ignore[arg-type]
             except MarkerInvalid as exc:
                 raise BadRecord("bad_control", str(exc)) from None
-        return _validate(self._decode(data), raw)
+        obj = self._csv(raw) if self._csv is not None else self._decode(data)
+        return _validate(obj, raw, self.unit, self.earliest, self._lo, self._hi)
 
     def decode_batch(
         self, batch: list[RawRecord]
@@ -334,8 +430,7 @@ class Decoder:
         parts: dict[str, SubBatch] = {}
         cur: dict[str, Columns] = {}
         bad: list[tuple[str, OutRecord]] = []
-        fast, maxb, max_ts = self._fast, self.max_bytes, _MAX_TS
-        invalid = msgspec.DecodeError
+        fast, maxb, lo, hi = self._fast, self.max_bytes, self._lo, self._hi
         if type(batch) is MessageBatch:  # client messages: RawRecords only when needed
             values, items = batch.values, batch.items
         else:
@@ -353,12 +448,12 @@ class Decoder:
             if fast is not None and data is not None and len(data) <= maxb:
                 try:
                     o = fast(data)
-                except invalid:
+                except Exception:  # noqa: BLE001, S110 - the general path reports it
                     pass
             if (
                 o is not None
                 and o.sensor_id
-                and 0 <= o.timestamp < max_ts
+                and lo <= o.timestamp < hi
                 and o.value - o.value == 0.0
             ):
                 sid, t, v, ten = o.sensor_id, o.timestamp, o.value, o.tenant_id

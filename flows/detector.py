@@ -42,6 +42,9 @@ def _decode_step(settings: Settings) -> Any:
         settings.schema_registry,
         settings.max_record_bytes,
         settings.flow_id,
+        settings.timestamp_unit,
+        settings.earliest_ms,
+        settings.csv_mapping(),
     )
     groups = settings.key_groups
     by_partition = settings.key_by == "partition"
@@ -145,8 +148,9 @@ def build_flow(
         metrics.start_metrics_server(s.metrics_port)
         tune_gc()
 
+    ctx = s.connector_context()
     flow = Dataflow(s.flow_id)
-    batches = op.input("read", flow, source or make_source(s.source, s))
+    batches = op.input("read", flow, source or make_source(s.source, ctx))
     decoded = op.flat_map("decode", batches, _decode_step(s))
     split = op.branch("split-bad", decoded, lambda kv: kv[0] != DLQ)
     bad_in = op.map("bad-input", split.falses, lambda kv: kv[1])
@@ -158,9 +162,9 @@ def build_flow(
     is_alert = op.branch("split-alerts", results, lambda tr: tr[0] == ALERT)
     alerts = op.map("alerts", is_alert.trues, lambda tr: tr[1])
     late = op.map("late", is_alert.falses, lambda tr: tr[1])
-    op.output("alerts-out", alerts, sink or make_sink(s.sink, s))
+    op.output("alerts-out", alerts, sink or make_sink(s.sink, ctx))
     op.output(
-        "dead-letters-out", op.merge("dead-letters", bad_in, late), dlq or make_sink(s.dlq, s)
+        "dead-letters-out", op.merge("dead-letters", bad_in, late), dlq or make_sink(s.dlq, ctx)
     )
     return flow
 

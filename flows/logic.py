@@ -47,6 +47,9 @@ from state.snapshots import Manifest, SegmentStore, SnapshotError
 
 __all__ = ["KeyGroupLogic", "key_group", "ALERT", "DLQ", "BUILTIN"]
 
+#: readings a sensor holds at most while they wait to confirm a jump of its clock
+MAX_HELD = 2
+
 ALERT = "alert"
 DLQ = "dlq"
 BUILTIN = "builtin"
@@ -127,11 +130,30 @@ class KeyGroupLogic:
         for sid in list(self.sensors):
             sensor = self._sensor(sid)
             closed: list[Closed] = []
+            if sensor.held is not None:
+                self._settle(sid, sensor, closed, out)
             sensor.win.close(self.spec, None, closed)
             if closed:
                 pending[sid] = closed
         self._score(pending, out)
         return out, False
+
+    def _settle(self, sid: str, sensor: Sensor, closed: list[Closed], out: list) -> None:
+        """At the end of the input: a new sensor's held readings that agree with its
+        last one are its readings (nothing contradicts them); a jump of a running
+        sensor's clock that nothing confirmed is not taken."""
+        held, sensor.held = sensor.held or [], None
+        top = sensor.win.max_ts
+        if top is not None:
+            for h in held:
+                self._unconfirmed(h, top, out)
+            return
+        last = held[-1][0]
+        for h in held:
+            if abs(h[0] - last) > self.spec.max_future:
+                self._unconfirmed(h, last, out)
+            elif (rejected := sensor.win.add(self.spec, h[0], h[1], closed)) is not None:
+                self._reject(h[2], rejected, h[0], sensor.win.watermark(self.spec), out)
 
     def snapshot(self) -> bytes:
         changed = list(self._warm)
@@ -235,14 +257,13 @@ class KeyGroupLogic:
                 sensor.tenant = ten
             w = sensor.win
             top = w.max_ts
+            if top is None or sensor.held is not None or not -max_future <= t - top <= max_future:
+                self._admit(sid, sensor, t, v, raw, pending, out)  # the clock rules
+                continue
             start = t - t % size
-            if top is not None:
-                if t > top + max_future:
-                    self._reject(raw, FUTURE, t, top - lateness, out)
-                    continue
-                if start + size <= top - lateness:
-                    self._reject(raw, LATE, t, top - lateness, out)
-                    continue
+            if start + size <= top - lateness:
+                self._reject(raw, LATE, t, top - lateness, out)
+                continue
             wins = w.open
             agg = wins.get(start)
             if agg is None:
@@ -289,12 +310,86 @@ class KeyGroupLogic:
             sensor.model = switch
             self.models.get(*switch, sid)
             sensor.det = None
+        self._admit(sid, sensor, ts, value, raw, pending, out)
+
+    def _admit(
+        self,
+        sid: str,
+        sensor: Sensor,
+        ts: int,
+        value: float,
+        raw: Any,
+        pending: dict[str, list[Closed]],
+        out: list,
+    ) -> None:
+        """Add one reading to its sensor's windows, through the clock rules."""
         closed = pending.get(sid)
         if closed is None:
             closed = pending[sid] = []
-        rejected = sensor.win.add(self.spec, ts, value, closed)
-        if rejected is not None:
-            self._reject(raw, rejected, ts, sensor.win.watermark(self.spec), out)
+        for t, v, r in self._clock(sid, sensor, ts, value, raw, closed, out):
+            rejected = sensor.win.add(self.spec, t, v, closed)
+            if rejected is not None:
+                self._reject(r, rejected, t, sensor.win.watermark(self.spec), out)
+
+    def _clock(
+        self,
+        sid: str,
+        sensor: Sensor,
+        ts: int,
+        value: float,
+        raw: Any,
+        closed: list[Closed],
+        out: list,
+    ) -> list[tuple[int, float, Any]]:
+        """The readings to add now, by the clock rules (README, Event time).
+
+        A sensor's clock (its newest event time) moves by more than ``max_future`` only
+        when two readings agree on the new time (within ``max_future`` of each other):
+        a reading that would move it alone is held (at most ``MAX_HELD``) until a later
+        one confirms it, and is dead-lettered (``future``/``late``) when the next
+        reading agrees with the current clock instead. A new sensor's clock starts the
+        same way, from two agreeing readings. On a confirmed jump every open window is
+        closed first. Event time only, so a replay decides the same.
+        """
+        jump = self.spec.max_future
+        w = sensor.win
+        top = w.max_ts
+        if top is not None and -jump <= ts - top <= jump:
+            if sensor.held is not None:  # the clock was right: what waited was wrong
+                self._drop_held(sensor, top, out)
+            return [(ts, value, raw)]
+        held = sensor.held or []
+        agree = [h for h in held if abs(h[0] - ts) <= jump]
+        if not agree:
+            held.append((ts, value, raw))
+            if len(held) > MAX_HELD:
+                old = held.pop(0)
+                self._unconfirmed(old, top if top is not None else ts, out)
+            sensor.held = held
+            return []
+        sensor.held = None
+        if top is not None:  # a confirmed jump: close what the old clock had open
+            w.close(self.spec, None, closed)
+            w.max_ts = None
+        for h in held:
+            if abs(h[0] - ts) > jump:
+                self._unconfirmed(h, ts, out)
+        return [*agree, (ts, value, raw)]
+
+    def _unconfirmed(self, held: tuple[int, float, Any], clock: int, out: list) -> None:
+        ts, _value, raw = held
+        reason = FUTURE if ts > clock else LATE
+        error = (
+            f"event time {iso(ts)} was not confirmed by the sensor's next readings "
+            f"(its clock: {iso(clock)})"
+        )
+        out.append((DLQ, dead_letter(as_raw(raw), reason, error, self.flow_id)))
+        metrics.DEAD_LETTERS.labels(reason).inc()
+
+    def _drop_held(self, sensor: Sensor, clock: int, out: list) -> None:
+        for h in sensor.held or ():
+            self._unconfirmed(h, clock, out)
+        sensor.held = None
 
     def _control(self, c: Control, pending: dict[str, list[Closed]], out: list) -> None:
         body = c.body  # a valid model switch (schemas.markers.decode_marker)

@@ -54,19 +54,23 @@ class Sensor:
     model's initial state (created when the sensor's first window is scored).
     """
 
-    __slots__ = ("win", "det", "model", "tenant")
+    __slots__ = ("win", "det", "model", "tenant", "held")
 
     def __init__(self, det_state: Any, model: tuple[str, str], tenant: str | None) -> None:
         self.win = WindowState()
         self.det = det_state
         self.model = model  # (version, model ref)
         self.tenant = tenant
+        #: readings whose event time awaits confirmation before it may move the
+        #: sensor's clock: ``[(ts, value, raw), ...]`` in arrival order, or ``None``
+        self.held: list[tuple[int, float, Any]] | None = None
 
     def __getstate__(self) -> tuple:
-        return (self.win, self.det, self.model, self.tenant)
+        return (self.win, self.det, self.model, self.tenant, self.held)
 
     def __setstate__(self, st: tuple) -> None:
-        self.win, self.det, self.model, self.tenant = st
+        self.win, self.det, self.model, self.tenant = st[:4]
+        self.held = st[4] if len(st) > 4 else None
 
 
 def freeze_sensor(sensor: Sensor) -> bytes:
@@ -82,6 +86,7 @@ def freeze_sensor(sensor: Sensor) -> bytes:
             None if det is None else bytes(det),
             sensor.model,
             sensor.tenant,
+            sensor.held,
         ),
         pickle.HIGHEST_PROTOCOL,
     )
@@ -93,10 +98,11 @@ def thaw_sensor(data: bytes) -> Sensor:
     obj = pickle.loads(data)
     if type(obj) is not tuple:
         return obj  # type: ignore[no-any-return]
-    max_ts, wins, sessions, det, model, tenant = obj
+    max_ts, wins, sessions, det, model, tenant = obj[:6]
     w = WindowState.__new__(WindowState)
     w.max_ts, w.open, w.sessions = max_ts, wins, sessions
     sensor = Sensor.__new__(Sensor)
     sensor.win, sensor.model, sensor.tenant = w, model, tenant
+    sensor.held = obj[6] if len(obj) > 6 else None  # 6-tuples: written before held readings
     sensor.det = None if det is None else PackedState(det)
     return sensor

@@ -29,10 +29,11 @@ from __future__ import annotations
 import os
 import pickle
 import secrets
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from state.recovery import recovery_dir
 
 __all__ = ["Manifest", "SegmentStore", "SnapshotError", "resolve_snapshot_dir"]
 
@@ -163,17 +164,8 @@ def resolve_snapshot_dir(
         return None
     if setting:
         return Path(setting)
-    argv = sys.argv if argv is None else argv
-    env = os.environ if env is None else env
-    rec = env.get("BYTEWAX_RECOVERY_DIRECTORY") or None
-    for i, arg in enumerate(argv):
-        if arg in ("-r", "--recovery-directory") and i + 1 < len(argv):
-            rec = argv[i + 1]
-        elif arg.startswith("--recovery-directory="):
-            rec = arg.split("=", 1)[1]
-        elif arg.startswith("-r") and len(arg) > 2 and not arg.startswith("--"):
-            rec = arg[2:]
-    return Path(rec) / "ad-state" if rec else None
+    rec = recovery_dir(argv, env)
+    return rec / "ad-state" if rec else None
 
 
 def _estimate(changed: dict[str, Any]) -> int:

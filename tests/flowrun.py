@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from control.supervisor import clean_env, free_ports
+from control.launch import FlowLaunch, clean_env
 from control.supervisor import init_recovery as _init_recovery
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +27,11 @@ PY = sys.executable
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 #: One bad record per class, with the dead-letter reason it must get.
+#: a 2.4 KB JSON line nested 1,100 levels deep (once crashed the decoder for good)
+POISON = (
+    b'{"sensor_id":"a","timestamp":1767225660000,"value":1,"x":' + b"[" * 1100 + b"]" * 1100 + b"}"
+)
+
 BAD_RECORDS: list[tuple[bytes, str]] = [
     (b"\xff\xfe not json at all", "undecodable"),
     (b"[1, 2, 3]", "schema_mismatch"),
@@ -39,6 +44,8 @@ BAD_RECORDS: list[tuple[bytes, str]] = [
     (b'{"sensor_id": "s", "timestamp": "yesterday", "value": 1.0}', "bad_timestamp"),
     (b'{"sensor_id": "s", "timestamp": -5, "value": 1.0}', "bad_timestamp"),
     (b'{"sensor_id": "s", "timestamp": "2026-01-01T00:00:00", "value": 1.0}', "bad_timestamp"),
+    (b'{"sensor_id": "s", "timestamp": 0, "value": 1.0}', "bad_timestamp"),  # a placeholder
+    (POISON, "undecodable"),
 ]
 
 
@@ -64,24 +71,15 @@ class FlowProcs:
         log: Path | None = None,
         snapshot_s: int = 1,
     ) -> None:
-        base = [PY, "-m", "bytewax.run", "flows.detector", "-w", str(workers)]
-        if recovery is not None:
-            base += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
-        self.procs: list[subprocess.Popen] = []
-        addrs = ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
-        for i in range(processes):
-            cmd = base + (["-i", str(i), "-a", addrs] if processes > 1 else [])
-            out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-            self.procs.append(
-                subprocess.Popen(
-                    cmd,
-                    cwd=ROOT,
-                    env={**env, "AD_PROCESS_ID": str(i)},
-                    stdout=out,
-                    stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
+        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+        launch = FlowLaunch(
+            workers=workers,
+            processes=processes,
+            recovery_dir=str(recovery) if recovery is not None else None,
+            snapshot_s=snapshot_s,
+            python=PY,
+        )
+        self.procs = launch.spawn(env, cwd=ROOT, stdout=out)
 
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs)

@@ -21,7 +21,6 @@ from control.cli_env import (
 )
 from control.commands.batch import add_engine_options
 from control.progress import Progress, say
-from flows.settings import Settings
 
 
 def _publish(
@@ -144,8 +143,7 @@ def _common_store(p: argparse.ArgumentParser) -> None:
         p,
         "--detector",
         env="AD_DETECTOR",
-        default=Settings().detector,
-        help="detector name (the flow's default)",
+        help="detector name",
     )
 
 
@@ -161,7 +159,6 @@ def _common_publish(p: argparse.ArgumentParser) -> None:
         p,
         "--control-topic",
         env="AD_CONTROL_TOPIC",
-        default="ad-control",
         help="Kafka topic for audit announcements",
     )
     opt(

@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import KafkaException
 
 from connectors import placement
-from connectors.base import OutRecord, parse_url
+from connectors.base import ConnectorContext, OutRecord, parse_url
 from connectors.kafka import ExactlyOnceKafkaSink, KafkaSource, source_from_url
 from tests.kafka_util import produce, read_committed
 
@@ -87,7 +87,7 @@ def test_source_tail_false_stops_at_the_end_seen_at_start(
     topic = kafka_topic(2)
     produce(kafka_brokers, topic, [(f"k{i}", b"x") for i in range(50)])
     src = source_from_url(
-        parse_url(f"kafka://{kafka_brokers}/{topic}?tail=false"), type("S", (), {"kafka": {}})()
+        parse_url(f"kafka://{kafka_brokers}/{topic}?tail=false"), ConnectorContext()
     )
     total = 0
     for p in src.list_parts():
@@ -171,6 +171,6 @@ def test_security_settings_pass_through_to_the_clients(kafka_brokers: str) -> No
         "sasl.password": "pw",
     }
     assert s.kafka == want
-    src = make_source(f"kafka://{kafka_brokers}/in", s)
-    sink = make_sink(f"kafka://{kafka_brokers}/out", s)
+    src = make_source(f"kafka://{kafka_brokers}/in", s.connector_context())
+    sink = make_sink(f"kafka://{kafka_brokers}/out", s.connector_context())
     assert src._extra == want and sink._extra == want

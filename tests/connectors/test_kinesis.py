@@ -14,13 +14,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from connectors.base import OutRecord, RawRecord, parse_url
+from connectors.base import ConnectorContext, OutRecord, RawRecord, parse_url
 from connectors.kinesis import (
     KinesisSink,
     KinesisSource,
@@ -31,7 +30,7 @@ from connectors.kinesis import (
 )
 from tests.connectors._services import KINESALITE, start_private
 
-SETTINGS = SimpleNamespace(flow_id="test-flow")
+SETTINGS = ConnectorContext(flow_id="test-flow")
 
 
 @pytest.fixture

@@ -7,13 +7,12 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from google.api_core import exceptions as gexc
 
-from connectors.base import OutRecord, RawRecord, parse_url
+from connectors.base import ConnectorContext, OutRecord, RawRecord, parse_url
 from connectors.pubsub import (
     PubSubSink,
     PubSubSource,
@@ -24,7 +23,7 @@ from connectors.pubsub import (
 )
 from tests.connectors._services import start_private
 
-SETTINGS = SimpleNamespace(flow_id="test-flow")
+SETTINGS = ConnectorContext(flow_id="test-flow")
 PROJECT = "ad-test"
 
 

@@ -7,12 +7,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import redis
 
-from connectors.base import OutRecord, RawRecord, parse_url
+from connectors.base import ConnectorContext, OutRecord, RawRecord, parse_url
 from connectors.redis_streams import (
     RedisStreamSink,
     RedisStreamSource,
@@ -21,7 +20,7 @@ from connectors.redis_streams import (
 )
 from tests.connectors._services import Service, start_private
 
-SETTINGS = SimpleNamespace(flow_id="test-flow")
+SETTINGS = ConnectorContext(flow_id="test-flow")
 
 
 @pytest.fixture

@@ -123,7 +123,6 @@ def test_flow_env_keeps_flow_settings_and_drops_adctl_ones() -> None:
         "AD_MODEL_STORE": "redis://r",
         "AD_CONFIG": "c.yaml",
         "PATH": "/bin",
-        "AD_STATE_DIR": ".adctl",
         "AD_KAFKA_SECURITY_PROTOCOL": "SSL",
     }
     # and the flow's own settings loader accepts what is left

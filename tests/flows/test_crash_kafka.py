@@ -301,3 +301,33 @@ def test_resume_from_a_stale_checkpoint_skips_output_committed_after_it(
     assert len(after) == len(first)
     assert_same_output(reference[0], after, "alert_id")
     assert_same_output(reference[1], read_committed(kafka_brokers, dlq), "dlq_id")
+
+
+def test_a_poison_pill_mid_topic_is_passed_and_replays_the_same(
+    kafka_brokers: str, kafka_topic: Any, tmp_path: Path
+) -> None:
+    """A record that once crashed the decoder (1,100 levels of nesting) sits in the middle
+    of a topic: the flow, killed and restarted around it from its recovery store, passes
+    it, and commits exactly the output of a run without it plus one dead letter."""
+    from tests.flowrun import POISON
+
+    readings = make_readings(sensors=6, per_sensor=3000, bad_every=10**9)
+    half = len(readings) // 2
+    clean, poisoned = kafka_topic(2), kafka_topic(2)
+    produce(kafka_brokers, clean, readings)
+    produce(kafka_brokers, poisoned, [*readings[:half], ("sensor-000", POISON), *readings[half:]])
+    outs = {}
+    for name, src in (("clean", clean), ("poisoned", poisoned)):
+        alerts, dlq = kafka_topic(2), kafka_topic(1)
+        env = _env(kafka_brokers, src, alerts, dlq)
+        rec = init_recovery(tmp_path / f"rec-{name}")
+        log = tmp_path / f"{name}.log"
+        if name == "poisoned":
+            crash_run(env, rec, kills=2, log=log, seed=5, min_s=1.0, max_s=2.5)
+        else:
+            run_to_completion(env, rec, log=log)
+        outs[name] = (read_committed(kafka_brokers, alerts), read_committed(kafka_brokers, dlq))
+    assert outs["clean"][1] == []
+    assert_same_output(outs["clean"][0], outs["poisoned"][0], "alert_id")
+    [dead] = outs["poisoned"][1]
+    assert dead["reason"] == "undecodable" and base64.b64decode(dead["value_b64"]) == POISON

@@ -49,9 +49,9 @@ def test_every_bad_json_class_gets_its_reason(raw: bytes, reason: str) -> None:
 def test_oversize_and_order_is_kept() -> None:
     d = Decoder("json", max_bytes=100)
     batch = [
-        _raw(b'{"sensor_id":"a","timestamp":1,"value":1}', 0),
+        _raw(b'{"sensor_id":"a","timestamp":1767225600001,"value":1}', 0),
         _raw(b"x" * 101, 1),
-        _raw(b'{"sensor_id":"b","timestamp":2,"value":2}', 2),
+        _raw(b'{"sensor_id":"b","timestamp":1767225600002,"value":2}', 2),
     ]
     good, bad = d.decode_batch(batch)
     assert [g.sensor_id for g in good] == ["a", "b"]
@@ -330,3 +330,106 @@ def test_decode_grouped_by_partition_puts_the_batch_in_its_group() -> None:
     )
     with pytest.raises(ValueError, match="partition"):
         d.decode_grouped(raws, 4, {}, by_partition=True)
+
+
+def test_no_exception_of_any_kind_escapes_decoding() -> None:
+    """A poison pill (deep nesting → RecursionError) and a decoder failing in any way
+    become dead letters `undecodable`, in every format."""
+    from tests.flowrun import POISON
+
+    for fmt in ("json", "avro", "protobuf"):
+        d = Decoder(fmt)
+        good, bad = d.decode_batch([_raw(POISON, 0)])
+        assert good == [] and json.loads(bad[0][1].value)["reason"] in (
+            "undecodable",
+            "schema_mismatch",
+        )
+    d = Decoder("json")
+    good, bad = d.decode_batch([_raw(POISON, 0)])
+    assert json.loads(bad[0][1].value)["reason"] == "undecodable"
+    parts, bad = d.decode_grouped([_raw(POISON, 0)], 4, {})
+    assert parts == {} and json.loads(bad[0][1].value)["reason"] == "undecodable"
+
+    def explode(data: bytes) -> object:
+        raise MemoryError("decoder ran out")
+
+    d._decode = explode
+    d._fast = None
+    _good, bad = d.decode_batch([_raw(b'{"sensor_id": "a"}', 0)])
+    assert "MemoryError" in json.loads(bad[0][1].value)["error"]
+
+
+@pytest.mark.parametrize(
+    ("ts", "unit", "expected"),
+    [
+        (1_767_225_600, "auto", 1_767_225_600_000),  # seconds
+        (1_767_225_600_000, "auto", 1_767_225_600_000),  # milliseconds
+        (1_767_225_600_000_000, "auto", 1_767_225_600_000),  # microseconds
+        (1_767_225_600_000_000_000, "auto", 1_767_225_600_000),  # nanoseconds
+        (1_767_225_600.5, "s", 1_767_225_600_500),
+        (1_767_225_600_000, "ms", 1_767_225_600_000),
+    ],
+)
+def test_timestamp_units(ts: int, unit: str, expected: int) -> None:
+    d = Decoder("json", timestamp_unit=unit)
+    raw = json.dumps({"sensor_id": "a", "timestamp": ts, "value": 1.0}).encode()
+    good, bad = d.decode_batch([_raw(raw, 0)])
+    assert bad == [] and good[0].ts == expected
+    parts, bad = d.decode_grouped([_raw(raw, 0)], 1, {})
+    assert bad == [] and next(iter(parts["0"])).ts == [expected]
+
+
+@pytest.mark.parametrize("ts", [0, 1000, 86_400_000, "1999-12-31T23:59:59Z"])
+def test_timestamps_before_2000_are_dead_letters_unless_configured(ts: object) -> None:
+    raw = json.dumps({"sensor_id": "a", "timestamp": ts, "value": 1.0}).encode()
+    _good, bad = Decoder("json").decode_batch([_raw(raw, 0)])
+    assert json.loads(bad[0][1].value)["reason"] == "bad_timestamp"
+    good, bad = Decoder("json", timestamp_unit="ms", earliest=0).decode_batch([_raw(raw, 0)])
+    assert bad == [] and len(good) == 1
+
+
+def test_adctl_reads_times_as_the_flow_does() -> None:
+    from control.history import parse_time
+
+    for ts in (1_767_225_600, 1_767_225_600_000, "2026-01-01T00:00:00Z"):
+        raw = json.dumps({"sensor_id": "a", "timestamp": ts, "value": 1.0}).encode()
+        good, _bad = Decoder("json").decode_batch([_raw(raw, 0)])
+        assert parse_time(ts) * 1000 == good[0].ts
+
+
+def _csv_raw(line: bytes, header: bytes | None, source: str = "file:plant-7.csv") -> RawRecord:
+    return RawRecord(line, source, "0", "2", header)
+
+
+def test_csv_nab_style_files_work_as_they_are() -> None:
+    d = Decoder("csv")
+    good, bad = d.decode_batch([_csv_raw(b"2014-04-01 00:05:00,42.5", b"timestamp,value")])
+    assert bad == []
+    assert (good[0].sensor_id, good[0].ts, good[0].value) == ("plant-7", 1_396_310_700_000, 42.5)
+
+
+def test_csv_columns_are_mappable_and_extra_numbers_kept() -> None:
+    d = Decoder("csv", csv_mapping={"timestamp": "ts", "value": "reading", "sensor_id": "name"})
+    header = b"name,ts,reading,rpm,site"
+    good, bad = d.decode_batch(
+        [
+            _csv_raw(b"pump-1,1767225600000,1.5,3000,north", header),
+            _csv_raw(b"pump-1,1767225600000,high,3000,north", header),
+            _csv_raw(b"pump-1,1767225600000", header),
+            _csv_raw(b'"pump,2",2026-01-01T00:00:00Z,2,1,x', header),
+        ]
+    )
+    assert [(g.sensor_id, g.value, g.extra) for g in good] == [
+        ("pump-1", 1.5, {"rpm": 3000.0}),
+        ("pump,2", 2.0, {"rpm": 1.0}),
+    ]
+    assert [json.loads(b[1].value)["reason"] for b in bad] == ["bad_type", "schema_mismatch"]
+
+
+def test_csv_without_header_says_how_to_give_one() -> None:
+    _good, bad = Decoder("csv").decode_batch([_csv_raw(b"1,2", None, "kafka:t")])
+    assert "?columns=" in json.loads(bad[0][1].value)["error"]
+    good, bad = Decoder("csv", csv_mapping={"columns": "sensor_id,timestamp,value"}).decode_batch(
+        [_csv_raw(b"s,1767225600,3", None, "kafka:t")]
+    )
+    assert bad == [] and good[0].ts == 1_767_225_600_000

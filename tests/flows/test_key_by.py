@@ -20,7 +20,11 @@ def _run(key: bytes | None) -> list:
         raws = [
             RawRecord(
                 json.dumps(
-                    {"sensor_id": f"s{i % 3}", "timestamp": (b * 10 + i) * 1000, "value": 1.0}
+                    {
+                        "sensor_id": f"s{i % 3}",
+                        "timestamp": 1_767_225_600_000 + (b * 10 + i) * 1000,
+                        "value": 1.0,
+                    }
                 ).encode(),
                 "kafka:t",
                 "0",

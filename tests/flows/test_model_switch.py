@@ -54,12 +54,16 @@ def test_switch_applies_at_the_marker_with_per_key_models(tmp_path: Path, key_by
     for i in range(60):
         for s in ("a", "b"):
             v = 10.0 + (i % 3) * 0.1 + (50.0 if i == 50 else 0.0)
-            rows.append(json.dumps({"sensor_id": s, "timestamp": i * 1000, "value": v}).encode())
+            rows.append(
+                json.dumps(
+                    {"sensor_id": s, "timestamp": 1_767_225_600_000 + i * 1000, "value": v}
+                ).encode()
+            )
         if i == 30:
             rows.append(encode_marker("mad", "v2", ref))
     out = _run(rows, key_by)
     by = {(r["sensor_id"], r["window_start"]): r for r in out}
-    t = "1970-01-01T00:00:{:02d}.000Z".format
+    t = "2026-01-01T00:00:{:02d}.000Z".format
     assert by[("a", t(30))]["model_version"] == "builtin-1"
     assert by[("a", t(31))]["model_version"] == "v2" == by[("b", t(31))]["model_version"]
     assert by[("b", t(50))]["score"] > 0.9  # the pooled model sees the spike

@@ -64,3 +64,57 @@ def test_unknown_yaml_key_is_reported(tmp_path: Path) -> None:
     cfg.write_text("windw: tumbling\n")
     with pytest.raises(SettingsError, match="windw"):
         load_settings({"AD_CONFIG": str(cfg)})
+
+
+def test_readme_table_is_generated_from_the_declarations() -> None:
+    from flows.settings import markdown_table
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- settings-table")
+    block = readme[readme.index("\n", start) + 1 : readme.index("<!-- /settings-table -->")]
+    assert block == markdown_table(), "run: python -m flows.settings --markdown"
+
+
+def test_every_ad_variable_the_code_reads_is_declared() -> None:
+    """No code may read an AD_* variable that no declaration knows (the loader would
+    reject or ignore it): flow settings, PROCESS_KEYS, adctl's flags, the stack's."""
+    import re
+
+    from control import cli, cli_env
+    from flows.settings import flow_env_names, typo_of
+    from tests.conftest import ROOT
+
+    cli.build_parser()
+    known_flow = flow_env_names()
+    known = known_flow | cli_env.ADCTL_ENV
+    found: dict[str, str] = {}
+    for pkg in ("connectors", "detectors", "state", "schemas", "flows", "control"):
+        for path in (ROOT / pkg).rglob("*.py"):
+            for name in re.findall(r"[\"'](AD_[A-Z][A-Z0-9_]*)[\"']", path.read_text()):
+                found.setdefault(name, str(path.relative_to(ROOT)))
+    undeclared = {
+        n: p for n, p in found.items() if n not in known and not n.startswith("AD_STACK_")
+    }
+    assert not undeclared
+    # and none of adctl's own names looks like a misspelt flow setting (it would stop the flow)
+    assert not {n: typo_of(n) for n in cli_env.ADCTL_ENV - known_flow if typo_of(n)}
+
+
+def test_other_tools_variables_do_not_stop_the_flow() -> None:
+    s = load_settings(
+        {
+            "AD_WORKERS": "2",
+            "AD_MODEL_VERSION": "v3",
+            "AD_SINCE": "2026-01-01",
+            "AD_XP": "numpy",
+            "AD_KINESIS_ENDPOINT": "http://127.0.0.1:4567",
+        }
+    )
+    assert s.source == "demo://"
+
+
+def test_secrets_never_print() -> None:
+    s = load_settings({"AD_KAFKA_SASL_PASSWORD": "hunter2", "AD_KAFKA_SASL_USERNAME": "det"})
+    assert s.kafka["sasl.password"] == "hunter2"
+    assert "hunter2" not in repr(s) and "det" in repr(s)

@@ -1,0 +1,1 @@
+"""State that outlives a flow process: incremental snapshots and the model store."""
