@@ -7,10 +7,11 @@ filesystem; ``AWS_ENDPOINT_URL`` for an S3-compatible store). Parquet is read as
 columns, without a Python object per row.
 
 Records are checked as the flow's decoder checks them, so batch detection sees the
-readings the flow would: event time is an RFC 3339 string with an offset or epoch
-**milliseconds** (``flows.decode.parse_timestamp``), the value a finite number, the
-sensor id a non-empty string. Records failing these are counted as bad and dropped
-(the flow dead-letters them).
+readings the flow would: event time is an RFC 3339 string with an offset or an epoch
+number read with the flow's ``AD_TIMESTAMP_UNIT`` and ``AD_EARLIEST_TIME``
+(``schemas.timestamps``; vectorised for numeric Parquet columns), the value a finite
+number, the sensor id a non-empty string. Records failing these are counted as bad and
+dropped (the flow dead-letters them).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 
 from control.history import Fields, HistoryError, ReadStats, iter_records
 from flows.decode import BadRecord, parse_timestamp
+from schemas.timestamps import EARLIEST_MS, LATEST_MS
 
 __all__ = ["Readings", "read_readings"]
 
@@ -125,7 +127,9 @@ def _s3_paths(url: str) -> tuple[Any, list[str]]:
     return s3, paths
 
 
-def _parquet(table: Any, f: Fields, cols: _Cols, stats: ReadStats) -> None:
+def _parquet(
+    table: Any, f: Fields, cols: _Cols, stats: ReadStats, unit: str, earliest: int
+) -> None:
     """Columns of a Parquet table, checked without a Python object per row where the
     types allow (string ids, integer-millisecond or timestamp times, numeric values)."""
     import pyarrow as pa
@@ -155,14 +159,15 @@ def _parquet(table: Any, f: Fields, cols: _Cols, stats: ReadStats) -> None:
     sid_codes = pc.fill_null(enc.indices, 0).to_numpy(zero_copy_only=False).astype(np.int32)
     if pa.types.is_timestamp(t.type):
         t_ms = pc.cast(pc.cast(t, pa.timestamp("ms")), pa.int64())
-        ts_np = pc.fill_null(t_ms, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        tf = pc.fill_null(pc.cast(t_ms, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+        ts_np = _in_range(tf, earliest)
     elif pa.types.is_integer(t.type) or pa.types.is_floating(t.type):
-        tf = pc.fill_null(pc.cast(t, pa.float64()), -1.0).to_numpy(zero_copy_only=False)
-        with np.errstate(invalid="ignore"):
-            good = (tf >= 0) & (tf < 7258118400000.0)
-        ts_np = np.where(good, np.round(tf), -1).astype(np.int64)
+        tf = pc.fill_null(pc.cast(t, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+        ts_np = _in_range(_to_ms(tf, unit), earliest)
     else:  # text: the flow's parser, per row
-        ts_np = np.fromiter((_ts_or_bad(x) for x in t.to_pylist()), dtype=np.int64, count=n)
+        ts_np = np.fromiter(
+            (_ts_or_bad(x, unit, earliest) for x in t.to_pylist()), dtype=np.int64, count=n
+        )
     ok &= ts_np >= 0
     if not (pa.types.is_integer(v.type) or pa.types.is_floating(v.type)):
         stats.bad_records += n
@@ -178,14 +183,42 @@ def _parquet(table: Any, f: Fields, cols: _Cols, stats: ReadStats) -> None:
         cols.add_coded(sid_names, sid_codes[ok], ts_np[ok], vals[ok], ten[ok])
 
 
-def _ts_or_bad(x: Any) -> int:
+def _to_ms(numbers: np.ndarray, unit: str) -> np.ndarray:
+    """``schemas.timestamps.to_millis`` over an array of numbers (before its range check):
+    with unit ``auto``, the same magnitudes decide (``schemas.timestamps.unit_of``)."""
+    scale = {"s": 1000.0, "ms": 1.0, "us": 0.001, "ns": 0.000001}
+    if unit != "auto":
+        return numbers * scale[unit]
+    size = np.abs(numbers)
+    with np.errstate(invalid="ignore"):
+        factor = np.where(
+            size < 1e11, 1000.0, np.where(size < 1e14, 1.0, np.where(size < 1e17, 0.001, 1e-6))
+        )
+    return numbers * factor
+
+
+def _in_range(ms: np.ndarray, earliest: int) -> np.ndarray:
+    """Rounded milliseconds where ``earliest <= ms < 2200``, else -1 (bad)."""
+    with np.errstate(invalid="ignore"):
+        good = (ms >= earliest) & (ms < LATEST_MS)
+    return np.where(good, np.round(np.where(good, ms, 0.0)), -1).astype(np.int64)
+
+
+def _ts_or_bad(x: Any, unit: str, earliest: int) -> int:
     try:
-        return parse_timestamp(x) if x is not None else -1
+        return parse_timestamp(x, unit, earliest) if x is not None else -1
     except BadRecord:
         return -1
 
 
-def _rows(records: Iterator[dict[str, Any]], f: Fields, cols: _Cols, stats: ReadStats) -> None:
+def _rows(
+    records: Iterator[dict[str, Any]],
+    f: Fields,
+    cols: _Cols,
+    stats: ReadStats,
+    unit: str,
+    earliest: int,
+) -> None:
     """Rows (dicts) checked one by one, as the flow's decoder does."""
     sids: list[str] = []
     ts: list[int] = []
@@ -209,7 +242,7 @@ def _rows(records: Iterator[dict[str, Any]], f: Fields, cols: _Cols, stats: Read
                 or (ten is not None and not isinstance(ten, str))
             ):
                 raise BadRecord("bad_type", "")
-            ms = parse_timestamp(t)
+            ms = parse_timestamp(t, unit, earliest)
         except (BadRecord, ValueError, OverflowError):
             stats.bad_records += 1
             continue
@@ -227,9 +260,14 @@ def read_readings(
     since_ms: int | None = None,
     until_ms: int | None = None,
     kafka_conf: dict[str, str] | None = None,
+    timestamp_unit: str = "auto",
+    earliest_ms: int = EARLIEST_MS,
 ) -> Readings:
-    """Every valid reading of ``sources`` (in source order) within ``[since, until)``."""
+    """Every valid reading of ``sources`` (in source order) within ``[since, until)``;
+    timestamps read as the flow reads them with ``AD_TIMESTAMP_UNIT`` and
+    ``AD_EARLIEST_TIME`` (``timestamp_unit``, ``earliest_ms``)."""
     fields = fields or Fields()
+    clock = (timestamp_unit, earliest_ms)
     stats = ReadStats()
     cols = _Cols()
     for src in sources:
@@ -240,11 +278,11 @@ def read_readings(
                 if p.endswith(".parquet"):
                     import pyarrow.parquet as pq
 
-                    _parquet(pq.read_table(p, filesystem=s3), fields, cols, stats)
+                    _parquet(pq.read_table(p, filesystem=s3), fields, cols, stats, *clock)
                 else:
                     with s3.open_input_stream(p) as fh:
                         data = fh.read().splitlines()
-                    _rows(_json_lines(data, stats), fields, cols, stats)
+                    _rows(_json_lines(data, stats), fields, cols, stats, *clock)
             continue
         local = src[len("file://") :] if src.startswith("file://") else src
         paths = sorted(glob.glob(local)) if any(c in local for c in "*?[") else [local]
@@ -255,7 +293,7 @@ def read_readings(
             for p in paths:
                 if not Path(p).is_file():
                     raise HistoryError(f"history file not found: {p}")
-                _parquet(pq.read_table(p), fields, cols, stats)
+                _parquet(pq.read_table(p), fields, cols, stats, *clock)
             continue
         since = None if since_ms is None else since_ms / 1000.0
         _rows(
@@ -263,6 +301,7 @@ def read_readings(
             fields,
             cols,
             stats,
+            *clock,
         )
     out = cols.done(stats)
     if since_ms is not None or until_ms is not None:

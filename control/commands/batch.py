@@ -173,6 +173,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         fields=Fields(args.key_field, args.time_field, args.value_field),
         since_ms=None if since is None else round(since * 1000),
         until_ms=None if until is None else round(until * 1000),
+        timestamp_unit=settings.timestamp_unit,
+        earliest_ms=settings.earliest_ms,
     )
     st = readings.stats
     say(
