@@ -38,15 +38,9 @@ from control.history_columns import Readings
 from control.training import _batches, fit_batch
 from flows.settings import Settings
 
-__all__ = ["Job", "JobRecord", "JobStore", "run_jobs", "series_of", "state_dir"]
+__all__ = ["Job", "JobRecord", "JobStore", "run_jobs", "series_of", "timed"]
 
 Progress = Callable[[int, int], None]
-
-
-def state_dir(given: str | None = None) -> Path:
-    """Where job records and the result cache live: ``--state-dir``, ``AD_STATE_DIR``,
-    else ``~/.adctl``."""
-    return Path(given or os.environ.get("AD_STATE_DIR") or Path.home() / ".adctl")
 
 
 @dataclass
