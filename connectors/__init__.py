@@ -7,7 +7,7 @@ from typing import Any
 
 from connectors.base import ConnectorContext, SourceURL, parse_url
 
-__all__ = ["make_source", "make_sink"]
+__all__ = ["keeps_order", "make_sink", "make_source"]
 
 _SOURCES = {
     "kafka": "connectors.kafka",
@@ -22,6 +22,15 @@ _SINKS = {
     "stdout": "connectors.files",
     "stderr": "connectors.files",
 }
+
+
+#: sources that do not deliver a partition's records in order (the flow reorders them)
+UNORDERED = frozenset({"pubsub"})
+
+
+def keeps_order(scheme: str) -> bool:
+    """Whether a source of ``scheme`` delivers each partition's records in order."""
+    return scheme not in UNORDERED
 
 
 def _module(table: dict[str, str], url: SourceURL, role: str) -> Any:

@@ -15,7 +15,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.base import ConnectorContext, RawRecord, SourceURL
 
-__all__ = ["DemoSource", "demo_records", "ANOMALIES", "source_from_url"]
+__all__ = ["ANOMALIES", "DemoSource", "demo_records", "injected", "source_from_url"]
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 #: sensor -> (kind, start fraction of the series, end fraction)
@@ -25,6 +25,19 @@ ANOMALIES = {
     "sensor-05": ("drift", 0.70, 1.0),
     "sensor-07": ("burst", 0.80, 0.81),
 }
+
+
+def injected(url: SourceURL) -> list[tuple[str, str, int, int]]:
+    """The anomalies a demo URL injects: ``(sensor, kind, start ms, end ms)``."""
+    sensors, hours = url.int("sensors", 8, minimum=1), url.float("hours", 168.0)
+    step_ms = url.int("step", 60, minimum=1) * 1000
+    n = int(hours * 3600 * 1000 // step_ms)
+    out = []
+    for name, (kind, a, b) in ANOMALIES.items():
+        if int(name.split("-")[1]) < sensors:
+            i, j = int(a * n), max(int(b * n), int(a * n) + 1)
+            out.append((name, kind, START_MS + i * step_ms, START_MS + j * step_ms))
+    return out
 
 
 def _series(sensor: int, n: int, step_s: int, seed: int) -> np.ndarray:

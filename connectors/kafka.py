@@ -491,7 +491,24 @@ class ExactlyOnceKafkaSink(FixedPartitionedSink[OutRecord, int]):
         )
 
 
+def check_reachable(url: SourceURL, ctx: ConnectorContext, role: str) -> None:
+    """Fail at start-up, within ``?connect_timeout=`` (default 10 s), when no broker of
+    ``url`` answers: one line naming the URL (secrets redacted) and what to check."""
+    timeout = url.duration("connect_timeout", "10s")
+    try:
+        conf = {**client_config(url.hostport, dict(ctx.kafka)), "log_level": 0}
+        AdminClient(conf).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise ValueError(
+            f"cannot reach Kafka for the {role} {url.redacted} within {timeout:g} s "
+            f"({exc.args[0].str() if exc.args else exc}); is the broker running and "
+            "host:port right? e.g. kafka://127.0.0.1:9092/alerts"
+        ) from None
+
+
 def source_from_url(url: SourceURL, ctx: ConnectorContext) -> KafkaSource:
+    """``kafka://host:port/topic[,topic]?tail=&start=&batch=&max_rate=&connect_timeout=``."""
+    check_reachable(url, ctx, "source")
     return KafkaSource(
         url.hostport,
         url.names,
@@ -504,10 +521,12 @@ def source_from_url(url: SourceURL, ctx: ConnectorContext) -> KafkaSource:
 
 
 def sink_from_url(url: SourceURL, ctx: ConnectorContext) -> ExactlyOnceKafkaSink:
+    """``kafka://host:port/topic?partitions=&connect_timeout=`` (transactional)."""
     if len(url.names) != 1:
         raise ValueError(
-            f"a Kafka sink URL names one topic, e.g. kafka://host:9092/alerts; got {url.raw!r}"
+            f"a Kafka sink URL names one topic, e.g. kafka://host:9092/alerts; got {url.redacted}"
         )
+    check_reachable(url, ctx, "sink")
     return ExactlyOnceKafkaSink(
         url.hostport,
         url.names[0],

@@ -218,6 +218,24 @@ class Supervisor:
     def running(self) -> bool:
         return any(p.alive for p in self.processes())
 
+    def last_error(self, index: int) -> str:
+        """The flow's own last error line in process ``index``'s log (``error: …`` from
+        the flow, or a traceback's last line), or ``""``."""
+        try:
+            lines = self.log_path(index).read_text(errors="replace").splitlines()[-200:]
+        except OSError:
+            return ""
+        for line in reversed(lines):
+            if line.startswith("error: ") or line.startswith(("Traceback", "=== adctl")):
+                break
+        else:
+            return ""
+        found = [ln for ln in lines if ln.startswith("error: ")]
+        if found:
+            return found[-1][len("error: ") :]
+        tail = [ln for ln in lines if ln.strip() and not ln.startswith("=== adctl")]
+        return tail[-1].strip() if tail else ""
+
     def log_path(self, index: int) -> Path:
         return self.log_dir / f"flow-{index}.log"
 
@@ -290,7 +308,10 @@ class Supervisor:
             ended = [p for p in self.processes() if not p.alive]
             if ended or time.monotonic() > deadline:
                 logs = ", ".join(str(self.log_path(p.index)) for p in ended) or str(self.log_dir)
-                raise SupervisorError(f"flow process(es) did not start; see {logs}")
+                why = next((e for p in ended if (e := self.last_error(p.index))), "")
+                raise SupervisorError(
+                    f"flow process(es) did not start: {why or 'no error printed'} (log: {logs})"
+                )
             time.sleep(0.05)
 
     # ---------------------------------------------------------------- stop

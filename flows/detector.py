@@ -19,7 +19,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from connectors import make_sink, make_source
 from connectors.base import MessageBatch, OutRecord, RawRecord, as_raw
-from flows import metrics
+from flows import metrics, summary
 from flows.decode import Decoder
 from flows.logic import ALERT, DLQ, KeyGroupLogic
 from flows.models import Models
@@ -144,13 +144,23 @@ def build_flow(
     s = settings
     models = Models(s.detector, s.detector_params)
     models.get("builtin", "")  # fail fast on a bad detector name or parameters
-    if serve:
-        metrics.start_metrics_server(s.metrics_port)
-        tune_gc()
 
     ctx = s.connector_context()
+    try:
+        source = source or make_source(s.source, ctx)
+        sink = sink or make_sink(s.sink, ctx)
+        dlq = dlq
+    except ValueError as exc:  # a connector refused its URL or cannot reach its system
+        if not serve:
+            raise
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    if serve:
+        metrics.start_metrics_server(s.metrics_port)
+        summary.install(s.url("source"))
+        tune_gc()
     flow = Dataflow(s.flow_id)
-    batches = op.input("read", flow, source or make_source(s.source, ctx))
+    batches = op.input("read", flow, source)
     decoded = op.flat_map("decode", batches, _decode_step(s))
     split = op.branch("split-bad", decoded, lambda kv: kv[0] != DLQ)
     bad_in = op.map("bad-input", split.falses, lambda kv: kv[1])
@@ -162,10 +172,8 @@ def build_flow(
     is_alert = op.branch("split-alerts", results, lambda tr: tr[0] == ALERT)
     alerts = op.map("alerts", is_alert.trues, lambda tr: tr[1])
     late = op.map("late", is_alert.falses, lambda tr: tr[1])
-    op.output("alerts-out", alerts, sink or make_sink(s.sink, ctx))
-    op.output(
-        "dead-letters-out", op.merge("dead-letters", bad_in, late), dlq or make_sink(s.dlq, ctx)
-    )
+    op.output("alerts-out", alerts, sink)
+    op.output("dead-letters-out", op.merge("dead-letters", bad_in, late), dlq)
     return flow
 
 

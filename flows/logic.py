@@ -19,6 +19,7 @@ import logging
 import pickle
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import orjson
 
 from connectors import placement
 from connectors.base import OutRecord, RawRecord, as_raw
-from flows import metrics
+from flows import metrics, summary
 from flows.models import Models
 from flows.records import (
     Columns,
@@ -57,6 +58,17 @@ BUILTIN = "builtin"
 log = logging.getLogger(__name__)
 
 
+def _event_time(entry: tuple) -> int:
+    return entry[1]  # type: ignore[no-any-return]
+
+
+def _split_extra(extra: Any) -> tuple[dict[str, tuple[str, str]], list]:
+    """A manifest's extra: the switches, or (switches, waiting records)."""
+    if type(extra) is tuple:
+        return extra[0], list(extra[1])
+    return extra, []
+
+
 class KeyGroupLogic:
     """``StatefulBatchLogic`` for one key group (subclassed in flows.detector)."""
 
@@ -84,6 +96,10 @@ class KeyGroupLogic:
         self._snap_dir = snapshot_dir
         self._store: SegmentStore | None = None
         self._manifest: Manifest | None = None
+        # records of a source that does not keep order, waiting to be used in event-time
+        # order: (arrival wall time, ts, sensor, value, tenant, raw), in arrival order
+        self._wait_s = float(getattr(settings, "reorder_s", 0.0))
+        self._buf: list[tuple[float, int, str, float, str | None, Any]] = []
         if resume is None:
             self.sensors = {}
         else:
@@ -92,9 +108,10 @@ class KeyGroupLogic:
                 if type(saved) is Manifest:  # incremental: load the segment chain
                     self.group, self._manifest = saved.group, saved
                     self.sensors = self._segments().load(saved)
-                    self.switches = saved.extra
-                else:  # inline: the whole key group
-                    self.sensors, self.switches = saved
+                    self.switches, self._buf = _split_extra(saved.extra)
+                else:  # inline: the whole key group (and waiting records, if any)
+                    self.sensors, self.switches = saved[:2]
+                    self._buf = saved[2] if len(saved) > 2 else []
         # sensors held as objects (touched since the last snapshot)
         self._warm: set[str] = {sid for sid, s in self.sensors.items() if type(s) is not bytes}
         self._placed = settings.key_by != "partition"  # placement checked (or moot)
@@ -108,10 +125,24 @@ class KeyGroupLogic:
         if not self._placed and self.group is not None:
             self._check_placement()
         lean = self.lean and self.spec.kind == "tumbling"
+        if self._wait_s:
+            now = time.time()
         for sub in values:
             for part in sub:
                 if type(part) is Columns:
-                    if lean and not self.switches:
+                    if self._wait_s:
+                        self._buf.extend(
+                            (now, t, sid, v, ten, raw)
+                            for sid, t, v, ten, raw in zip(
+                                part.sids,
+                                part.ts,
+                                part.vals,
+                                part.tenants,
+                                part.raws,
+                                strict=True,
+                            )
+                        )
+                    elif lean and not self.switches:
                         self._add_tumbling(part, pending, out)
                     else:
                         for r in zip(
@@ -120,13 +151,52 @@ class KeyGroupLogic:
                             self._add(*r, pending, out)
                 else:
                     self._control(part, pending, out)
+        if self._buf:
+            self._release(now, pending, out)
         self._score(pending, out)
         return out, False
+
+    def notify_at(self) -> datetime | None:
+        """When the oldest waiting record (reordering) is due."""
+        if not self._buf:
+            return None
+        return datetime.fromtimestamp(self._buf[0][0] + self._wait_s, UTC)
+
+    def on_notify(self) -> tuple[Iterable, bool]:
+        """Use the waiting records that are due."""
+        out: list[tuple[str, tuple[str, OutRecord]]] = []
+        pending: dict[str, list[Closed]] = {}
+        self._release(time.time(), pending, out)
+        self._score(pending, out)
+        return out, False
+
+    def _release(self, now: float, pending: dict[str, list[Closed]], out: list) -> None:
+        """Use the records that have waited ``reorder_wait`` (all for ``now`` = inf), and
+        with them every record of the same sensor that is older in event time (it
+        arrived late, but before its turn passed), in event-time order."""
+        buf = self._buf
+        due = now - self._wait_s
+        if not buf or buf[0][0] > due:
+            return
+        cut: dict[str, int] = {}
+        for arrived, t, sid, *_rest in buf:
+            if arrived > due:
+                break
+            if t > cut.get(sid, t - 1):
+                cut[sid] = t
+        ready, self._buf = [], []
+        for entry in buf:
+            (ready if entry[1] <= cut.get(entry[2], -1) else self._buf).append(entry)
+        ready.sort(key=_event_time)  # stable: equal times keep their arrival order
+        for _arrived, t, sid, v, ten, raw in ready:
+            self._add(sid, t, v, ten, raw, pending, out)
 
     def on_eof(self) -> tuple[Iterable, bool]:
         """End of finite input: close every open window, in order."""
         out: list[tuple[str, tuple[str, OutRecord]]] = []
         pending: dict[str, list[Closed]] = {}
+        if self._buf:
+            self._release(float("inf"), pending, out)
         for sid in list(self.sensors):
             sensor = self._sensor(sid)
             closed: list[Closed] = []
@@ -160,14 +230,15 @@ class KeyGroupLogic:
         self._freeze()
         with gc_paused():
             if self._snap_dir is None or self.group is None:
-                return pickle.dumps((self.sensors, self.switches), protocol=pickle.HIGHEST_PROTOCOL)
+                whole = (self.sensors, self.switches, *((self._buf,) if self._buf else ()))
+                return pickle.dumps(whole, protocol=pickle.HIGHEST_PROTOCOL)
             sensors = self.sensors
             self._manifest = self._segments().save(
                 self.group,
                 self._manifest,
                 {sid: sensors[sid] for sid in changed},
                 sensors,
-                self.switches,
+                (self.switches, self._buf) if self._buf else self.switches,
             )
             return pickle.dumps(self._manifest, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -469,3 +540,4 @@ class KeyGroupLogic:
             out.append((ALERT, (sid, OutRecord(alert_id, sid, orjson.dumps(body)))))
             if score >= threshold:
                 metrics.ALERTS_OUT.labels(name).inc()
+                summary.note_alert(sid, w.start, w.end, score)

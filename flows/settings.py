@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from connectors import keeps_order
 from connectors.base import ConnectorContext, SourceURL, parse_bool, parse_duration, parse_url
 from schemas.timestamps import UNITS, parse_time_setting
 from state.recovery import is_fresh_run, process_index, recovery_dir
@@ -141,6 +142,13 @@ class Settings:
         "10s",
         kind="duration",
     )
+    reorder_wait: float = setting(
+        2.0,
+        "sources that do not keep order (Pub/Sub): records wait this long (processing "
+        "time) and are then used in event-time order; `0s` turns it off",
+        "5s",
+        kind="duration",
+    )
     timestamp_unit: str = setting(
         "auto",
         "unit of numeric timestamps: `s`, `ms`, `us`, `ns`, or `auto` (by magnitude: "
@@ -227,6 +235,12 @@ class Settings:
         params = self.url("source").params
         keys = ("sensor_id", "timestamp", "value", "tenant_id", "columns")
         return {k: params[k] for k in keys if params.get(k)}
+
+    @property
+    def reorder_s(self) -> float:
+        """Seconds records wait to be reordered: ``reorder_wait`` for a source that does
+        not keep order, else 0."""
+        return 0.0 if keeps_order(self.url("source").scheme) else self.reorder_wait
 
     @property
     def earliest_ms(self) -> int:

@@ -9,10 +9,13 @@ A record is *late* when every window it belongs to has already closed (its end i
 or before the watermark), as in Flink; it is *future* when it is more than
 ``max_future`` ahead of the newest event time seen (it would otherwise drag the
 watermark forward and make everything after it late). Times are integer milliseconds.
+With no windows (``none``) and a lateness, records wait until the watermark passes them
+and are scored in event-time order: a reorder buffer bounded by the lateness.
 """
 
 from __future__ import annotations
 
+from bisect import insort
 from dataclasses import dataclass
 
 __all__ = ["WindowSpec", "WindowState", "Closed", "LATE", "FUTURE", "new_agg", "add_to_agg"]
@@ -60,6 +63,10 @@ class Closed:
         self.last = agg[4]
 
 
+def _start(entry: list) -> int:
+    return entry[0]  # type: ignore[no-any-return]
+
+
 def new_agg(value: float) -> list[float]:
     # count, sum, min, max, last
     return [1.0, value, value, value, value]
@@ -83,7 +90,9 @@ class WindowState:
     def __init__(self) -> None:
         self.max_ts: int | None = None
         self.open: dict[int, list[float]] = {}  # tumbling/sliding: start -> agg
-        self.sessions: list[list] = []  # session: [start, end, agg], sorted by start
+        # session: [start, end, agg], sorted by start; none with lateness: the records
+        # awaiting their turn, as [ts, ts, agg] in event-time (then arrival) order
+        self.sessions: list[list] = []
 
     def __getstate__(self) -> tuple:
         return (self.max_ts, self.open, self.sessions)
@@ -129,13 +138,16 @@ class WindowState:
             if wm is not None and ts + spec.gap <= wm:
                 return LATE
             self._merge_session(ts, ts + spec.gap, value)
-        else:  # "none": every record is its own window, scored at once
+        else:  # "none": every record is its own window
             if wm is not None and ts < wm:
                 return LATE
-            out.append(Closed(ts, ts, new_agg(value)))
+            if spec.lateness:  # reordered: scored in event-time order once the watermark passes
+                insort(self.sessions, [ts, ts, new_agg(value)], key=_start)
+            else:
+                out.append(Closed(ts, ts, new_agg(value)))
         if self.max_ts is None or ts > self.max_ts:
             self.max_ts = ts
-        if kind != "none":
+        if kind != "none" or spec.lateness:
             self.close(spec, self.max_ts - spec.lateness, out)
         return None
 
@@ -176,7 +188,7 @@ class WindowState:
             ready = sorted(s for s in self.open if wm is None or s + size <= wm)
             for s in ready:
                 out.append(Closed(s, s + size, self.open.pop(s)))
-        elif spec.kind == "session":
+        elif spec.kind in ("session", "none"):  # "none": records awaiting reordering
             keep = []
             for s in self.sessions:
                 if wm is None or s[1] <= wm:

@@ -12,6 +12,7 @@ from typing import Any
 from control.cli_env import CliError, flow_env, opt
 from control.commands.observe import metrics_endpoints
 from control.progress import say
+from flows.settings import SettingsError, load_settings
 
 
 def _spec_from_args(args: argparse.Namespace) -> Any:
@@ -45,6 +46,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     sv = Supervisor(args.state_dir)
     spec = _spec_from_args(args)
+    if spec.module.split(":")[0] == "flows.detector":  # its own check, before any start
+        try:
+            load_settings({**flow_env(), **spec.env})
+        except SettingsError as exc:
+            raise CliError(str(exc)) from None
     pids = sv.start(spec, base_env=flow_env())
     say(
         f"started {spec.module}: {spec.processes} process(es) x {spec.workers} worker(s), "
@@ -58,7 +64,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     bad = [p for p in procs if not p.ok]
     for p in bad:
-        say(f"process {p.index} exited with {p.exit_code}; see {sv.log_path(p.index)}")
+        why = sv.last_error(p.index)
+        say(
+            f"process {p.index} exited with {p.exit_code}"
+            + (f": {why}" if why else "")
+            + f" (log: {sv.log_path(p.index)})"
+        )
     return 1 if bad else 0
 
 

@@ -174,3 +174,20 @@ def test_report_plots_a_sensor_with_alerts(tmp_path: Path) -> None:
     assert '"alerts": 2' in res.stdout and '"points": 200' in res.stdout
     res = _adctl("report", "--sensor", "nope", "--input", str(inp), "--out", str(out))
     assert res.returncode == 2 and "no readings or alerts" in res.stderr
+
+
+def test_run_shows_the_flows_own_error(tmp_path: Path) -> None:
+    res = _adctl("--state-dir", str(tmp_path), "run", "-e", "AD_WINDOW=hopping")
+    assert res.returncode == 2 and "AD_WINDOW=tumbling" in res.stderr
+    res = _adctl(
+        "--state-dir",
+        str(tmp_path),
+        "run",
+        "--wait",
+        "--timeout",
+        "60",
+        "-e",
+        "AD_SOURCE=file:///nowhere/*.jsonl",
+    )
+    assert res.returncode == 1
+    assert "exited with 2: no input file matches '/nowhere/*.jsonl'" in res.stderr

@@ -33,3 +33,32 @@ def test_demo_alerts_on_every_injected_anomaly() -> None:
         ]
         assert hits, f"no alert within 3 h after the {sensor} anomaly"
         assert all(0.0 <= a["score"] <= 1.0 and len(a["alert_id"]) == 32 for a in hits)
+    summary = proc.stderr.decode().split("\nsummary: ", 1)[1]
+    assert summary.startswith(f"{8 * 168 * 60 + 3:,} records read, {len(alerts)} alerts, 3 dead")
+    for sensor, (kind, _start, _end) in ANOMALIES.items():
+        assert f"  {sensor} {kind} from " in summary and "NOT alerted" not in summary
+    assert "other alerts (noise): " in summary
+
+
+def test_the_summary_warns_of_a_likely_cause(tmp_path) -> None:
+    """Epoch seconds read as milliseconds would land in 1970: the summary says why."""
+    rows = [
+        json.dumps({"sensor_id": "a", "timestamp": 1_767_225_600 + i * 60, "value": 1.0})
+        for i in range(50)
+    ]
+    (tmp_path / "in.jsonl").write_text("\n".join(rows) + "\n")
+    proc = subprocess.run(
+        [PY, "-m", "bytewax.run", "flows.detector"],
+        cwd=ROOT,
+        env=flow_env(
+            AD_SOURCE=f"file://{tmp_path}/in.jsonl",
+            AD_TIMESTAMP_UNIT="ms",
+            AD_DLQ=f"file://{tmp_path}/dlq.jsonl",
+        ),
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    err = proc.stderr.decode()
+    assert "summary: 50 records read, 0 alerts, 50 dead letters" in err
+    assert "warning: 100% of the records are dead letters" in err and "AD_TIMESTAMP_UNIT" in err

@@ -118,3 +118,30 @@ def test_secrets_never_print() -> None:
     s = load_settings({"AD_KAFKA_SASL_PASSWORD": "hunter2", "AD_KAFKA_SASL_USERNAME": "det"})
     assert s.kafka["sasl.password"] == "hunter2"
     assert "hunter2" not in repr(s) and "det" in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"AD_WINDOW": "hopping"}, "AD_WINDOW=tumbling"),
+        ({"AD_SINK": "kafka://127.0.0.1:1/alerts?connect_timeout=1s"}, "cannot reach Kafka"),
+        ({"AD_SINK": "file:///etc/hostname/alerts.jsonl"}, "is not a directory"),
+        ({"AD_SOURCE": "file:///nowhere/*.jsonl"}, "no input file matches"),
+    ],
+)
+def test_the_flow_exits_2_with_one_line_at_start_up(env: dict, needle: str) -> None:
+    import subprocess
+
+    from tests.flowrun import PY, ROOT, flow_env
+
+    proc = subprocess.run(
+        [PY, "-W", "ignore", "-m", "bytewax.run", "flows.detector"],
+        cwd=ROOT,
+        env=flow_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
