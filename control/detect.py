@@ -105,8 +105,9 @@ class PartResult:
 
 
 def detect_settings(settings: Settings, **overrides: Any) -> Settings:
-    """The flow settings as detection uses them: key groups by sensor, no snapshots."""
-    return replace(settings, key_by="sensor", metrics_port=0, **overrides)
+    """The flow settings as detection uses them: key groups by sensor, no snapshots, and
+    no reordering wait (detection sorts each sensor's readings by event time itself)."""
+    return replace(settings, key_by="sensor", metrics_port=0, reorder_wait=0.0, **overrides)
 
 
 def _code_digest() -> str:

@@ -145,7 +145,7 @@ def _months(ts_min: int, ts_max: int) -> list[tuple[str, int, int]]:
 
 
 def _out_for(out: str, label: str | None) -> str:
-    if label is None or "://" in out and not out.startswith("file://"):
+    if label is None or ("://" in out and not out.startswith("file://")):
         return out
     p = Path(out)
     return str(p.with_name(f"{p.stem}-{label}{p.suffix}"))

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["Engine", "EngineError", "Tasks", "call_task"]
+__all__ = ["Engine", "EngineError", "Tasks", "barrier", "call_task"]
 
 
 class EngineError(RuntimeError):
@@ -33,6 +33,11 @@ class Tasks:
 def call_task(fn: Callable[[Any], Any], item: Any, *_after: Any) -> Any:
     """Run one task; ``_after`` are the results of tasks it waited for (unused)."""
     return fn(item)
+
+
+def barrier(*_results: Any) -> None:
+    """A task that ends once all its arguments (other tasks' results) exist: a later
+    job's tasks wait for this one task, so the earlier results move once, not to each."""
 
 
 class Engine(ABC):

@@ -1,6 +1,7 @@
 """Dask: an embedded ``LocalCluster`` of single-threaded worker processes, or a
 running scheduler (``tcp://host:8786``). Tasks are futures with ``priority=`` and
-``retries=``; a job waits for another by taking its futures as arguments."""
+``retries=``; a job waits for another through a barrier task that takes the other
+job's futures as arguments, and which its own tasks take as an argument."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from control.engines.base import Engine, EngineError, Tasks, call_task
+from control.engines.base import Engine, EngineError, Tasks, barrier, call_task
 
 __all__ = ["DaskEngine"]
 
@@ -66,6 +67,8 @@ class DaskEngine(Engine):
         after: Sequence[Tasks] = (),
     ) -> Tasks:
         deps = [f for t in after for f in t.handles]
+        if deps:
+            deps = [self.client.submit(barrier, *deps, priority=priority, pure=False)]
         futs = [
             self.client.submit(
                 call_task,

@@ -1,6 +1,7 @@
 """Ray: a local runtime (``ray.init``) or a running cluster (``--address``). Tasks are
-Ray remote functions with ``max_retries``; a job waits for another by taking its
-object refs as arguments. Ray has no task priorities: a higher ``--priority`` job is
+Ray remote functions with ``max_retries``; a job waits for another through a barrier
+task that takes the other job's object refs as arguments, and which its own tasks take
+as an argument. Ray has no task priorities: a higher ``--priority`` job is
 only submitted first."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from control.engines.base import Engine, EngineError, Tasks, call_task
+from control.engines.base import Engine, EngineError, Tasks, barrier, call_task
 
 __all__ = ["RayEngine"]
 
@@ -23,6 +24,7 @@ class RayEngine(Engine):
         super().__init__(workers, address, retries)
         self._started = False
         self._remote: Any = None
+        self._barrier: Any = None
 
     def start(self) -> None:
         import ray
@@ -46,6 +48,7 @@ class RayEngine(Engine):
                 ) from None
             self._started = True
         self._remote = ray.remote(max_retries=self.retries, retry_exceptions=True)(call_task)
+        self._barrier = ray.remote(barrier)
 
     def workers(self) -> int:
         import ray
@@ -61,6 +64,8 @@ class RayEngine(Engine):
         after: Sequence[Tasks] = (),
     ) -> Tasks:
         deps = [r for t in after for r in t.handles]
+        if deps:
+            deps = [self._barrier.remote(*deps)]
         refs = [self._remote.remote(fn, item, *deps) for item in items]
         return Tasks(refs, len(refs), priority)
 
