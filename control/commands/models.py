@@ -181,8 +181,8 @@ def register(sub: Any) -> None:
     """Add this module's subcommands to ``adctl``'s subparsers ``sub``."""
     p = sub.add_parser(
         "retrain",
-        help="train per-key models on Dask and store a new version",
-        description="Read history, fit one model per key on Dask, store a "
+        help="train per-key models on Dask, Ray or Spark and store a new version",
+        description="Read history, fit one model per key on Dask (or --engine ray|spark), store a "
         "versioned artifact, announce it, and optionally push it live.",
     )
     opt(
@@ -217,7 +217,7 @@ def register(sub: Any) -> None:
         env="AD_DASK_WORKERS",
         default=2,
         type=int,
-        help="worker processes of the embedded LocalCluster",
+        help="workers of the embedded engine (LocalCluster processes, Ray/Spark cores)",
     )
     add_engine_options(p, dask_flags=False)  # issue 15: --engine, --address, --master
     opt(
