@@ -139,6 +139,7 @@ def run_flow(jsonl: Path, records: int) -> dict[str, Any]:
     """The streaming flow, 1 worker, file in -> file out."""
     from bytewax.testing import run_main
 
+    from connectors import make_sink
     from flows import detector
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,7 +147,7 @@ def run_flow(jsonl: Path, records: int) -> dict[str, Any]:
         s = _settings(
             AD_SOURCE=f"file://{jsonl}", AD_SINK=f"file://{out}", AD_DLQ=f"file://{tmp}/dlq"
         )
-        flow = detector.build_flow(s)
+        flow = detector.build_flow(s, dlq=make_sink(s.dlq, s.connector_context()))
         t0 = time.perf_counter()
         run_main(flow)
         seconds = time.perf_counter() - t0

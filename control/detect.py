@@ -57,7 +57,8 @@ FLOW_CODE = (
 
 class RowRef(int):
     """A reading's row in its partition, standing in for the RawRecord the flow keeps
-    per reading; made into one only for a dead letter (a record too far in the future)."""
+    per reading; made into one only for a dead letter (a reading the flow's clock rules
+    refuse)."""
 
     __slots__ = ()
 

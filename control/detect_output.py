@@ -84,7 +84,7 @@ def _sink(alerts: list[tuple[str, str, bytes]], url: str, settings: Settings) ->
     flow = Dataflow("adctl-detect-out")
     items = [(sid, OutRecord(aid, sid, body)) for sid, aid, body in alerts]
     stream = op.input("alerts", flow, TestingSource(items, batch_size=1000))
-    op.output("alerts-out", stream, make_sink(url, settings))
+    op.output("alerts-out", stream, make_sink(url, settings.connector_context()))
     run_main(flow)
 
 
