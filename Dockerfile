@@ -8,7 +8,6 @@ COPY state state
 COPY control control
 COPY schemas schemas
 COPY detectors detectors
-COPY benchmarks benchmarks
 COPY docker/entrypoint.sh /usr/local/bin/ad-entrypoint
 # A C compiler only while installing: the per-record modules are compiled (setup.py).
 # The sources are removed afterwards, so the flow imports the installed (compiled)

@@ -23,6 +23,7 @@ the process and all its descendants (engine workers, the Spark JVM), sampled eve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -59,10 +60,8 @@ class PeakRSS:
         while not self._stop.is_set():
             total = 0
             for p in [self.proc, *self.proc.children(recursive=True)]:
-                try:
+                with contextlib.suppress(psutil.Error):
                     total += p.memory_info().rss
-                except psutil.Error:
-                    pass
             self.peak = max(self.peak, total)
             self._stop.wait(0.1)
 
@@ -77,7 +76,8 @@ class PeakRSS:
 
 def make_data(records: int, sensors: int, out: Path) -> tuple[Path, Path]:
     """Parquet and JSON-lines files of the same readings, time-major (as a live stream
-    delivers them): sine-like values with noise and rare spikes."""
+    delivers them): sine-like values with noise and rare spikes.
+    """
     import orjson
     import pyarrow as pa
     import pyarrow.parquet as pq

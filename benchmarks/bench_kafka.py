@@ -7,6 +7,7 @@ own process and prints one JSON line (used by benchmarks.throughput).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -105,17 +106,16 @@ def delete_topics(brokers: str, topics: list[str]) -> None:
         return
     admin = AdminClient({"bootstrap.servers": brokers})
     for fut in admin.delete_topics(topics, operation_timeout=30).values():
-        try:
+        with contextlib.suppress(Exception):  # best-effort cleanup
             fut.result()
-        except Exception:  # noqa: BLE001 - best-effort cleanup
-            pass
 
 
 def ceiling(brokers: str, src: str, dst: str, batch: int) -> dict[str, Any]:
     """Raw consume -> produce of every record of ``src`` (batch consume, no processing),
     with the flow source's consumer settings (one consumer for all partitions) and the
     flow sink's producer settings (less transactions). Timed from the first record read
-    to the last one delivered."""
+    to the last one delivered.
+    """
     c = Consumer(
         {
             "bootstrap.servers": brokers,
@@ -162,7 +162,8 @@ def ceiling(brokers: str, src: str, dst: str, batch: int) -> dict[str, Any]:
 
 class Watcher(threading.Thread):
     """Reads ``topic`` read_committed from the beginning and timestamps every record
-    when it becomes visible: ``seen`` is a list of (wall time, parsed JSON body)."""
+    when it becomes visible: ``seen`` is a list of (wall time, parsed JSON body).
+    """
 
     def __init__(self, brokers: str, topic: str) -> None:
         super().__init__(daemon=True)
@@ -208,7 +209,8 @@ def paced_produce(
     tick: float = 0.01,
 ) -> None:
     """Produce ``payloads`` at ``rate`` records/s in ticks; ``times[i]`` gets the wall time
-    at which record ``i`` was handed to the producer (to within one tick's work)."""
+    at which record ``i`` was handed to the producer (to within one tick's work).
+    """
     p = producer(brokers, **{"linger.ms": 5, "enable.idempotence": False})
     per_tick = max(1, int(rate * tick))
     t0 = time.time()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -72,7 +73,8 @@ class Flow:
     """A ``python -m bytewax.run`` execution: ``processes`` processes x ``workers`` workers.
 
     After ``wait``: ``ended`` (last exit), ``cpu_s`` (user+sys of all processes) and
-    ``peak_rss`` (sum of each process's peak RSS)."""
+    ``peak_rss`` (sum of each process's peak RSS).
+    """
 
     def __init__(
         self,
@@ -158,17 +160,13 @@ class Flow:
             while not self.poll() and time.monotonic() < deadline:
                 time.sleep(0.1)
             for p in self.procs:  # and nothing of the group outlives it
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         if self.code is None:
             for p in self.procs:
                 if p.pid not in self._done:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.killpg(p.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
             while not self.poll():
                 time.sleep(0.01)
 
@@ -256,6 +254,8 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, poll: float = 
 
 # -- the sections ----------------------------------------------------------------------
 class Bench:
+    """One throughput benchmark run: its topics, work directory and flow processes."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.a = args
         self.brokers = args.brokers
@@ -294,7 +294,8 @@ class Bench:
     # 1-3 -------------------------------------------------------------------------------
     def throughput(self) -> None:
         """Each run ``--repeat`` times, rounds interleaved (so noise from other work on
-        the machine hits every run alike); a row is the median round, ``runs`` all."""
+        the machine hits every run alike); a row is the median round, ``runs`` all.
+        """
         a = self.a
         src = self.topic("in", a.partitions)
         t = time.perf_counter()
@@ -529,7 +530,8 @@ class Bench:
         detector state. "Caught up" is detected with probes: per input partition a probe
         sensor whose watermark is 10 minutes ahead, then probe records behind it, which
         are late and go to the dead-letter topic as soon as everything before them in
-        the partition is processed and committed."""
+        the partition is processed and committed.
+        """
         a = self.a
         keys = a.recovery_keys
         src = self.topic("state", a.partitions)

@@ -45,6 +45,7 @@ class RawRecord(tuple):
     def __new__(
         cls, value: bytes | None, source: str, partition: str, offset: str, key: bytes | None = None
     ) -> RawRecord:
+        """Build a record from its fields (``key`` defaults to None)."""
         return tuple.__new__(cls, (value, source, partition, offset, key))
 
     def __getnewargs__(self) -> tuple:
@@ -83,7 +84,8 @@ class MessageBatch:
     a model switch's origin, a hop to another process). Iterating yields RawRecords, so
     it reads like a ``list[RawRecord]``. ``group`` names the key group of the batch's
     input partition (:func:`connectors.placement.partition_group`), where the source
-    knows it."""
+    knows it.
+    """
 
     __slots__ = ("values", "items", "source", "group")
 
@@ -124,6 +126,7 @@ class SourceURL:
 
     @property
     def hostport(self) -> str:
+        """``host:port``, or just the host when the URL names no port."""
         return f"{self.host}:{self.port}" if self.port else self.host
 
     @property
@@ -243,6 +246,7 @@ def parse_url(raw: str) -> SourceURL:
 
 
 def parse_bool(text: str | None, default: bool = False) -> bool:
+    """Parse a boolean parameter (1/true/yes/on, 0/false/no/off); empty means ``default``."""
     if text is None or text == "":
         return default
     low = text.lower()

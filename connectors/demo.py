@@ -130,14 +130,17 @@ class DemoSource(FixedPartitionedSource[list[RawRecord], int]):
         self._batch = batch
 
     def list_parts(self) -> list[str]:
+        """One partition per generator shard."""
         return [str(p) for p in range(self._parts)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _DemoPartition:
+        """The generator for shard ``for_part``, resumed at record ``resume_state``."""
         recs = demo_records(int(for_part), self._parts, *self._args)
         return _DemoPartition(for_part, recs, resume_state, self._batch)
 
 
 def source_from_url(url: SourceURL, ctx: ConnectorContext) -> DemoSource:
+    """Demo source from a ``demo://`` URL (sensors, hours, step, seed, …)."""
     return DemoSource(
         sensors=url.int("sensors", 8, minimum=1),
         hours=url.float("hours", 168.0),

@@ -105,7 +105,7 @@ class _FileSourcePartition(StatefulSourcePartition[list[RawRecord], FilePos]):
         """Move on to the next input file; False when this was the last."""
         if self._idx + 1 >= len(self._paths):
             return False
-        assert self._f is not None
+        assert self._f is not None  # noqa: S101 - narrowing: a file is open until close()
         self._f.close()
         self._idx, self._pos, self._line = self._idx + 1, 0, 0
         self._open_current()
@@ -197,7 +197,8 @@ class FileSource(FixedPartitionedSource[list[RawRecord], FilePos]):
 
 def _partition_names(paths: list[Path], parallel: bool) -> dict[str, list[Path]]:
     """Partition name -> its files. Names are unique even for equal file names in
-    different folders (the shortest distinguishing path suffix)."""
+    different folders (the shortest distinguishing path suffix).
+    """
     if not parallel:
         return {paths[0].name if len(paths) == 1 else "files": paths}
     depth = 1
@@ -210,7 +211,8 @@ def _partition_names(paths: list[Path], parallel: bool) -> dict[str, list[Path]]
 
 def expand_inputs(spec: str) -> list[Path]:
     """The files a file URL's path names: comma-separated files, globs and directories,
-    each sorted, duplicates dropped. Raises ``ValueError`` naming what matched nothing."""
+    each sorted, duplicates dropped. Raises ``ValueError`` naming what matched nothing.
+    """
     out: list[Path] = []
     for item in (s for s in spec.split(",") if s):
         if any(c in item for c in "*?["):

@@ -73,8 +73,9 @@ log = logging.getLogger(__name__)
 
 def _message_to_raw(m: Message) -> RawRecord:
     """A consumed message as the RawRecord the source used to build for it."""
+    topic: str = m.topic()  # type: ignore[assignment]  # set on every consumed record
     return tuple.__new__(
-        RawRecord, (m.value(), "kafka:" + m.topic(), str(m.partition()), str(m.offset()), m.key())
+        RawRecord, (m.value(), "kafka:" + topic, str(m.partition()), str(m.offset()), m.key())
     )
 
 
@@ -122,7 +123,7 @@ def ensure_topic(
         time.sleep(0.1)
 
 
-class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[int, str]]):
+class _KafkaSourcePartition(StatefulSourcePartition[MessageBatch, tuple[int, str]]):
     def __init__(
         self,
         conf: dict[str, Any],
@@ -161,7 +162,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[in
         out = [m for m in msgs if m.error() is None]
         if len(out) == len(msgs):  # the common case: no error or end-of-partition event
             if out:
-                self._offset = out[-1].offset() + 1
+                self._offset = out[-1].offset() + 1  # type: ignore[operator]  # set on records
         else:
             out = self._with_errors(msgs)
         if self._stop_at is not None and not out and self._offset >= self._stop_at:
@@ -183,7 +184,8 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[in
 
     def _with_errors(self, msgs: list[Message]) -> list[Message]:
         """The records of a consume that also returned errors or end-of-partition events,
-        with the resume offset kept right around them."""
+        with the resume offset kept right around them.
+        """
         out: list[Message] = []
         last = -1  # offset of the last record kept and not yet in self._offset
         for msg in msgs:
@@ -193,8 +195,9 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[in
                     self._offset = last + 1
                     last = -1
                 if err.code() == KafkaError._PARTITION_EOF:
-                    if msg.offset() is not None and msg.offset() > self._offset:
-                        self._offset = msg.offset()
+                    eof = msg.offset()
+                    if eof is not None and eof > self._offset:
+                        self._offset = eof
                     continue
                 if err.retriable() or err.code() in (
                     KafkaError._TRANSPORT,
@@ -203,7 +206,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[in
                     log.warning("kafka source %s/%s: %s", self._topic, self._part, err)
                     continue
                 raise RuntimeError(f"error consuming Kafka {self._topic}/{self._part}: {err}")
-            last = msg.offset()
+            last = msg.offset()  # type: ignore[assignment]  # set on records
             out.append(msg)
         if last >= 0:
             self._offset = last + 1
@@ -219,15 +222,15 @@ class _KafkaSourcePartition(StatefulSourcePartition[list[MessageBatch], tuple[in
         self._consumer.close()
 
 
-class KafkaSource(FixedPartitionedSource[list[MessageBatch], tuple[int, str]]):
+class KafkaSource(FixedPartitionedSource[MessageBatch, tuple[int, str]]):
     """Read topics in batches; one Bytewax partition per Kafka partition.
 
     Resume state: ``(offset, group)``: the offset of the next record to read in that
     partition, and the key-group name of the partition
     (:func:`connectors.placement.partition_group`, fixed when the partition is first
-    read, so it survives rescaling and added partitions). A bare ``int`` offset, as
-    earlier versions wrote, is read too. Offsets live only in Bytewax snapshots;
-    nothing is committed to Kafka.
+    read, so it survives rescaling and added partitions). A bare ``int`` offset (the
+    state format before key groups by partition) is read too. Offsets live only in
+    Bytewax snapshots; nothing is committed to Kafka.
     Emits one item per poll: a :class:`MessageBatch` (up to ``batch_size`` records; it
     iterates as RawRecords; ``group`` is the partition's key-group name).
     With ``tail=False`` each partition stops at the end offset it had when the
@@ -259,6 +262,7 @@ class KafkaSource(FixedPartitionedSource[list[MessageBatch], tuple[int, str]]):
         self._parts: list[str] | None = None
 
     def list_parts(self) -> list[str]:
+        """One partition per ``topic#partition`` of the configured topics."""
         return [
             f"{t}#{p}"
             for t in self._topics
@@ -268,6 +272,7 @@ class KafkaSource(FixedPartitionedSource[list[MessageBatch], tuple[int, str]]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: tuple[int, str] | int | None
     ) -> _KafkaSourcePartition:
+        """A consumer of one topic partition, resumed at the saved offset."""
         topic, part = for_part.rsplit("#", 1)
         group = ""
         if not isinstance(resume_state, tuple):  # name the group once, from today's rank
@@ -367,10 +372,10 @@ class _TxnSinkPartition(StatefulSinkPartition[OutRecord, int]):
                             done = True
                             continue
                         raise RuntimeError(f"read-back of {self._topic}/{self._part}: {err}")
-                    for k, v in msg.headers() or ():
+                    for k, v in msg.headers() or ():  # type: ignore[str-unpack]  # (key, value) pairs
                         if k == ID_HEADER:
-                            ids.add(v.decode())
-                    if msg.offset() + 1 >= high:
+                            ids.add(v.decode())  # type: ignore[union-attr]  # our header: bytes
+                    if msg.offset() + 1 >= high:  # type: ignore[operator]  # set on records
                         done = True
         c.close()
         if ids:
@@ -475,15 +480,18 @@ class ExactlyOnceKafkaSink(FixedPartitionedSink[OutRecord, int]):
         self._extra = dict(extra or {})
 
     def list_parts(self) -> list[str]:
+        """One partition per partition of the output topic (created if missing)."""
         ensure_topic(self._brokers, self._topic, self._partitions, self._extra)
         return [f"{p:05d}" for p in _topic_partitions(self._brokers, self._topic, self._extra)]
 
     def part_fn(self, item_key: str) -> int:
+        """Spread keys over partitions by CRC32 of the key."""
         return zlib.crc32(item_key.encode())
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: int | None
     ) -> _TxnSinkPartition:
+        """A transactional producer for one output partition."""
         part = int(for_part)
         txn_id = f"{self._flow_id}.{step_id}.{self._topic}.{part}"
         return _TxnSinkPartition(
@@ -493,7 +501,8 @@ class ExactlyOnceKafkaSink(FixedPartitionedSink[OutRecord, int]):
 
 def check_reachable(url: SourceURL, ctx: ConnectorContext, role: str) -> None:
     """Fail at start-up, within ``?connect_timeout=`` (default 10 s), when no broker of
-    ``url`` answers: one line naming the URL (secrets redacted) and what to check."""
+    ``url`` answers: one line naming the URL (secrets redacted) and what to check.
+    """
     timeout = url.duration("connect_timeout", "10s")
     try:
         conf = {**client_config(url.hostport, dict(ctx.kafka)), "log_level": 0}

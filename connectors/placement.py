@@ -87,7 +87,8 @@ def part_rank(part: str, parts: list[str]) -> int:
 @lru_cache(maxsize=4096)
 def partition_group(part: str, rank: int) -> str:
     """The key-group name for the input partition ``part`` of ``rank``: it lives on the
-    worker that reads the partition, for every worker count dividing ``MODULUS``."""
+    worker that reads the partition, for every worker count dividing ``MODULUS``.
+    """
     want = rank % MODULUS
     n = 0
     while True:

@@ -14,12 +14,12 @@ Source
       its queue: it never waits.
     * Messages emitted between two ``snapshot()`` calls form one group; a group is acked in
       the ``ack_lag``-th snapshot after the one that recorded it (default 2). Bytewax
-      writes an epoch's snapshots and commits the epoch right after the epoch closes (we
-      measured ~0.1 s after ``snapshot()`` with 1 s epochs), so by then the group's epoch is
-      committed: a crash can no longer resume before it. ``ack_lag=1`` is the minimum.
-      This rests on that measured behaviour, not on a Bytewax API promise (a source is
-      not told when an epoch is committed); a larger ``ack_lag`` widens the margin at the
-      cost of longer leases.
+      writes an epoch's snapshots and commits the epoch right after the epoch closes, well
+      within the next snapshot interval, so by then the group's epoch is committed: a
+      crash can no longer resume before it. ``ack_lag=1`` is the minimum. This rests on
+      Bytewax's observed behaviour, not on an API promise (a source is not told when an
+      epoch is committed); a larger ``ack_lag`` widens the margin at the cost of longer
+      leases.
     * Resume state ``{"pending": [message keys emitted, not yet acked],
       "acked": {message key: ack time}}`` (acked keys are kept ``dedup`` seconds, default
       60, at least ``lease``); a message key is ``<message id>@<publish time>``. After
@@ -111,7 +111,8 @@ class _Msg(TypedDict):
 
 def _dedup_key(msg: Any) -> str:
     """Message id plus publish time: a redelivery keeps both; the emulator, which starts
-    numbering message ids from 1 again after a restart, gives new messages a new time."""
+    numbering message ids from 1 again after a restart, gives new messages a new time.
+    """
     t = msg.publish_time
     return f"{msg.message_id}@{t.timestamp():.6f}" if t else msg.message_id
 
@@ -265,7 +266,7 @@ class _PubSubPartition(StatefulSourcePartition[list[RawRecord], PubSubState]):
         if idle_exit is not None and state is not None:
             # After a crash the messages the dead process held come back only when their
             # lease lapses: do not call the subscription idle before that.
-            self._first_idle = max(idle_exit, lease + 2.0)
+            self._first_idle: float | None = max(idle_exit, lease + 2.0)
         else:
             self._first_idle = idle_exit
         now = time.time()
@@ -367,11 +368,13 @@ class PubSubSource(FixedPartitionedSource[list[RawRecord], PubSubState]):
         self._max = max_outstanding
 
     def list_parts(self) -> list[str]:
+        """One partition: the subscription."""
         return [self._name]
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: PubSubState | None
     ) -> _PubSubPartition:
+        """A puller of the subscription, resumed from the saved state."""
         puller = _Puller(
             subscriber_client(self._emulator), self._path, self._batch, self._lease, self._max
         )
@@ -461,9 +464,11 @@ class PubSubSink(FixedPartitionedSink[OutRecord, None]):
         self._retry_for = retry_for
 
     def list_parts(self) -> list[str]:
+        """The configured number of publisher partitions."""
         return [str(i) for i in range(self._parts)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _PubSubSinkPartition:
+        """A publisher partition with its own client."""
         return _PubSubSinkPartition(
             publisher_client(self._emulator), self._topic, self._flow_id, self._retry_for
         )

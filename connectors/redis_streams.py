@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -93,7 +94,8 @@ class _RedisStreamPartition(StatefulSourcePartition[list[RawRecord], str]):
         if self._done():
             raise StopIteration
         try:
-            resp = self._client.xread({self._stream: self._last_id}, count=self._count)
+            # [(stream, [(id, {field: value})])], all bytes (the client does not decode)
+            resp: Any = self._client.xread({self._stream: self._last_id}, count=self._count)
         except _TRANSIENT as exc:
             self._failures += 1
             delay = min(0.05 * 2**self._failures, 2.0)
@@ -174,15 +176,17 @@ class RedisStreamSource(FixedPartitionedSource[list[RawRecord], str]):
         self._poll = poll
 
     def list_parts(self) -> list[str]:
+        """One partition per stream."""
         return list(self._streams)
 
     def _last_present(self, client: redis.Redis, stream: str) -> str:
-        entries = client.xrevrange(stream, count=1)
+        entries: Any = client.xrevrange(stream, count=1)  # [(id bytes, fields)]
         return entries[0][0].decode() if entries else "0-0"
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: str | None
     ) -> _RedisStreamPartition:
+        """A reader of one stream, resumed after the saved entry id."""
         client = _client(self._host, self._port, self._db, self._password)
         if resume_state is not None:
             last_id = resume_state
@@ -292,11 +296,13 @@ class RedisStreamSink(FixedPartitionedSink[OutRecord, None]):
         self._retry_for = retry_for
 
     def list_parts(self) -> list[str]:
+        """The configured number of writer partitions."""
         return [str(i) for i in range(self._parts)]
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: None
     ) -> _RedisStreamSinkPartition:
+        """A writer partition with its own Redis client."""
         client = _client(self._host, self._port, self._db, self._password)
         return _RedisStreamSinkPartition(
             client, self._stream, self._prefix, self._ttl, self._maxlen, self._retry_for

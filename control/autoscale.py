@@ -29,6 +29,7 @@ class PolicyConfig:
     step: int = 1
 
     def validate(self) -> None:
+        """Raise ``ValueError`` when the bounds or thresholds are inconsistent."""
         if not 1 <= self.min_workers <= self.max_workers:
             raise ValueError("need 1 <= min_workers <= max_workers")
         if not 0 <= self.down_threshold < self.up_threshold:
@@ -59,6 +60,7 @@ class Decision:
 
     @property
     def changes(self) -> bool:
+        """Whether the decision changes the worker count."""
         return self.target != self.workers
 
 
@@ -73,6 +75,7 @@ class AutoscalePolicy:
         self.window: deque[tuple[float, float]] = deque()
 
     def load(self, s: Sample) -> float | None:
+        """The sample's load: the larger of lag / ``lag_high`` and CPU; None without either."""
         parts = []
         if s.lag is not None:
             parts.append(max(0.0, s.lag) / self.cfg.lag_high)

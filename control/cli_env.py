@@ -1,5 +1,6 @@
 """adctl's options: flags whose defaults come from ``AD_*`` variables, shared option
-groups and argument converters, and the environment handed to flow processes."""
+groups and argument converters, and the environment handed to flow processes.
+"""
 
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ def opt(
     **kw: Any,
 ) -> None:
     """Add a flag whose default comes from environment variable ``env``; for a flow
-    setting (``AD_DETECTOR``, …) without an explicit ``default``, the flow's declared one."""
+    setting (``AD_DETECTOR``, …) without an explicit ``default``, the flow's declared one.
+    """
     ADCTL_ENV.add(env)
     if default is None:
         default = declared_default(env)
@@ -89,7 +91,13 @@ def opt(
             **kw,
         )
     else:
-        p.add_argument(*flags, default=_env_default(env, default, type), type=type, help=text, **kw)
+        p.add_argument(
+            *flags,
+            default=_env_default(env, default, type),
+            type=type,  # type: ignore[arg-type]  # None is argparse's default (str)
+            help=text,
+            **kw,
+        )
 
 
 def _flow_keys() -> set[str]:
@@ -148,6 +156,7 @@ def bootstrap_of(args: argparse.Namespace) -> str | None:
 
 
 def add_field_options(p: argparse.ArgumentParser) -> None:
+    """Add the record field and event-time range options to ``p``."""
     opt(p, "--key-field", env="AD_KEY_FIELD", default="sensor_id", help="record key field")
     opt(p, "--time-field", env="AD_TIME_FIELD", default="timestamp", help="event-time field")
     opt(p, "--value-field", env="AD_VALUE_FIELD", default="value", help="value field")

@@ -58,7 +58,8 @@ FLOW_CODE = (
 class RowRef(int):
     """A reading's row in its partition, standing in for the RawRecord the flow keeps
     per reading; made into one only for a dead letter (a reading the flow's clock rules
-    refuse)."""
+    refuse).
+    """
 
     __slots__ = ()
 
@@ -95,7 +96,8 @@ class DetectTask:
 @dataclass
 class PartResult:
     """A partition's output: alerts as ``(sensor_id, alert_id, JSON body)`` in sensor
-    then window order, dead letters as JSON bodies, and counters."""
+    then window order, dead letters as JSON bodies, and counters.
+    """
 
     index: int
     key: str
@@ -107,7 +109,8 @@ class PartResult:
 
 def detect_settings(settings: Settings, **overrides: Any) -> Settings:
     """The flow settings as detection uses them: key groups by sensor, no snapshots, and
-    no reordering wait (detection sorts each sensor's readings by event time itself)."""
+    no reordering wait (detection sorts each sensor's readings by event time itself).
+    """
     return replace(settings, key_by="sensor", metrics_port=0, reorder_wait=0.0, **overrides)
 
 
@@ -142,7 +145,8 @@ def config_digest(settings: Settings) -> str:
 
 def split_partitions(r: Readings, partitions: int) -> list[Partition]:
     """Readings split by ``key_group(sensor)`` into ``partitions``, each sorted by sensor
-    and event time, with a content digest. Empty partitions are left out."""
+    and event time, with a content digest. Empty partitions are left out.
+    """
     names, codes = r.names, r.codes
     group_of_name = np.fromiter(
         (int(key_group(n, partitions)) for n in names.tolist()), dtype=np.int32, count=len(names)
@@ -238,18 +242,20 @@ class ResultCache:
         return self.dir / key[:2] / f"{key}.pkl"
 
     def get(self, key: str) -> PartResult | None:
+        """The cached result of ``key``, or ``None`` (missing or unreadable)."""
         try:
             data = self._path(key).read_bytes()
         except FileNotFoundError:
             return None
         try:
-            res: PartResult = pickle.loads(data)
+            res: PartResult = pickle.loads(data)  # noqa: S301 - our own cache entry
         except Exception:  # noqa: BLE001 - a damaged entry is recomputed
             return None
         res.cached = True
         return res
 
     def put(self, res: PartResult) -> None:
+        """Store ``res`` under its key."""
         path = self._path(res.key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -29,7 +29,8 @@ class OutputError(ValueError):
 
 def alerts_of(results: Iterable[PartResult]) -> list[tuple[str, str, bytes]]:
     """Every alert of ``results`` as ``(sensor_id, alert_id, body)``, by sensor, each
-    sensor's in window order."""
+    sensor's in window order.
+    """
     alerts = [a for r in results for a in r.alerts]
     alerts.sort(key=lambda a: a[0])  # stable: windows stay in order
     return alerts

@@ -70,7 +70,8 @@ def parse_time(value: Any, unit: str = "auto") -> float:
     """Epoch seconds of a history record's time, read as the flow reads it
     (``schemas.timestamps``: RFC 3339, or a number whose ``unit`` is given or, with
     ``auto``, follows from its magnitude); text without an offset and datetimes without
-    a zone are UTC. Raises ``ValueError``."""
+    a zone are UTC. Raises ``ValueError``.
+    """
     if hasattr(value, "timestamp") and not isinstance(value, (int, float, str)):
         dt = value if value.tzinfo else value.replace(tzinfo=UTC)  # datetime / pandas
         return float(dt.timestamp())
@@ -139,20 +140,22 @@ def _kafka_records(
             for m in msgs:
                 if m.error():
                     raise HistoryError(f"Kafka read error: {m.error()}")
-                tp = (m.topic(), m.partition())
-                if tp in done or m.offset() >= ends[tp]:
+                # topic, partition and offset are set on every record (not on errors)
+                tp: tuple[str, int] = (m.topic(), m.partition())  # type: ignore[assignment]
+                off: int = m.offset()  # type: ignore[assignment]
+                if tp in done or off >= ends[tp]:
                     done.add(tp)
                     continue
-                if m.offset() >= ends[tp] - 1:
+                if off >= ends[tp] - 1:
                     done.add(tp)
                 yield from _decode_value(m.value(), stats)
             if msgs:
                 idle = 0
                 continue
             pending = [TopicPartition(t, p) for (t, p) in ends if (t, p) not in done]
-            for tp in consumer.position(pending):
-                if tp.offset >= ends[(tp.topic, tp.partition)]:
-                    done.add((tp.topic, tp.partition))
+            for pos in consumer.position(pending):
+                if pos.offset >= ends[(pos.topic, pos.partition)]:
+                    done.add((pos.topic, pos.partition))
             idle += 1
             # read_committed may end below the high watermark (transaction markers,
             # aborted or open transactions): after 5 s without records, the range is read.

@@ -36,7 +36,8 @@ __all__ = ["Readings", "read_readings"]
 @dataclass
 class Readings:
     """Valid readings in input order, as columns; sensor ids as codes into ``names``
-    (sorted), so no string object exists per reading."""
+    (sorted), so no string object exists per reading.
+    """
 
     names: np.ndarray  # object: str, sorted, unique
     codes: np.ndarray  # int32 index into names
@@ -49,6 +50,7 @@ class Readings:
         return len(self.ts)
 
     def select(self, mask: np.ndarray) -> Readings:
+        """The readings where ``mask`` is true."""
         return Readings(
             self.names,
             self.codes[mask],
@@ -131,7 +133,8 @@ def _parquet(
     table: Any, f: Fields, cols: _Cols, stats: ReadStats, unit: str, earliest: int
 ) -> None:
     """Columns of a Parquet table, checked without a Python object per row where the
-    types allow (string ids, integer-millisecond or timestamp times, numeric values)."""
+    types allow (string ids, integer-millisecond or timestamp times, numeric values).
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -185,7 +188,8 @@ def _parquet(
 
 def _to_ms(numbers: np.ndarray, unit: str) -> np.ndarray:
     """``schemas.timestamps.to_millis`` over an array of numbers (before its range check):
-    with unit ``auto``, the same magnitudes decide (``schemas.timestamps.unit_of``)."""
+    with unit ``auto``, the same magnitudes decide (``schemas.timestamps.unit_of``).
+    """
     scale = {"s": 1000.0, "ms": 1.0, "us": 0.001, "ns": 0.000001}
     if unit != "auto":
         return numbers * scale[unit]
@@ -265,7 +269,8 @@ def read_readings(
 ) -> Readings:
     """Every valid reading of ``sources`` (in source order) within ``[since, until)``;
     timestamps read as the flow reads them with ``AD_TIMESTAMP_UNIT`` and
-    ``AD_EARLIEST_TIME`` (``timestamp_unit``, ``earliest_ms``)."""
+    ``AD_EARLIEST_TIME`` (``timestamp_unit``, ``earliest_ms``).
+    """
     fields = fields or Fields()
     clock = (timestamp_unit, earliest_ms)
     stats = ReadStats()

@@ -69,6 +69,7 @@ class JobRecord:
 
     @property
     def duration(self) -> float | None:
+        """Seconds from the first task's start to the last one's end (or now)."""
         if self.started is None:
             return None
         return (self.finished or time.time()) - self.started
@@ -81,12 +82,14 @@ class JobStore:
         self.dir = directory / "jobs"
 
     def save(self, rec: JobRecord) -> None:
+        """Write ``rec`` (atomically)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{rec.id}.tmp"
         tmp.write_text(json.dumps(asdict(rec), sort_keys=True))
         os.replace(tmp, self.dir / f"{rec.id}.json")
 
     def list(self) -> list[JobRecord]:
+        """Every job record, oldest first."""
         out = []
         for p in sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []:
             data = json.loads(p.read_text())
@@ -99,7 +102,8 @@ class JobStore:
 class Job:
     """One job to run. ``kind`` "detect": ``readings`` through the flow's logic, alerts
     to ``output`` (a callable given the results); "retrain": per-key models of
-    ``readings`` (``on_done`` gets ``{key: model}``)."""
+    ``readings`` (``on_done`` gets ``{key: model}``).
+    """
 
     name: str
     kind: str
@@ -166,7 +170,8 @@ def run_jobs(
     progress: Progress | None = None,
 ) -> list[Job]:
     """Submit every job to ``engine`` (dependencies as engine dependencies), collect
-    the results in submission order, record each job; returns the jobs in that order."""
+    the results in submission order, record each job; returns the jobs in that order.
+    """
     ordered = _order(jobs)
     batch = uuid.uuid4().hex[:8]
     handles: dict[str, Tasks] = {}
@@ -215,8 +220,8 @@ def run_jobs(
         store.save(rec)
     done_records = 0
     for job in ordered:
+        assert job.record is not None  # noqa: S101 - narrowing: set when submitted above
         rec = job.record
-        assert rec is not None
         rec.state, rec.started = "running", time.time()
         store.save(rec)
         items, results = pending[job.name]

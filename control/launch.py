@@ -36,7 +36,8 @@ def free_ports(n: int) -> list[int]:
 
 def clean_env(root: Path, drop: tuple[str, ...] = ("AD_",), **overrides: str) -> dict[str, str]:
     """An environment for a flow subprocess: this one without variables starting with
-    ``drop`` (stray ``AD_*`` settings of the caller), importing from ``root``."""
+    ``drop`` (stray ``AD_*`` settings of the caller), importing from ``root``.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env["PYTHONPATH"] = str(root)
     env["PYTHONUNBUFFERED"] = "1"

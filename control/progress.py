@@ -10,6 +10,7 @@ __all__ = ["Progress", "say"]
 
 
 def say(msg: str) -> None:
+    """Print an ``adctl:`` message on stderr."""
     print(f"adctl: {msg}", file=sys.stderr, flush=True)
 
 
@@ -25,6 +26,7 @@ class Progress:
         self.last = 0.0
 
     def __call__(self, done: int, total: int) -> None:
+        """Report ``done`` of ``total``."""
         if self.mode == "none":
             return
         if self.mode == "bar":

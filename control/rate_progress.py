@@ -1,5 +1,6 @@
 """Progress of work measured in records: a tqdm bar with records/s and ETA on a
-terminal, else a line per second with the same figures."""
+terminal, else a line per second with the same figures.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class RateProgress:
         self.last = 0.0
 
     def __call__(self, done: int, total: int) -> None:
+        """Show ``done`` of ``total`` records."""
         if self.mode == "none":
             return
         if self.mode == "bar":

@@ -94,7 +94,8 @@ def plot_report(
         times = (np.round(series.timestamps * 1000).astype(np.int64)).astype("datetime64[ms]")
         ax.plot(times, series.values, lw=0.9, color="#1f77b4", label=f"{sensor} value")
     versions = sorted({a.model_version for a in alerts if a.model_version})
-    colors = dict(zip(versions, plt.get_cmap("tab10").colors[1:], strict=False))
+    tab10 = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]  # a ListedColormap
+    colors: dict[str | None, Any] = dict(zip(versions, tab10[1:], strict=False))
     labelled: set[str | None] = set()
     for a in alerts:
         color = colors.get(a.model_version, "#d62728")
@@ -102,16 +103,20 @@ def plot_report(
         lbl = label if a.model_version not in labelled else None
         labelled.add(a.model_version)
         if a.start is not None and a.end is not None and a.end > a.start:
-            ax.axvspan(
-                np.datetime64(int(a.start * 1000), "ms"),
-                np.datetime64(int(a.end * 1000), "ms"),
+            ax.axvspan(  # matplotlib's date units take datetime64 (its stubs say float)
+                np.datetime64(int(a.start * 1000), "ms"),  # type: ignore[arg-type]
+                np.datetime64(int(a.end * 1000), "ms"),  # type: ignore[arg-type]
                 color=color,
                 alpha=0.25,
                 label=lbl,
             )
         else:
             ax.axvline(
-                np.datetime64(int(a.t * 1000), "ms"), color=color, alpha=0.7, lw=1.2, label=lbl
+                np.datetime64(int(a.t * 1000), "ms"),  # type: ignore[arg-type]  # as above
+                color=color,
+                alpha=0.7,
+                lw=1.2,
+                label=lbl,
             )
     ax.set_title(f"sensor {sensor}: {n_points} readings, {len(alerts)} alerts")
     ax.set_xlabel("event time (UTC)")

@@ -33,6 +33,7 @@ class FlowSnapshot:
 
     @property
     def total_lag(self) -> float | None:
+        """Summed consumer lag over all partitions; None when none is reported."""
         return sum(self.lag.values()) if self.lag else None
 
 

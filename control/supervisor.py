@@ -17,6 +17,7 @@ recovery store with the new parallelism; Bytewax resumes from the last snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,6 +57,7 @@ class FlowSpec:
     cwd: str = str(ROOT)
 
     def validate(self) -> None:
+        """Raise ``SupervisorError`` for counts or intervals out of range."""
         if self.workers < 1 or self.processes < 1:
             raise SupervisorError("--workers and --processes must be at least 1")
         if self.recovery_parts < 1:
@@ -174,9 +176,11 @@ class Supervisor:
     # ---------------------------------------------------------------- state
     @property
     def state_file(self) -> Path:
+        """The JSON file that records the started flow's spec."""
         return self.dir / "flow.json"
 
     def load_spec(self) -> FlowSpec | None:
+        """The spec of the last started flow, or None."""
         if not self.state_file.is_file():
             return None
         data = json.loads(self.state_file.read_text())
@@ -216,11 +220,13 @@ class Supervisor:
         return out
 
     def running(self) -> bool:
+        """Whether any flow process is alive."""
         return any(p.alive for p in self.processes())
 
     def last_error(self, index: int) -> str:
         """The flow's own last error line in process ``index``'s log (``error: …`` from
-        the flow, or a traceback's last line), or ``""``."""
+        the flow, or a traceback's last line), or ``""``.
+        """
         try:
             lines = self.log_path(index).read_text(errors="replace").splitlines()[-200:]
         except OSError:
@@ -237,6 +243,7 @@ class Supervisor:
         return tail[-1].strip() if tail else ""
 
     def log_path(self, index: int) -> Path:
+        """The log file of process ``index``."""
         return self.log_dir / f"flow-{index}.log"
 
     # ---------------------------------------------------------------- start
@@ -405,11 +412,9 @@ def _shim(argv: list[str]) -> int:
     def forward(signum: int, _frame: Any) -> None:
         received.append(signal.Signals(signum).name)
         if child is not None:
-            try:
-                # SIGTERM (e.g. from Kubernetes) becomes the flow's clean SIGINT
+            # SIGTERM (e.g. from Kubernetes) becomes the flow's clean SIGINT
+            with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signal.SIGINT)
-            except ProcessLookupError:
-                pass
 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, forward)

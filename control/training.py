@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -49,7 +49,7 @@ def fit_adapter(
             "the detectors package has no fit(name, values, timestamps); "
             "it is needed to train models"
         )
-    return fit(detector, values, timestamps, params=params or None)  # type: ignore[no-any-return]
+    return fit(detector, values, timestamps, params=params or None)
 
 
 def resolve_fit(spec: str | None) -> FitFn:
@@ -60,13 +60,13 @@ def resolve_fit(spec: str | None) -> FitFn:
     if not mod or not name:
         raise TrainingError(f"fit function {spec!r} must look like package.module:function")
     try:
-        return getattr(importlib.import_module(mod), name)  # type: ignore[no-any-return]
+        return getattr(importlib.import_module(mod), name)
     except (ImportError, AttributeError) as exc:
         raise TrainingError(f"cannot import fit function {spec!r}: {exc}") from None
 
 
 @contextmanager
-def _xp_env(gpu: bool):  # type: ignore[no-untyped-def]
+def _xp_env(gpu: bool) -> Iterator[None]:
     """Run the numeric work on CuPy (``AD_XP=cupy``) inside this block when ``gpu``."""
     if not gpu:
         yield

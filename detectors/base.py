@@ -23,7 +23,7 @@ BUILTIN_VERSION = "builtin-1"
 class Detector(Protocol):
     """Scores one key's values in order; no look-ahead: score i uses values <= i."""
 
-    name: str
+    name: ClassVar[str]
     #: Version of the detector code/configuration, and of the loaded model
     #: (``"builtin-1"`` until ``load_model`` installs a trained one).
     version: str
@@ -36,21 +36,24 @@ class Detector(Protocol):
         self, state: Any, values: np.ndarray, timestamps: np.ndarray
     ) -> tuple[Any, np.ndarray]:
         """Score a batch of one key's values (float64, event-time order; timestamps in
-        epoch seconds, float64). Return the next state and scores in [0, 1]."""
+        epoch seconds, float64). Return the next state and scores in [0, 1].
+        """
 
     def score_batch(
         self, states: list[Any | None], values: list[np.ndarray], timestamps: list[np.ndarray]
     ) -> tuple[list[Any], list[np.ndarray]]:
         """Score many keys at once: ``states[i]`` (``None``: ``init_state()``) with
         ``values[i]``/``timestamps[i]``. The given states are consumed (may be updated in
-        place and returned). The result equals calling ``score`` per key, bit for bit."""
+        place and returned). The result equals calling ``score`` per key, bit for bit.
+        """
 
     def pack_state(self, state: Any) -> bytes:
         """Serialise a state for storage (exact round trip through ``unpack_state``)."""
 
     def unpack_state(self, data: bytes) -> Any:
         """Inverse of ``pack_state``; also accepts the default format
-        (``zlib.compress(pickle.dumps(state, HIGHEST_PROTOCOL), 1)``, first byte 0x78)."""
+        (``zlib.compress(pickle.dumps(state, HIGHEST_PROTOCOL), 1)``, first byte 0x78).
+        """
 
     def load_model(self, model: dict[str, Any]) -> None:
         """Replace or seed parameters from a trained model artifact (control plane)."""
@@ -87,11 +90,15 @@ class BaseDetector:
         """Derive cached constants from ``self.params`` (override as needed)."""
 
     def init_state(self) -> Any:
+        """The state of a key that has seen no records."""
         raise NotImplementedError
 
     def score(
         self, state: Any, values: np.ndarray, timestamps: np.ndarray
     ) -> tuple[Any, np.ndarray]:
+        """Score ``values`` at ``timestamps`` (epoch seconds); return the next state and
+        scores in [0, 1].
+        """
         raise NotImplementedError
 
     def score_batch(
@@ -111,7 +118,8 @@ class BaseDetector:
         return zlib.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), 1)
 
     def unpack_state(self, data: bytes) -> Any:
-        return pickle.loads(zlib.decompress(data))
+        """Inverse of :meth:`pack_state`."""
+        return pickle.loads(zlib.decompress(data))  # noqa: S301 - our own state, from our snapshots
 
     def load_model(self, model: dict[str, Any]) -> None:
         """Replace/seed parameters from a model dict (see ``to_model``/``fit``)."""

@@ -33,6 +33,7 @@ class MadDetector(BaseDetector):
         self._xp = get_xp(p["xp"])
 
     def init_state(self) -> dict[str, Any]:
+        """Empty history."""
         return {"hist": np.empty(0, dtype=np.float64), "n": 0}
 
     def zscores(
@@ -51,6 +52,7 @@ class MadDetector(BaseDetector):
     def score(
         self, state: dict[str, Any], values: np.ndarray, timestamps: np.ndarray
     ) -> tuple[dict[str, Any], np.ndarray]:
+        """Score by robust z-score against the rolling history; see :meth:`Detector.score`."""
         new_state, z = self.zscores(state, values)
         return new_state, z_to_score(np, z, float(self.params["z_scale"]))
 

@@ -17,7 +17,7 @@ import numpy as np
 def cupy_available() -> bool:
     """True when ``cupy`` imports and at least one CUDA device is visible."""
     try:
-        import cupy  # type: ignore[import-not-found]
+        import cupy
 
         return int(cupy.cuda.runtime.getDeviceCount()) > 0
     except Exception:  # noqa: BLE001 - any import/driver failure means "no GPU"
@@ -30,7 +30,7 @@ def get_xp(prefer: str | None = None) -> ModuleType:
     if choice == "numpy":
         return np
     if choice in ("cupy", "auto") and cupy_available():
-        import cupy  # type: ignore[import-not-found]
+        import cupy
 
         return cupy
     if choice == "cupy":
@@ -50,6 +50,6 @@ def array_module(a: Any) -> ModuleType:
     """The module (numpy or cupy) that owns array ``a``."""
     if isinstance(a, np.ndarray):
         return np
-    import cupy  # type: ignore[import-not-found]
+    import cupy
 
     return cupy.get_array_module(a)

@@ -58,7 +58,8 @@ def _unicode_ok(text: str) -> bool:
 
 class RegistryUnavailable(RuntimeError):
     """The schema registry cannot be reached: the flow stops (a restart resumes) rather
-    than dead-letter records that are probably good."""
+    than dead-letter records that are probably good.
+    """
 
 
 class BadRecord(Exception):
@@ -71,7 +72,8 @@ class BadRecord(Exception):
 
 def parse_timestamp(ts: Any, unit: str = "auto", earliest: int = EARLIEST_MS) -> int:
     """Epoch milliseconds of a record's timestamp (``schemas.timestamps``); a bad one
-    raises :class:`BadRecord` with its reason."""
+    raises :class:`BadRecord` with its reason.
+    """
     try:
         return to_millis(ts, unit, earliest)
     except TimestampError as exc:
@@ -161,7 +163,7 @@ class _Avro:
     def __init__(self, reader_schema: str, registry: str) -> None:
         import fastavro
 
-        self._fastavro = fastavro
+        self._fastavro: Any = fastavro  # schemaless_reader's result: a dict for a record
         self._reader = fastavro.parse_schema(_load_json(reader_schema or DEFAULT_AVRO))
         self._registry = registry.rstrip("/")
         self._writers: dict[int, Any] = {}
@@ -182,7 +184,7 @@ class _Avro:
         url = f"{self._registry}/schemas/ids/{schema_id}"
         for attempt in range(5):
             try:
-                with urllib.request.urlopen(url, timeout=10) as resp:
+                with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - the configured registry URL
                     return json.loads(json.loads(resp.read())["schema"])
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:
@@ -248,7 +250,8 @@ class _Csv:
     """CSV rows: the header comes with each record (a file's first line, as the file
     source passes it) or from ``columns``; ``mapping`` renames the standard fields
     (``{"timestamp": "ts"}``). Without a sensor column the sensor id is the file's name
-    (without extensions). Times without a UTC offset are UTC."""
+    (without extensions). Times without a UTC offset are UTC.
+    """
 
     def __init__(self, mapping: dict[str, str], columns: str | None) -> None:
         self._names = {f: mapping.get(f, f) for f in _STD_FIELDS}
@@ -299,7 +302,7 @@ class _Csv:
         used = set(where.values())
         for i, name in enumerate(names):
             if i not in used and row[i].strip():
-                try:
+                try:  # noqa: SIM105 - per-record path: contextlib.suppress costs a call each time
                     obj[name] = float(row[i])
                 except ValueError:
                     pass
@@ -373,7 +376,8 @@ class Decoder:
     def decode_one(self, raw: RawRecord) -> Reading | Control:
         """One record, or :class:`BadRecord`: whatever a record holds, decoding it raises
         nothing else (a decoder library's own exception, ``RecursionError`` from deep
-        nesting, ``MemoryError`` …), so no record can stop the flow."""
+        nesting, ``MemoryError`` …), so no record can stop the flow.
+        """
         try:
             return self._decode_one(raw)
         except (BadRecord, RegistryUnavailable):
@@ -389,7 +393,7 @@ class Decoder:
             raise BadRecord("oversize", f"{len(data)} bytes > max {self.max_bytes}")
         if data[:6] == CONTROL_PREFIX:
             try:
-                return Control(decode_marker(data), raw)  # type: ignore[arg-type]
+                return Control(decode_marker(data), raw)  # type: ignore[arg-type]  # a marker: not None
             except MarkerInvalid as exc:
                 raise BadRecord("bad_control", str(exc)) from None
         obj = self._csv(raw) if self._csv is not None else self._decode(data)
@@ -434,7 +438,7 @@ class Decoder:
         if type(batch) is MessageBatch:  # client messages: RawRecords only when needed
             values, items = batch.values, batch.items
         else:
-            values, items = [r.value for r in batch], batch
+            values, items = [r.value for r in batch], batch  # type: ignore[assignment]  # a list here
         fixed: str | None = None
         if by_partition:
             fixed = getattr(batch, "group", None)
@@ -446,7 +450,7 @@ class Decoder:
         for data, raw in zip(values, items, strict=True):
             o = None
             if fast is not None and data is not None and len(data) <= maxb:
-                try:
+                try:  # noqa: SIM105 - per-record path: contextlib.suppress costs a call each time
                     o = fast(data)
                 except Exception:  # noqa: BLE001, S110 - the general path reports it
                     pass
@@ -465,10 +469,10 @@ class Decoder:
                     bad.append(dead_letter(raw, exc.reason, str(exc), self.flow_id))
                     continue
                 if type(item) is not Reading:  # a control marker: every key group, in position
-                    for g in (fixed,) if fixed is not None else map(str, range(groups)):
-                        sub = parts.get(g)
+                    for kg in (fixed,) if fixed is not None else map(str, range(groups)):
+                        sub = parts.get(kg)
                         if sub is None:
-                            sub = parts[g] = SubBatch(g)
+                            sub = parts[kg] = SubBatch(kg)
                         sub.append(item)
                     cur.clear()
                     continue

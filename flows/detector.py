@@ -57,7 +57,7 @@ def _decode_step(settings: Settings) -> Any:
             if type(batch) is MessageBatch:
                 src, last = batch.source, batch.items[-1]
             else:
-                src, last = batch[0].source, batch[-1]
+                src, last = batch[0].source, batch[-1]  # type: ignore[index]  # a list here
             metrics.RECORDS_IN.labels(src).inc(len(batch))
             if by_partition:
                 _check_keyed(as_raw(last))
@@ -76,7 +76,8 @@ _warned_unkeyed = False
 def _check_keyed(raw: RawRecord) -> None:
     """Key groups by partition assume each sensor stays in one partition, which Kafka
     gives when producers key records by sensor. A record without a key (one per batch
-    is looked at) means they do not: say so, once, and count such batches."""
+    is looked at) means they do not: say so, once, and count such batches.
+    """
     global _warned_unkeyed
     if raw.key is None:
         metrics.UNKEYED_BATCHES.inc()
@@ -109,11 +110,10 @@ def tune_gc() -> None:
     The hot path allocates many short-lived, acyclic containers (window aggregates,
     columns, sub-batches, alert bodies), which at CPython's default threshold start a
     young-generation collection every 700 allocations, and older collections walk every
-    warm sensor's state. Measured in-process (200k records, 10k sensors), collections
-    took about a third of decode + window time. A threshold of ``GC_THRESHOLD`` makes
-    them rare; what exists at startup (modules, settings, models) is frozen out of
-    collection altogether. The flow creates no reference cycles on its hot path, so
-    nothing waits longer to be freed.
+    warm sensor's state, so collections would cost a large share of decode and window
+    time. A threshold of ``GC_THRESHOLD`` makes them rare; what exists at startup
+    (modules, settings, models) is frozen out of collection altogether. The flow creates
+    no reference cycles on its hot path, so nothing waits longer to be freed.
     """
     gc.freeze()
     t0, t1, t2 = gc.get_threshold()
@@ -133,8 +133,9 @@ def build_flow(
     Args:
         settings: the configuration; default: read from ``AD_*`` / ``AD_CONFIG``, where a
             bad value exits with status 2 and one line naming the key with an example.
-        source, sink, dlq: replace the configured connectors (tests use Bytewax's
-            ``TestingSource``/``TestingSink``).
+        source: replaces the configured source (tests use Bytewax's ``TestingSource``).
+        sink: replaces the configured sink (tests use Bytewax's ``TestingSink``).
+        dlq: replaces the configured dead-letter sink.
         serve: set this process up to run the flow (metrics server, GC tuning); default:
             only when the settings come from the environment.
     """
@@ -188,7 +189,8 @@ def _settings_or_exit() -> Settings:
 
 def __getattr__(name: str) -> Any:
     """``flow`` is built on first use, so ``python -m bytewax.run flows.detector`` works
-    while importing this module starts nothing."""
+    while importing this module starts nothing.
+    """
     if name == "flow":
         built = globals()["flow"] = build_flow()
         return built

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 
 def _event_time(entry: tuple) -> int:
-    return entry[1]  # type: ignore[no-any-return]
+    return entry[1]
 
 
 def _split_extra(extra: Any) -> tuple[dict[str, tuple[str, str]], list]:
@@ -104,10 +104,10 @@ class KeyGroupLogic:
             self.sensors = {}
         else:
             with gc_paused():
-                saved = pickle.loads(resume)
+                saved = pickle.loads(resume)  # noqa: S301 - our own snapshot state
                 if type(saved) is Manifest:  # incremental: load the segment chain
                     self.group, self._manifest = saved.group, saved
-                    self.sensors = self._segments().load(saved)
+                    self.sensors = cast("dict[str, Sensor | bytes]", self._segments().load(saved))
                     self.switches, self._buf = _split_extra(saved.extra)
                 else:  # inline: the whole key group (and waiting records, if any)
                     self.sensors, self.switches = saved[:2]
@@ -118,6 +118,7 @@ class KeyGroupLogic:
 
     # -- Bytewax hooks -------------------------------------------------------------
     def on_batch(self, values: list[SubBatch]) -> tuple[Iterable, bool]:
+        """Bytewax hook: process one batch for this key group."""
         out: list[tuple[str, tuple[str, OutRecord]]] = []
         pending: dict[str, list[Closed]] = {}
         if self.group is None and values:
@@ -173,7 +174,8 @@ class KeyGroupLogic:
     def _release(self, now: float, pending: dict[str, list[Closed]], out: list) -> None:
         """Use the records that have waited ``reorder_wait`` (all for ``now`` = inf), and
         with them every record of the same sensor that is older in event time (it
-        arrived late, but before its turn passed), in event-time order."""
+        arrived late, but before its turn passed), in event-time order.
+        """
         buf = self._buf
         due = now - self._wait_s
         if not buf or buf[0][0] > due:
@@ -184,7 +186,8 @@ class KeyGroupLogic:
                 break
             if t > cut.get(sid, t - 1):
                 cut[sid] = t
-        ready, self._buf = [], []
+        ready = []  # type: list[tuple[float, int, str, float, str | None, Any]]
+        self._buf = []
         for entry in buf:
             (ready if entry[1] <= cut.get(entry[2], -1) else self._buf).append(entry)
         ready.sort(key=_event_time)  # stable: equal times keep their arrival order
@@ -198,7 +201,7 @@ class KeyGroupLogic:
         if self._buf:
             self._release(float("inf"), pending, out)
         for sid in list(self.sensors):
-            sensor = self._sensor(sid)
+            sensor = cast(Sensor, self._sensor(sid))  # sid is known: never None
             closed: list[Closed] = []
             if sensor.held is not None:
                 self._settle(sid, sensor, closed, out)
@@ -211,7 +214,8 @@ class KeyGroupLogic:
     def _settle(self, sid: str, sensor: Sensor, closed: list[Closed], out: list) -> None:
         """At the end of the input: a new sensor's held readings that agree with its
         last one are its readings (nothing contradicts them); a jump of a running
-        sensor's clock that nothing confirmed is not taken."""
+        sensor's clock that nothing confirmed is not taken.
+        """
         held, sensor.held = sensor.held or [], None
         top = sensor.win.max_ts
         if top is not None:
@@ -226,6 +230,7 @@ class KeyGroupLogic:
                 self._reject(h[2], rejected, h[0], sensor.win.watermark(self.spec), out)
 
     def snapshot(self) -> bytes:
+        """Bytewax hook: the key group's state to save."""
         changed = list(self._warm)
         self._freeze()
         with gc_paused():
@@ -236,7 +241,7 @@ class KeyGroupLogic:
             self._manifest = self._segments().save(
                 self.group,
                 self._manifest,
-                {sid: sensors[sid] for sid in changed},
+                cast("dict[str, bytes]", {sid: sensors[sid] for sid in changed}),  # frozen
                 sensors,
                 (self.switches, self._buf) if self._buf else self.switches,
             )
@@ -245,9 +250,10 @@ class KeyGroupLogic:
     def _check_placement(self) -> None:
         """With key groups by partition, say so when this group does not run on the
         worker reading its partition (connectors.placement): the output is the same,
-        but every record then crosses between workers."""
+        but every record then crosses between workers.
+        """
         self._placed = True
-        if not placement.is_local(self.group):  # type: ignore[arg-type]
+        if not placement.is_local(self.group):  # type: ignore[arg-type]  # called once group is set
             metrics.REMOTE_KEY_GROUPS.inc()
             log.warning(
                 "key group %s runs on another worker than the one reading its "
@@ -274,7 +280,7 @@ class KeyGroupLogic:
         sensors = self.sensors
         with gc_paused():
             for sid in self._warm:
-                sensor = sensors[sid]
+                sensor = cast(Sensor, sensors[sid])  # warm sensors are objects
                 det = sensor.det
                 if det is not None and type(det) is not PackedState:
                     sensor.det = PackedState(self.models.get(*sensor.model, sid).pack_state(det))
@@ -287,7 +293,7 @@ class KeyGroupLogic:
         if type(sensor) is bytes:
             sensor = self.sensors[sid] = thaw_sensor(sensor)
             self._warm.add(sid)
-        return sensor  # type: ignore[return-value]
+        return sensor  # type: ignore[return-value]  # thawed above when it was bytes
 
     # -- internals -----------------------------------------------------------------
     @staticmethod
@@ -311,12 +317,14 @@ class KeyGroupLogic:
     def _add_tumbling(self, c: Columns, pending: dict[str, list[Closed]], out: list) -> None:
         """``_add`` for every reading of ``c``, specialised for tumbling windows and no
         model switch: the same windows, closes and rejections, with the per-record work
-        inlined (this is the flow's hot loop)."""
+        inlined (this is the flow's hot loop).
+        """
         spec = self.spec
         size, lateness, max_future = spec.size, spec.lateness, spec.max_future
         sensors, warm, thaw = self.sensors, self._warm, thaw_sensor
         for sid, t, v, ten, raw in zip(c.sids, c.ts, c.vals, c.tenants, c.raws, strict=True):
-            sensor = sensors.get(sid)
+            # a Sensor, its frozen bytes or None (the type() tests below; no cast per record)
+            sensor = sensors.get(sid)  # type: Any
             if sensor is None:
                 sensor = self._new_sensor(sid, raw, ten)
             elif type(sensor) is bytes:
@@ -481,7 +489,7 @@ class KeyGroupLogic:
         by_det: dict[int, tuple[Any, list[str]]] = {}
         for sid, closed in pending.items():
             if closed:
-                det = self.models.get(*sensors[sid].model, sid)  # type: ignore[union-attr]
+                det = self.models.get(*sensors[sid].model, sid)  # type: ignore[union-attr, call-arg]  # warm
                 entry = by_det.get(id(det))
                 if entry is None:
                     entry = by_det[id(det)] = (det, [])
@@ -491,15 +499,15 @@ class KeyGroupLogic:
             unpack = det.unpack_state
             for sid in sids:
                 closed = pending[sid]
-                state = sensors[sid].det  # type: ignore[union-attr]
+                state = sensors[sid].det  # type: ignore[union-attr]  # pending: warm
                 states.append(unpack(state) if type(state) is PackedState else state)
                 values.append(np.fromiter((w.mean for w in closed), np.float64, len(closed)))
                 ends.append(np.fromiter((w.end / 1000.0 for w in closed), np.float64, len(closed)))
             new_states, scores = det.score_batch(states, values, ends)
             for sid, state, sc in zip(sids, new_states, scores, strict=True):
                 sensor = sensors[sid]
-                sensor.det = state  # type: ignore[union-attr]
-                self._emit(sid, sensor, det, pending[sid], sc.tolist(), out)  # type: ignore[arg-type]
+                sensor.det = state  # type: ignore[union-attr]  # pending: warm
+                self._emit(sid, sensor, det, pending[sid], sc.tolist(), out)  # type: ignore[arg-type]  # warm
             metrics.WINDOWS_OUT.inc(sum(len(pending[sid]) for sid in sids))
             last = max(pending[sid][-1].end for sid in sids)
             metrics.WINDOW_CLOSE_LATENCY.observe(max(0.0, time.time() - last / 1000.0))

@@ -36,6 +36,9 @@ class Models:
         return det
 
     def get(self, version: str, ref: str | None, key: str | None = None) -> Any:
+        """The detector for model ``version`` (fetched from ``ref``), per-key where the model
+        has one for ``key``.
+        """
         artifact = None
         if ref:
             artifact = self._artifacts.get(version)

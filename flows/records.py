@@ -95,6 +95,7 @@ class Columns:
         return len(self.sids)
 
     def append(self, r: Reading) -> None:
+        """Add one reading."""
         self.sids.append(r.sensor_id)
         self.ts.append(r.ts)
         self.vals.append(r.value)
@@ -102,9 +103,10 @@ class Columns:
         self.raws.append(r.raw)
 
     def readings(self) -> list[Reading]:
+        """The batch as ``Reading`` objects."""
         return [
-            Reading(*row, None, as_raw(raw))
-            for *row, raw in zip(  # type: ignore[call-arg]
+            Reading(sid, ts, val, tenant, None, as_raw(raw))
+            for sid, ts, val, tenant, raw in zip(
                 self.sids, self.ts, self.vals, self.tenants, self.raws, strict=True
             )
         ]
@@ -126,7 +128,8 @@ def _rebuild_columns(sids: list, ts: list, vals: list, tenants: list, *raw_cols:
 
 class SubBatch(list):
     """One key group's share of an input batch: :class:`Columns` parts, split where a
-    :class:`Control` marker stands (markers reach every key group, in position)."""
+    :class:`Control` marker stands (markers reach every key group, in position).
+    """
 
     __slots__ = ("group",)
 

@@ -231,7 +231,8 @@ class Settings:
 
     def csv_mapping(self) -> dict[str, str]:
         """CSV column names of the standard fields, and ``columns`` (a header for
-        sources whose records come without one), from the source URL's parameters."""
+        sources whose records come without one), from the source URL's parameters.
+        """
         params = self.url("source").params
         keys = ("sensor_id", "timestamp", "value", "tenant_id", "columns")
         return {k: params[k] for k in keys if params.get(k)}
@@ -239,7 +240,8 @@ class Settings:
     @property
     def reorder_s(self) -> float:
         """Seconds records wait to be reordered: ``reorder_wait`` for a source that does
-        not keep order, else 0."""
+        not keep order, else 0.
+        """
         return 0.0 if keeps_order(self.url("source").scheme) else self.reorder_wait
 
     @property
@@ -290,11 +292,12 @@ def _secret_kafka_key(key: str) -> bool:
 
 def declared_default(env: str) -> Any:
     """The declared default of flow setting ``AD_<NAME>`` (``None`` for URLs and names
-    that are not settings)."""
+    that are not settings).
+    """
     f = _DECLARED.get(env[3:].lower()) if env.startswith("AD_") else None
     if f is None or f.metadata["kind"] == "url":  # a tool's URL flag has no demo default
         return None
-    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[operator]  # a factory when no default
 
 
 def declared() -> dict[str, Field[Any]]:
@@ -363,7 +366,8 @@ def typo_of(name: str) -> str | None:
 
 def _unknown_env(name: str) -> None:
     """An ``AD_*`` variable that is not a flow setting: a likely typo of one fails;
-    others (another tool's, e.g. adctl's ``AD_WORKERS``) are ignored with a warning."""
+    others (another tool's, e.g. adctl's ``AD_WORKERS``) are ignored with a warning.
+    """
     typo = typo_of(name)
     if typo:
         raise _err(typo, f"unknown environment variable {name} (did you mean AD_{typo.upper()}?)")
@@ -447,7 +451,7 @@ def _shown_default(f: Field[Any]) -> str:
     if default in (None, "", {}):
         return "–"
     if f.metadata["kind"] == "duration":
-        d = float(default)  # type: ignore[arg-type]
+        d = float(default)
         for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
             if d >= size and d % size == 0:
                 return f"`{d / size:g}{unit}`"

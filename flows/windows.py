@@ -17,6 +17,10 @@ from __future__ import annotations
 
 from bisect import insort
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flows.settings import Settings
 
 __all__ = ["WindowSpec", "WindowState", "Closed", "LATE", "FUTURE", "new_agg", "add_to_agg"]
 
@@ -36,7 +40,8 @@ class WindowSpec:
     max_future: int = 86_400_000
 
     @classmethod
-    def from_settings(cls, s: object) -> WindowSpec:
+    def from_settings(cls, s: Settings) -> WindowSpec:
+        """The window spec from the flow settings."""
         ms = lambda sec: int(round(float(sec) * 1000))  # noqa: E731
         return cls(
             s.window,
@@ -64,15 +69,16 @@ class Closed:
 
 
 def _start(entry: list) -> int:
-    return entry[0]  # type: ignore[no-any-return]
+    return entry[0]
 
 
 def new_agg(value: float) -> list[float]:
-    # count, sum, min, max, last
+    """A new aggregate ``[count, sum, min, max, last]`` of one value."""
     return [1.0, value, value, value, value]
 
 
 def add_to_agg(agg: list[float], value: float) -> None:
+    """Add ``value`` to the aggregate in place."""
     agg[0] += 1.0
     agg[1] += value
     if value < agg[2]:
@@ -92,7 +98,7 @@ class WindowState:
         self.open: dict[int, list[float]] = {}  # tumbling/sliding: start -> agg
         # session: [start, end, agg], sorted by start; none with lateness: the records
         # awaiting their turn, as [ts, ts, agg] in event-time (then arrival) order
-        self.sessions: list[list] = []
+        self.sessions: list[list[Any]] = []
 
     def __getstate__(self) -> tuple:
         return (self.max_ts, self.open, self.sessions)
@@ -101,6 +107,9 @@ class WindowState:
         self.max_ts, self.open, self.sessions = st
 
     def watermark(self, spec: WindowSpec) -> int | None:
+        """Event-time watermark: the latest time seen less the allowed lateness (None before
+        any record).
+        """
         return None if self.max_ts is None else self.max_ts - spec.lateness
 
     def add(self, spec: WindowSpec, ts: int, value: float, out: list[Closed]) -> str | None:
@@ -152,7 +161,7 @@ class WindowState:
         return None
 
     def _merge_session(self, start: int, end: int, value: float) -> None:
-        merged = [start, end, new_agg(value)]
+        merged = [start, end, new_agg(value)]  # type: list[Any]
         keep = []
         for s in self.sessions:
             if s[0] <= merged[1] and merged[0] <= s[1]:  # overlapping or touching
@@ -190,9 +199,9 @@ class WindowState:
                 out.append(Closed(s, s + size, self.open.pop(s)))
         elif spec.kind in ("session", "none"):  # "none": records awaiting reordering
             keep = []
-            for s in self.sessions:
-                if wm is None or s[1] <= wm:
-                    out.append(Closed(s[0], s[1], s[2]))
+            for sess in self.sessions:
+                if wm is None or sess[1] <= wm:
+                    out.append(Closed(sess[0], sess[1], sess[2]))
                 else:
-                    keep.append(s)
+                    keep.append(sess)
             self.sessions = keep

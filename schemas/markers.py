@@ -40,7 +40,7 @@ def decode_marker(value: bytes | None) -> dict[str, Any] | None:
     """
     if not is_marker(value):
         return None
-    assert value is not None
+    assert value is not None  # noqa: S101 - narrowing: is_marker(None) is False
     try:
         body = json.loads(value[len(MARKER_PREFIX) :].decode("utf-8"))
     except (ValueError, RecursionError) as exc:

@@ -227,7 +227,7 @@ class _RedisBackend(_Backend):
 
     def versions(self, detector: str) -> list[str]:
         members = self.client.smembers(self._index(detector))
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]  # type: ignore[union-attr]
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
 
 class _FileBackend(_Backend):
@@ -309,7 +309,7 @@ class _S3Backend(_Backend):
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise
-        return obj["Body"].read()  # type: ignore[no-any-return]
+        return obj["Body"].read()
 
     def versions(self, detector: str) -> list[str]:
         prefix = self._key(detector, "x")[: -len("x.json")]
@@ -430,12 +430,12 @@ def _fetch_text(ref: str) -> str:
 
 def fetch_artifact(ref: str) -> dict[str, Any]:
     """The whole verified envelope of ``ref`` (a fresh copy each call)."""
-    return json.loads(_fetch_text(ref))  # type: ignore[no-any-return]
+    return json.loads(_fetch_text(ref))
 
 
 def fetch(ref: str) -> dict[str, Any]:
     """The model dict stored at ``ref`` (verified; cached, since artifacts are immutable)."""
-    return fetch_artifact(ref)["model"]  # type: ignore[no-any-return]
+    return fetch_artifact(ref)["model"]
 
 
 def list_versions(store_url: str, detector: str) -> list[str]:

@@ -1,5 +1,6 @@
 """What Bytewax's recovery store says about this run: where it is, and whether any
-execution of the flow ever started there (a fresh run, or a resume)."""
+execution of the flow ever started there (a fresh run, or a resume).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ __all__ = ["is_fresh_run", "process_index", "recovery_dir"]
 
 def recovery_dir(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Path | None:
     """Bytewax's recovery directory from ``-r``/``--recovery-directory`` on the command
-    line or ``BYTEWAX_RECOVERY_DIRECTORY``; ``None`` when the flow runs without one."""
+    line or ``BYTEWAX_RECOVERY_DIRECTORY``; ``None`` when the flow runs without one.
+    """
     argv = sys.argv if argv is None else argv
     env = dict(os.environ) if env is None else env
     rec = env.get("BYTEWAX_RECOVERY_DIRECTORY") or None
@@ -39,7 +41,8 @@ def process_index(argv: list[str] | None = None, env: dict[str, str] | None = No
 
 def is_fresh_run(directory: Path | None) -> bool:
     """True when no execution ever started with this recovery store (or there is none):
-    nothing will be resumed, so sinks may start their output afresh."""
+    nothing will be resumed, so sinks may start their output afresh.
+    """
     if directory is None:
         return True
     for part in sorted(directory.glob("part-*.sqlite3")):

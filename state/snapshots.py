@@ -2,7 +2,7 @@
 
 Bytewax snapshots a key group whole whenever anything in it changed. With uniform
 traffic every epoch touches every key group, so every epoch would rewrite the entire
-state (~0.8 GB at 1M sensors) into the recovery store, and a restart would read it
+state (which grows with the number of sensors) into the recovery store, and a restart would read it
 back and rewrite it again each epoch of the catch-up.
 
 Instead each key group keeps its sensors in a chain of segment files next to the
@@ -47,7 +47,8 @@ class SnapshotError(RuntimeError):
 @dataclass(frozen=True)
 class Manifest:
     """The snapshot of one key group as Bytewax stores it: the segment chain (base
-    first) and the key group's small shared state (model switches)."""
+    first) and the key group's small shared state (model switches).
+    """
 
     group: str
     segments: tuple[str, ...]
@@ -86,7 +87,7 @@ class SegmentStore:
                     f"directory must be restored together with its ad-state/ folder "
                     f"({exc})"
                 ) from exc
-            sensors.update(pickle.loads(data))
+            sensors.update(pickle.loads(data))  # noqa: S301 - segments this store wrote
         self._chains = [manifest.segments]
         return sensors
 
@@ -114,7 +115,7 @@ class SegmentStore:
             self._chains.append(segments)
             self._collect()
             return manifest
-        assert prev is not None
+        assert prev is not None  # noqa: S101 - narrowing: prev is None takes the branch above
         if changed:
             name, size = self._write(changed, "d")
             segments = (*prev.segments, name)

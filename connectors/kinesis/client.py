@@ -59,7 +59,7 @@ def make_client(endpoint: str | None, region: str) -> Any:
         kwargs["endpoint_url"] = endpoint
         if boto3.Session().get_credentials() is None:
             # Local endpoints (kinesalite, LocalStack) accept any credentials.
-            kwargs.update(aws_access_key_id="local", aws_secret_access_key="local")
+            kwargs.update(aws_access_key_id="local", aws_secret_access_key="local")  # noqa: S106 - placeholder that local emulators accept
     return boto3.client("kinesis", **kwargs)
 
 

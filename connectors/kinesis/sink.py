@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 
 class SinkState(TypedDict):
+    """Resume state of a sink partition: sequence numbers, time and records to skip."""
+
     seqs: dict[str, str]
     ts: float
     skip: list[str]
@@ -240,11 +242,13 @@ class KinesisSink(FixedPartitionedSink[OutRecord, SinkState]):
         self._retry_for = retry_for
 
     def list_parts(self) -> list[str]:
+        """The configured number of writer partitions."""
         return [str(i) for i in range(self._parts)]
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: SinkState | None
     ) -> _KinesisSinkPartition:
+        """A writer partition with its own Kinesis client."""
         client = make_client(self._endpoint, self._region)
         return _KinesisSinkPartition(client, self._stream, resume_state, self._retry_for)
 

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 
 class ShardState(TypedDict):
+    """Resume state of one shard: last sequence number, its time, whether drained."""
+
     seq: str | None
     at: float | None
     done: bool
@@ -266,11 +268,13 @@ class KinesisSource(FixedPartitionedSource[list[RawRecord], ShardState]):
         return list_shards(make_client(self._endpoint, self._region), self._stream)
 
     def list_parts(self) -> list[str]:
+        """One partition per shard still within retention."""
         return [s["ShardId"] for s in self._shards()]
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: ShardState | None
     ) -> _KinesisShardPartition:
+        """A reader of one shard, resumed after the saved sequence number."""
         client = make_client(self._endpoint, self._region)
         shards = {s["ShardId"]: s for s in list_shards(client, self._stream)}
         shard = shards.get(for_part)

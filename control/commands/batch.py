@@ -1,5 +1,6 @@
 """``adctl detect`` and ``adctl jobs``: batch detection over history on an engine, and
-the job records; plus the engine options ``adctl retrain`` shares."""
+the job records; plus the engine options ``adctl retrain`` shares.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ __all__ = ["add_engine_options", "cmd_detect", "cmd_jobs", "engine_of", "registe
 
 def add_engine_options(p: argparse.ArgumentParser, dask_flags: bool = True) -> None:
     """``--engine`` and where each engine runs (``dask_flags``: add ``--scheduler``,
-    which ``retrain`` already has)."""
+    which ``retrain`` already has).
+    """
     opt(
         p,
         "--engine",
@@ -133,7 +135,7 @@ def _months(ts_min: int, ts_max: int) -> list[tuple[str, int, int]]:
     """Calendar months (UTC) covering ``[ts_min, ts_max]``: ``(YYYY-MM, start, end)`` ms."""
     d = datetime.fromtimestamp(ts_min / 1000, UTC)
     y, m = d.year, d.month
-    out = []
+    out: list[tuple[str, int, int]] = []
     while True:
         start = int(datetime(y, m, 1, tzinfo=UTC).timestamp() * 1000)
         y2, m2 = (y + 1, 1) if m == 12 else (y, m + 1)
@@ -152,6 +154,7 @@ def _out_for(out: str, label: str | None) -> str:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    """``adctl detect``: the flow's detector over history, as jobs on an engine."""
     from control.detect import ResultCache
     from control.detect_output import alerts_of, write_alerts
     from control.history import Fields
@@ -235,7 +238,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - t0
     for job in ran:
         rec = job.record
-        assert rec is not None
+        assert rec is not None  # noqa: S101 - narrowing: run_jobs records every job
         line = {
             "job": rec.id,
             "name": rec.name,
@@ -275,6 +278,7 @@ def _store_model(
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    """``adctl jobs``: the recorded batch jobs."""
     from control.jobs import JobStore
 
     recs = JobStore(Path(args.state_dir)).list()[-args.last :]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -42,6 +43,7 @@ def _spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``adctl run``: start the flow processes, optionally wait for them."""
     from control.supervisor import Supervisor
 
     sv = Supervisor(args.state_dir)
@@ -74,6 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    """``adctl stop``: stop the running flow (SIGKILL with ``--kill``)."""
     from control.supervisor import Supervisor
 
     sv = Supervisor(args.state_dir)
@@ -105,6 +108,7 @@ def _k8s_target(args: argparse.Namespace) -> Any:
 
 
 def do_scale(args: argparse.Namespace, workers: int, processes: int | None) -> None:
+    """Rescale the flow to ``workers`` (and ``processes``) locally or on Kubernetes."""
     if args.target == "k8s":
         from control.k8s import scale_k8s
 
@@ -124,6 +128,7 @@ def do_scale(args: argparse.Namespace, workers: int, processes: int | None) -> N
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
+    """``adctl scale``: set the worker and process counts."""
     do_scale(args, args.workers, args.processes)
     return 0
 
@@ -143,22 +148,19 @@ def _cpu_fraction(pids: list[int], workers: int) -> float | None:
     if not procs:
         return None
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.cpu_percent(None)
-        except psutil.Error:
-            pass
     time.sleep(0.5)
     total = 0.0
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.cpu_percent(None)
-        except psutil.Error:
-            pass
     cores = min(max(1, workers), os.cpu_count() or 1)
     return total / (100.0 * cores)
 
 
 def cmd_autoscale(args: argparse.Namespace) -> int:
+    """``adctl autoscale``: sample lag and CPU and rescale by the policy."""
     from control.autoscale import AutoscalePolicy, PolicyConfig, Sample
     from control.status import snapshot
     from control.supervisor import Supervisor

@@ -53,6 +53,7 @@ def _publish(
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
+    """``adctl retrain``: fit a model on history and store a new version."""
     from control.commands.batch import train_with_engine
     from control.history import Fields, ReadStats, load_series
     from control.training import assemble_model
@@ -109,6 +110,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_push_model(args: argparse.Namespace) -> int:
+    """``adctl push-model``: announce a stored model version to the running flow."""
     from state import model_store
 
     version = args.version
@@ -124,6 +126,7 @@ def cmd_push_model(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """``adctl models``: list the stored versions of a detector's model."""
     from state import model_store
 
     for v in model_store.list_versions(args.model_store, args.detector):

@@ -20,6 +20,7 @@ from control.cli_env import (
 
 
 def metrics_endpoints(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """The flow's metrics endpoints and a summary of its processes."""
     from control.supervisor import Supervisor
 
     info: dict[str, Any] = {}
@@ -50,6 +51,7 @@ def metrics_endpoints(args: argparse.Namespace) -> tuple[list[str], dict[str, An
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """``adctl status``: show the flow's throughput, lag and errors."""
     from control.status import render, snapshot, summarize
 
     endpoints, info = metrics_endpoints(args)
@@ -73,6 +75,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``adctl report``: plot the input series with their alerts."""
     from control.history import Fields
     from control.report import plot_report
 

@@ -37,7 +37,8 @@ def call_task(fn: Callable[[Any], Any], item: Any, *_after: Any) -> Any:
 
 def barrier(*_results: Any) -> None:
     """A task that ends once all its arguments (other tasks' results) exist: a later
-    job's tasks wait for this one task, so the earlier results move once, not to each."""
+    job's tasks wait for this one task, so the earlier results move once, not to each.
+    """
 
 
 class Engine(ABC):

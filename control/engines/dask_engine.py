@@ -1,7 +1,8 @@
 """Dask: an embedded ``LocalCluster`` of single-threaded worker processes, or a
 running scheduler (``tcp://host:8786``). Tasks are futures with ``priority=`` and
 ``retries=``; a job waits for another through a barrier task that takes the other
-job's futures as arguments, and which its own tasks take as an argument."""
+job's futures as arguments, and which its own tasks take as an argument.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ __all__ = ["DaskEngine"]
 
 
 class DaskEngine(Engine):
+    """Dask futures on a LocalCluster or a scheduler (``address``)."""
+
     name = "dask"
 
     def __init__(self, workers: int = 2, address: str | None = None, retries: int = 2) -> None:
@@ -31,6 +34,7 @@ class DaskEngine(Engine):
         return eng
 
     def start(self) -> None:
+        """Connect, or start the embedded runtime."""
         if self.client is not None:
             return
         from distributed import Client, LocalCluster
@@ -56,6 +60,7 @@ class DaskEngine(Engine):
             ) from None
 
     def workers(self) -> int:
+        """Worker slots of the engine."""
         return max(1, len(self.client.scheduler_info().get("workers", {})))
 
     def submit(
@@ -66,6 +71,7 @@ class DaskEngine(Engine):
         priority: int = 0,
         after: Sequence[Tasks] = (),
     ) -> Tasks:
+        """One task per item, after the tasks of ``after``."""
         deps = [f for t in after for f in t.handles]
         if deps:
             deps = [self.client.submit(barrier, *deps, priority=priority, pure=False)]
@@ -84,6 +90,7 @@ class DaskEngine(Engine):
         return Tasks(futs, len(futs), priority)
 
     def as_completed(self, tasks: Tasks) -> Iterator[tuple[int, Any]]:
+        """``(index, result)`` as tasks finish."""
         from distributed import as_completed
 
         index = {f.key: i for i, f in enumerate(tasks.handles)}
@@ -95,6 +102,7 @@ class DaskEngine(Engine):
             yield index[fut.key], result
 
     def close(self) -> None:
+        """Disconnect; stop what this engine started."""
         if self.client is not None and self._owns_client:
             self.client.close()
         if self.cluster is not None:

@@ -2,10 +2,12 @@
 Ray remote functions with ``max_retries``; a job waits for another through a barrier
 task that takes the other job's object refs as arguments, and which its own tasks take
 as an argument. Ray has no task priorities: a higher ``--priority`` job is
-only submitted first."""
+only submitted first.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -18,6 +20,8 @@ OBJECT_STORE_BYTES = 200 * 1024 * 1024
 
 
 class RayEngine(Engine):
+    """Ray tasks on a local runtime or a cluster (``address``)."""
+
     name = "ray"
 
     def __init__(self, workers: int = 2, address: str | None = None, retries: int = 2) -> None:
@@ -27,18 +31,19 @@ class RayEngine(Engine):
         self._barrier: Any = None
 
     def start(self) -> None:
+        """Connect, or start the embedded runtime."""
         import ray
 
         if not ray.is_initialized():
             try:
                 if self.address:
-                    ray.init(address=self.address, logging_level="ERROR")
+                    ray.init(address=self.address, logging_level=logging.ERROR)
                 else:
                     ray.init(
                         num_cpus=self.n_workers,
                         include_dashboard=False,
                         object_store_memory=OBJECT_STORE_BYTES,
-                        logging_level="ERROR",
+                        logging_level=logging.ERROR,
                         log_to_driver=False,
                     )
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -51,6 +56,7 @@ class RayEngine(Engine):
         self._barrier = ray.remote(barrier)
 
     def workers(self) -> int:
+        """Worker slots of the engine."""
         import ray
 
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -63,6 +69,7 @@ class RayEngine(Engine):
         priority: int = 0,
         after: Sequence[Tasks] = (),
     ) -> Tasks:
+        """One task per item, after the tasks of ``after``."""
         deps = [r for t in after for r in t.handles]
         if deps:
             deps = [self._barrier.remote(*deps)]
@@ -70,6 +77,7 @@ class RayEngine(Engine):
         return Tasks(refs, len(refs), priority)
 
     def as_completed(self, tasks: Tasks) -> Iterator[tuple[int, Any]]:
+        """``(index, result)`` as tasks finish."""
         import ray
 
         index = {r: i for i, r in enumerate(tasks.handles)}
@@ -84,6 +92,7 @@ class RayEngine(Engine):
                 yield index[ref], result
 
     def close(self) -> None:
+        """Disconnect; stop what this engine started."""
         import ray
 
         if self._started and ray.is_initialized():

@@ -3,7 +3,8 @@ DataFrame with one row per task item, run with ``groupBy("task").applyInPandas``
 Spark retries a failed task (``local[N]`` becomes ``local[N,retries+1]``, since local
 mode retries nothing otherwise). Spark has no dependencies between jobs: a job that
 must wait for others runs after them, in the driver, and higher ``--priority`` jobs
-run first."""
+run first.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _run_group(pdf: Any) -> Any:
     """One task: unpickle ``(fn, item)``, run it, pickle the result."""
     import pandas as pd
 
-    fn, item = pickle.loads(pdf["blob"].iloc[0])
+    fn, item = pickle.loads(pdf["blob"].iloc[0])  # noqa: S301 - our own task, from our driver
     return pd.DataFrame({"task": [int(pdf["task"].iloc[0])], "blob": [pickle.dumps(fn(item))]})
 
 
@@ -35,6 +36,8 @@ def _local_master(master: str, workers: int, retries: int) -> str:
 
 
 class SparkEngine(Engine):
+    """Spark ``applyInPandas`` jobs on ``local[N]`` or a master (``address``)."""
+
     name = "spark"
 
     def __init__(self, workers: int = 2, address: str | None = None, retries: int = 2) -> None:
@@ -50,6 +53,7 @@ class SparkEngine(Engine):
         return eng
 
     def start(self) -> None:
+        """Connect, or start the embedded runtime."""
         if self.spark is not None:
             return
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -79,6 +83,7 @@ class SparkEngine(Engine):
         self.spark.sparkContext.setLogLevel("ERROR")
 
     def workers(self) -> int:
+        """Worker slots of the engine."""
         return max(1, int(self.spark.sparkContext.defaultParallelism))
 
     def submit(
@@ -89,6 +94,7 @@ class SparkEngine(Engine):
         priority: int = 0,
         after: Sequence[Tasks] = (),
     ) -> Tasks:
+        """One task per item, after the tasks of ``after``."""
         for dep in after:  # no cross-job DAG in Spark: finish what this job waits for
             if dep.results is None:
                 dep.results = dict(self._run(dep.handles))
@@ -110,14 +116,16 @@ class SparkEngine(Engine):
         except Exception as exc:  # noqa: BLE001 - py4j/pyspark errors, re-raised
             raise EngineError(f"a Spark task failed: {str(exc).splitlines()[0]}") from exc
         for row in rows:
-            yield int(row["task"]), pickle.loads(row["blob"])
+            yield int(row["task"]), pickle.loads(row["blob"])  # noqa: S301 - our own task result
 
     def as_completed(self, tasks: Tasks) -> Iterator[tuple[int, Any]]:
+        """``(index, result)`` as tasks finish."""
         if tasks.results is None:
             tasks.results = dict(self._run(tasks.handles))
         yield from tasks.results.items()
 
     def close(self) -> None:
+        """Disconnect; stop what this engine started."""
         if self.spark is not None and self._owns:
             self.spark.stop()
         self.spark = None

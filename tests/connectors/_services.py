@@ -8,6 +8,7 @@ here is stopped by its own pid.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -128,10 +129,8 @@ class Service:
         """Kill the service abruptly (SIGKILL to its own process group) and wait."""
         if self.proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(timeout=30)
         self.proc = None
         wait_port(self.port, up=False, timeout=30.0)

@@ -7,6 +7,7 @@ fault injection through botocore's event hooks; everything else is the real serv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -58,10 +59,8 @@ def make_stream(kclient: Any) -> Iterator[Callable[..., str]]:
 
     yield make
     for name in made:
-        try:
+        with contextlib.suppress(ClientError):
             kclient.delete_stream(StreamName=name)
-        except ClientError:
-            pass
 
 
 def put(

@@ -192,7 +192,7 @@ def test_dashboard_queries_only_use_exported_metrics() -> None:
     assert len(ids) == len(set(ids))
     for p in dash["panels"]:
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24
 
 
 def test_dask_manifests_point_workers_at_the_scheduler_service() -> None:

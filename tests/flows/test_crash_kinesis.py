@@ -8,6 +8,7 @@ crashed-and-restarted run must equal a crash-free run's, without duplicates.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -83,10 +84,8 @@ class Streams:
 
     def cleanup(self) -> None:
         for name in self.made:
-            try:
+            with contextlib.suppress(Exception):  # best-effort cleanup
                 self.client.delete_stream(StreamName=name)
-            except Exception:  # noqa: BLE001 - best-effort cleanup
-                pass
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ the semantics table says for this sink.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 import uuid
@@ -92,15 +93,11 @@ class Bus:
 
     def cleanup(self) -> None:
         for s in self.subs:
-            try:
+            with contextlib.suppress(gexc.GoogleAPICallError):
                 self.sub.delete_subscription(subscription=s)
-            except gexc.GoogleAPICallError:
-                pass
         for t in self.topics:
-            try:
+            with contextlib.suppress(gexc.GoogleAPICallError):
                 self.pub.delete_topic(topic=t)
-            except gexc.GoogleAPICallError:
-                pass
 
 
 @pytest.fixture(scope="module")
