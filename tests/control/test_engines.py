@@ -365,3 +365,61 @@ def test_history_from_s3_reads_as_from_files(
         assert got.stats.records == len(lines)
     finally:
         server.stop()
+
+
+def test_adctl_detect_by_month_then_retrain(tmp_path: Path) -> None:
+    """``--split month --then-retrain``: a job per month, each as a flow started at the
+    month's start would see it, then a retrain job after them."""
+    history = tmp_path / "two-months.jsonl"
+    write_readings(history, sensors=3, per_sensor=560, step_ms=3 * 3600 * 1000)  # 70 days
+    out = tmp_path / "alerts.jsonl"
+    res = _adctl(
+        tmp_path,
+        "detect",
+        "--from",
+        str(history),
+        "--out",
+        str(out),
+        "--split",
+        "month",
+        "--then-retrain",
+        "--workers",
+        "1",
+        "--partitions",
+        "2",
+        "--model-store",
+        f"file://{tmp_path / 'models'}",
+        "--version",
+        "v1",
+    )
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(ln) for ln in res.stdout.splitlines()]
+    assert [ln["name"] for ln in lines] == [
+        "detect-2026-01",
+        "detect-2026-02",
+        "detect-2026-03",
+        "retrain",
+    ]
+    assert all(ln["state"] == "done" for ln in lines)
+    assert all(ln["alerts"] > 0 for ln in lines[:-1])
+    assert lines[-1]["output"].startswith(f"file://{tmp_path / 'models'}/")
+    assert (tmp_path / "models" / "mad" / "v1.json").is_file()
+    for ln in lines[:-1]:  # each month as its own flow run over that month
+        month = ln["name"].removeprefix("detect-")
+        part = tmp_path / f"month-{month}.jsonl"
+        part.write_bytes(
+            b"".join(
+                x + b"\n"
+                for x in history.read_bytes().splitlines()
+                if iso_month(json.loads(x)["timestamp"]) == month
+            )
+        )
+        got = (tmp_path / f"alerts-{month}.jsonl").read_bytes().splitlines()
+        assert ln["output"] == str(tmp_path / f"alerts-{month}.jsonl")
+        assert sorted(got) == sorted(b for _s, _a, b in _stream(part))
+
+
+def iso_month(ts_ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m")
