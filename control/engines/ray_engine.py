@@ -8,6 +8,7 @@ only submitted first.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -17,6 +18,23 @@ __all__ = ["RayEngine"]
 
 #: object store of an embedded runtime (small: results are small, the machine shared)
 OBJECT_STORE_BYTES = 200 * 1024 * 1024
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once on a cluster address nothing listens on (``ray.init`` retries for
+    minutes): ``host:port`` or ``ray://host:port``; ``auto`` and others are left to Ray.
+    """
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as exc:
+        raise EngineError(
+            f"cannot reach Ray at {address}: {exc}; e.g. --address ray://head:10001 "
+            "(or none for a local Ray)"
+        ) from None
 
 
 class RayEngine(Engine):
@@ -35,6 +53,8 @@ class RayEngine(Engine):
         import ray
 
         if not ray.is_initialized():
+            if self.address:
+                _check_reachable(self.address)
             try:
                 if self.address:
                     ray.init(address=self.address, logging_level=logging.ERROR)

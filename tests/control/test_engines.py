@@ -30,7 +30,13 @@ from control.training import assemble_model, fit_batch
 from flows import detector
 from flows.settings import Settings, load_settings
 from state.model_store import canonical_json
-from tests.control.helpers import START_MS, produce_json, read_topic, write_readings
+from tests.control.helpers import (
+    START_MS,
+    free_port,
+    produce_json,
+    read_topic,
+    write_readings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINES = ["dask", "ray", "spark"]
@@ -294,6 +300,23 @@ def test_adctl_detect_and_jobs(
         "nowhere://x",
     )
     assert bad.returncode == 2 and "cannot start Spark" in bad.stderr
+    bad = _adctl(
+        tmp_path,
+        "detect",
+        "--from",
+        str(parquet),
+        "--out",
+        str(out),
+        "--engine",
+        "ray",
+        "--address",
+        f"127.0.0.1:{free_port()}",
+    )
+    assert bad.returncode == 2 and "cannot reach Ray at 127.0.0.1:" in bad.stderr
+    bad = _adctl(
+        tmp_path, "detect", "--from", str(parquet), "--out", str(out), "--detector", "nope"
+    )
+    assert bad.returncode == 2 and "detector 'nope'" in bad.stderr
 
 
 def test_adctl_retrain_gives_one_digest_on_every_engine(history: Path, tmp_path: Path) -> None:
@@ -331,8 +354,6 @@ def test_history_from_s3_reads_as_from_files(
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from tests.control.helpers import free_port
 
     port = free_port()
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
