@@ -175,15 +175,19 @@ def test_a_dependency_chain_runs_in_order(engine: Engine, history: Path, tmp_pat
     retrain = Job(
         "retrain", "retrain", r, load_settings({"AD_DETECTOR": "mad"}), depends_on=["second"]
     )
+    # an independent job of higher priority goes first
+    urgent = Job("urgent", "detect", r, s, partitions=8, use_cache=False, priority=20)
     store = JobStore(tmp_path)
-    ran = run_jobs(engine, [retrain, second, first], store, ResultCache(tmp_path / "c"))
-    assert [j.name for j in ran] == ["first", "second", "retrain"]
-    a, b = first.record, second.record
-    assert a is not None and b is not None
+    jobs = [retrain, second, first, urgent]
+    ran = run_jobs(engine, jobs, store, ResultCache(tmp_path / "c"))
+    assert [j.name for j in ran] == ["urgent", "first", "second", "retrain"]
+    a, b, c = first.record, second.record, retrain.record
+    assert a is not None and b is not None and c is not None
     assert min(t0 for t0, _ in b.task_times) >= max(t1 for _, t1 in a.task_times)
+    assert min(t0 for t0, _ in c.task_times) >= max(t1 for _, t1 in b.task_times)
     assert sorted(retrain.result) == sorted(r.names.tolist())
     listed = {rec.name: rec.state for rec in store.list()}
-    assert listed == {"first": "done", "second": "done", "retrain": "done"}
+    assert listed == {"urgent": "done", "first": "done", "second": "done", "retrain": "done"}
 
 
 def _adctl(state: Path, *args: str) -> subprocess.CompletedProcess:
