@@ -500,10 +500,13 @@ class ExactlyOnceKafkaSink(FixedPartitionedSink[OutRecord, int]):
 
 
 def check_reachable(url: SourceURL, ctx: ConnectorContext, role: str) -> None:
-    """Fail at start-up, within ``?connect_timeout=`` (default 10 s), when no broker of
-    ``url`` answers: one line naming the URL (secrets redacted) and what to check.
+    """Fail at start-up, within ``?connect_timeout=`` (default 10 s; ``0s``: no check),
+    when no broker of ``url`` answers: one line naming the URL (secrets redacted) and
+    what to check.
     """
     timeout = url.duration("connect_timeout", "10s")
+    if not timeout:  # connect_timeout=0s: no check
+        return
     try:
         conf = {**client_config(url.hostport, dict(ctx.kafka)), "log_level": 0}
         AdminClient(conf).list_topics(timeout=timeout)

@@ -11,6 +11,7 @@ import csv as _csv
 import io
 import json
 import math
+import re
 import struct
 import time
 import urllib.error
@@ -24,7 +25,7 @@ import msgspec
 import orjson
 
 from connectors.base import MessageBatch, OutRecord, RawRecord, as_raw
-from flows.records import Columns, Control, Reading, SubBatch, dead_letter, key_group
+from flows.records import KEY_SEP, Columns, Control, Reading, SubBatch, dead_letter, key_group
 from schemas import AVRO_IDS, DEFAULT_AVRO, DEFAULT_PROTO, HERE
 from schemas.markers import MARKER_PREFIX, MarkerInvalid, decode_marker
 from schemas.timestamps import EARLIEST_MS, LATEST_MS, TimestampError, to_millis
@@ -34,6 +35,8 @@ __all__ = ["Decoder", "CONTROL_PREFIX", "parse_timestamp"]
 #: Input values starting with these bytes are control markers (schemas.markers).
 CONTROL_PREFIX = MARKER_PREFIX
 _STD_FIELDS = ("sensor_id", "timestamp", "value", "tenant_id")
+#: a tenant id: what tenant registries accept, and safe in key names and sink URLs
+_TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}").fullmatch
 
 
 class _Std(msgspec.Struct, forbid_unknown_fields=True):
@@ -98,12 +101,13 @@ def _validate(
             and lo <= ts < hi
             and math.isfinite(value)
             and sensor.isascii()
+            and KEY_SEP not in sensor
         ):
             if n == 3:
                 return Reading(sensor, ts, value, None, None, raw)
             if n == 4:
                 tenant = obj.get("tenant_id")
-                if type(tenant) is str and tenant.isascii():
+                if type(tenant) is str and _TENANT_ID(tenant):
                     return Reading(sensor, ts, value, tenant, None, raw)
     if not isinstance(obj, dict):
         raise BadRecord("schema_mismatch", f"expected an object, got {type(obj).__name__}")
@@ -117,6 +121,8 @@ def _validate(
         raise BadRecord("bad_type", "sensor_id must be a non-empty string")
     if not _unicode_ok(sensor):
         raise BadRecord("bad_type", "sensor_id is not valid Unicode (lone surrogate)")
+    if KEY_SEP in sensor:
+        raise BadRecord("bad_type", "sensor_id contains the control character U+001F")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRecord("bad_type", f"value must be a number, got {type(value).__name__}")
     try:
@@ -128,8 +134,12 @@ def _validate(
     tenant = obj.get("tenant_id")
     if tenant is not None and not isinstance(tenant, str):
         raise BadRecord("bad_type", "tenant_id must be a string")
-    if tenant is not None and not _unicode_ok(tenant):
-        raise BadRecord("bad_type", "tenant_id is not valid Unicode (lone surrogate)")
+    if tenant is not None and not _TENANT_ID(tenant):
+        raise BadRecord(
+            "bad_type",
+            f"tenant_id {tenant[:70]!r} is not a tenant id: 1-64 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit (e.g. acme)",
+        )
     extra: dict[str, float] | None = None
     if len(obj) > 3 and (len(obj) > 4 or "tenant_id" not in obj):  # not just the std fields
         extra = obj.get("extra") if isinstance(obj.get("extra"), dict) else None
@@ -345,9 +355,11 @@ class Decoder:
         timestamp_unit: str = "auto",
         earliest: int = EARLIEST_MS,
         csv_mapping: dict[str, str] | None = None,
+        default_tenant: str = "",
     ) -> None:
         self.max_bytes = max_bytes
         self.flow_id = flow_id
+        self.default_tenant = default_tenant or None
         self.unit = timestamp_unit
         self.earliest = earliest
         # epoch-ms integers the fast paths may take as they are: in range, and (auto) in
@@ -435,6 +447,7 @@ class Decoder:
         cur: dict[str, Columns] = {}
         bad: list[tuple[str, OutRecord]] = []
         fast, maxb, lo, hi = self._fast, self.max_bytes, self._lo, self._hi
+        default_tenant = self.default_tenant
         if type(batch) is MessageBatch:  # client messages: RawRecords only when needed
             values, items = batch.values, batch.items
         else:
@@ -459,6 +472,8 @@ class Decoder:
                 and o.sensor_id
                 and lo <= o.timestamp < hi
                 and o.value - o.value == 0.0
+                and KEY_SEP not in o.sensor_id
+                and (o.tenant_id is None or _TENANT_ID(o.tenant_id))
             ):
                 sid, t, v, ten = o.sensor_id, o.timestamp, o.value, o.tenant_id
             else:  # everything the fast path does not take: the general path
@@ -477,6 +492,10 @@ class Decoder:
                     cur.clear()
                     continue
                 sid, t, v, ten = item.sensor_id, item.ts, item.value, item.tenant_id
+            if ten is None:
+                ten = default_tenant
+            if ten is not None:  # state, key groups and alert ids by (tenant, sensor)
+                sid = ten + KEY_SEP + sid
             if fixed is None:
                 g = cache.get(sid)
                 if g is None:

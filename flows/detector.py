@@ -45,6 +45,7 @@ def _decode_step(settings: Settings) -> Any:
         settings.timestamp_unit,
         settings.earliest_ms,
         settings.csv_mapping(),
+        settings.default_tenant,
     )
     groups = settings.key_groups
     by_partition = settings.key_by == "partition"
@@ -150,7 +151,7 @@ def build_flow(
     try:
         source = source or make_source(s.source, ctx)
         sink = sink or make_sink(s.sink, ctx)
-        dlq = dlq
+        dlq = dlq or make_sink(s.dlq, ctx)
     except ValueError as exc:  # a connector refused its URL or cannot reach its system
         if not serve:
             raise

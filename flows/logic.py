@@ -37,6 +37,7 @@ from flows.records import (
     dead_letter,
     iso,
     key_group,
+    split_key,
     stable_id,
 )
 
@@ -525,10 +526,11 @@ class KeyGroupLogic:
         for w, score in zip(closed, scores, strict=True):
             if score < threshold and not emit_all:
                 continue
-            alert_id = stable_id(sid, w.start, w.end, name)
+            alert_id = stable_id(sid, w.start, w.end, name)  # sid: the state key (records)
+            sensor_id = split_key(sid)[1]
             body = {
                 "alert_id": alert_id,
-                "sensor_id": sid,
+                "sensor_id": sensor_id,
                 "tenant_id": sensor.tenant,
                 "window_start": iso(w.start),
                 "window_end": iso(w.end),
@@ -545,7 +547,7 @@ class KeyGroupLogic:
                 "detector": name,
                 "model_version": det.model_version,
             }
-            out.append((ALERT, (sid, OutRecord(alert_id, sid, orjson.dumps(body)))))
+            out.append((ALERT, (sid, OutRecord(alert_id, sensor_id, orjson.dumps(body)))))
             if score >= threshold:
                 metrics.ALERTS_OUT.labels(name).inc()
-                summary.note_alert(sid, w.start, w.end, score)
+                summary.note_alert(sensor_id, w.start, w.end, score)

@@ -96,7 +96,7 @@ class Columns:
 
     def append(self, r: Reading) -> None:
         """Add one reading."""
-        self.sids.append(r.sensor_id)
+        self.sids.append(sensor_key(r.sensor_id, r.tenant_id))
         self.ts.append(r.ts)
         self.vals.append(r.value)
         self.tenants.append(r.tenant_id)
@@ -105,8 +105,8 @@ class Columns:
     def readings(self) -> list[Reading]:
         """The batch as ``Reading`` objects."""
         return [
-            Reading(sid, ts, val, tenant, None, as_raw(raw))
-            for sid, ts, val, tenant, raw in zip(
+            Reading(split_key(key)[1], ts, val, tenant, None, as_raw(raw))
+            for key, ts, val, tenant, raw in zip(
                 self.sids, self.ts, self.vals, self.tenants, self.raws, strict=True
             )
         ]
@@ -156,6 +156,23 @@ class SubBatch(list):
     def items(self) -> list[Reading | Control]:
         """The readings and markers in order (slow; tests and the general path)."""
         return [x for part in self for x in (part.readings() if type(part) is Columns else [part])]
+
+
+#: between tenant and sensor in a state key (neither may contain it)
+KEY_SEP = "\x1f"
+
+
+def sensor_key(sensor_id: str, tenant: str | None) -> str:
+    """The key of a sensor's state: ``tenant<US>sensor``, or the sensor id alone for
+    records without a tenant (so tenants never share a state).
+    """
+    return sensor_id if tenant is None else tenant + KEY_SEP + sensor_id
+
+
+def split_key(key: str) -> tuple[str | None, str]:
+    """Inverse of :func:`sensor_key`: ``(tenant or None, sensor id)``."""
+    tenant, sep, sensor = key.partition(KEY_SEP)
+    return (tenant, sensor) if sep else (None, key)
 
 
 def key_group(sensor_id: str, groups: int) -> str:

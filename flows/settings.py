@@ -121,6 +121,12 @@ class Settings:
         "Confluent schema registry URL for writer schemas (else `schemas/`)",
         "http://127.0.0.1:8081",
     )
+    default_tenant: str = setting(
+        "",
+        "tenant of records without a `tenant_id` (empty: none; state is keyed by tenant "
+        "and sensor)",
+        "shared",
+    )
     flow_id: str = setting(
         "anomaly-detector", "identity of the flow (Kafka transactional ids)", "plant-7-detector"
     )

@@ -136,7 +136,7 @@ def test_decode_grouped_equals_decode_batch_then_grouping() -> None:
     general path, for every kind of record (good, odd but valid, bad, markers)."""
     import random
 
-    from flows.records import Columns, key_group
+    from flows.records import Columns, key_group, sensor_key
 
     rng = random.Random(4)
     odd = [
@@ -194,7 +194,8 @@ def test_decode_grouped_equals_decode_batch_then_grouping() -> None:
     expected: dict[str, list] = {}
     for item in good:
         if type(item) is Reading:
-            expected.setdefault(key_group(item.sensor_id, 8), []).append(
+            key = sensor_key(item.sensor_id, item.tenant_id)  # tenants never share a state
+            expected.setdefault(key_group(key, 8), []).append(
                 (item.sensor_id, item.ts, item.value, item.tenant_id, item.raw)
             )
         else:
