@@ -16,6 +16,7 @@ import orjson
 
 from connectors.base import OutRecord
 from control.detect import PartResult
+from flows.records import split_key
 from flows.settings import Settings
 
 __all__ = ["OutputError", "alerts_of", "write_alerts"]
@@ -28,8 +29,8 @@ class OutputError(ValueError):
 
 
 def alerts_of(results: Iterable[PartResult]) -> list[tuple[str, str, bytes]]:
-    """Every alert of ``results`` as ``(sensor_id, alert_id, body)``, by sensor, each
-    sensor's in window order.
+    """Every alert of ``results`` as ``(state key, alert_id, body)`` (the key: the sensor
+    id, or tenant and sensor id), by key, each key's windows in order.
     """
     alerts = [a for r in results for a in r.alerts]
     alerts.sort(key=lambda a: a[0])  # stable: windows stay in order
@@ -83,7 +84,8 @@ def _sink(alerts: list[tuple[str, str, bytes]], url: str, settings: Settings) ->
     from connectors import make_sink
 
     flow = Dataflow("adctl-detect-out")
-    items = [(sid, OutRecord(aid, sid, body)) for sid, aid, body in alerts]
+    # as the flow's sink gets them: (state key, record keyed by the sensor id)
+    items = [(key, OutRecord(aid, split_key(key)[1], body)) for key, aid, body in alerts]
     stream = op.input("alerts", flow, TestingSource(items, batch_size=1000))
     op.output("alerts-out", stream, make_sink(url, settings.connector_context()))
     run_main(flow)

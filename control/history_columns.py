@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 
 from control.history import Fields, HistoryError, ReadStats, iter_records
+from flows.decode import _TENANT_ID as tenant_ok  # the flow's own check of a tenant id
 from flows.decode import BadRecord, parse_timestamp
+from flows.records import KEY_SEP, sensor_key
 from schemas.timestamps import EARLIEST_MS, LATEST_MS
 
 __all__ = ["Readings", "read_readings"]
@@ -35,11 +37,12 @@ __all__ = ["Readings", "read_readings"]
 
 @dataclass
 class Readings:
-    """Valid readings in input order, as columns; sensor ids as codes into ``names``
-    (sorted), so no string object exists per reading.
+    """Valid readings in input order, as columns; each reading's state key (the sensor
+    id, or ``tenant<US>sensor`` as the flow keys state: ``flows.records.sensor_key``) as
+    a code into ``names`` (sorted), so no string object exists per reading.
     """
 
-    names: np.ndarray  # object: str, sorted, unique
+    names: np.ndarray  # object: state keys, sorted, unique
     codes: np.ndarray  # int32 index into names
     ts: np.ndarray  # int64 epoch ms
     vals: np.ndarray  # float64, finite
@@ -130,7 +133,13 @@ def _s3_paths(url: str) -> tuple[Any, list[str]]:
 
 
 def _parquet(
-    table: Any, f: Fields, cols: _Cols, stats: ReadStats, unit: str, earliest: int
+    table: Any,
+    f: Fields,
+    cols: _Cols,
+    stats: ReadStats,
+    unit: str,
+    earliest: int,
+    default_tenant: str | None,
 ) -> None:
     """Columns of a Parquet table, checked without a Python object per row where the
     types allow (string ids, integer-millisecond or timestamp times, numeric values).
@@ -159,7 +168,9 @@ def _parquet(
     ok &= pc.fill_null(pc.greater(pc.utf8_length(sid), 0), False).to_numpy(zero_copy_only=False)
     enc = pc.dictionary_encode(sid).combine_chunks()
     sid_names = enc.dictionary.to_pylist()
-    sid_codes = pc.fill_null(enc.indices, 0).to_numpy(zero_copy_only=False).astype(np.int32)
+    sid_codes = pc.fill_null(enc.indices, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if sid_names:
+        ok &= np.array([KEY_SEP not in s for s in sid_names])[sid_codes]
     if pa.types.is_timestamp(t.type):
         t_ms = pc.cast(pc.cast(t, pa.timestamp("ms")), pa.int64())
         tf = pc.fill_null(pc.cast(t_ms, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
@@ -177,13 +188,34 @@ def _parquet(
         return
     vals = pc.cast(v, pa.float64()).to_numpy(zero_copy_only=False)  # null -> NaN
     ok &= np.isfinite(vals)
+    # tenants: each distinct one checked as the flow checks it; none -> the default
+    ten_names: list[str] = []
+    ten_codes = np.full(n, -1, dtype=np.int64)
     if "tenant_id" in names:
-        ten = table.column("tenant_id").to_numpy(zero_copy_only=False)
-    else:
-        ten = np.full(n, None, dtype=object)
+        ten = table.column("tenant_id")
+        if pa.types.is_dictionary(ten.type):
+            ten = pc.cast(ten, pa.string())
+        if not pa.types.is_string(ten.type) and not pa.types.is_large_string(ten.type):
+            stats.bad_records += n  # the flow needs a string tenant id
+            return
+        tenc = pc.dictionary_encode(ten).combine_chunks()
+        ten_names = tenc.dictionary.to_pylist()
+        ten_codes = pc.fill_null(tenc.indices, -1).to_numpy(zero_copy_only=False)
+        ten_codes = ten_codes.astype(np.int64)
+    valid = np.array([bool(tenant_ok(x)) for x in ten_names] + [True])
+    ok &= valid[ten_codes]
     stats.bad_records += int(n - ok.sum())
-    if sid_names:
-        cols.add_coded(sid_names, sid_codes[ok], ts_np[ok], vals[ok], ten[ok])
+    if not sid_names or not ok.any():
+        return
+    ten_vals = [*ten_names, default_tenant]  # code -1: the default (or None)
+    pair = (ten_codes[ok] + 1) * len(sid_names) + sid_codes[ok]
+    uniq, inverse = np.unique(pair, return_inverse=True)
+    keys = [
+        sensor_key(sid_names[p % len(sid_names)], ten_vals[p // len(sid_names) - 1])
+        for p in uniq.tolist()
+    ]
+    tenants = np.array(ten_vals, dtype=object)[ten_codes[ok]]
+    cols.add_coded(keys, inverse.ravel(), ts_np[ok], vals[ok], tenants)
 
 
 def _to_ms(numbers: np.ndarray, unit: str) -> np.ndarray:
@@ -222,6 +254,7 @@ def _rows(
     stats: ReadStats,
     unit: str,
     earliest: int,
+    default_tenant: str | None,
 ) -> None:
     """Rows (dicts) checked one by one, as the flow's decoder does."""
     sids: list[str] = []
@@ -243,14 +276,16 @@ def _rows(
                 or isinstance(v, bool)
                 or not isinstance(v, (int, float))
                 or not math.isfinite(v)
-                or (ten is not None and not isinstance(ten, str))
+                or KEY_SEP in sid
+                or (ten is not None and not (isinstance(ten, str) and tenant_ok(ten)))
             ):
                 raise BadRecord("bad_type", "")
             ms = parse_timestamp(t, unit, earliest)
         except (BadRecord, ValueError, OverflowError):
             stats.bad_records += 1
             continue
-        sids.append(sid)
+        ten = ten or default_tenant
+        sids.append(sensor_key(sid, ten))
         ts.append(ms)
         vals.append(float(v))
         tenants.append(ten)
@@ -266,13 +301,15 @@ def read_readings(
     kafka_conf: dict[str, str] | None = None,
     timestamp_unit: str = "auto",
     earliest_ms: int = EARLIEST_MS,
+    default_tenant: str = "",
 ) -> Readings:
     """Every valid reading of ``sources`` (in source order) within ``[since, until)``;
     timestamps read as the flow reads them with ``AD_TIMESTAMP_UNIT`` and
-    ``AD_EARLIEST_TIME`` (``timestamp_unit``, ``earliest_ms``).
+    ``AD_EARLIEST_TIME`` (``timestamp_unit``, ``earliest_ms``), readings without a tenant
+    given ``AD_DEFAULT_TENANT`` (``default_tenant``).
     """
     fields = fields or Fields()
-    clock = (timestamp_unit, earliest_ms)
+    rules = (timestamp_unit, earliest_ms, default_tenant or None)
     stats = ReadStats()
     cols = _Cols()
     for src in sources:
@@ -283,11 +320,11 @@ def read_readings(
                 if p.endswith(".parquet"):
                     import pyarrow.parquet as pq
 
-                    _parquet(pq.read_table(p, filesystem=s3), fields, cols, stats, *clock)
+                    _parquet(pq.read_table(p, filesystem=s3), fields, cols, stats, *rules)
                 else:
                     with s3.open_input_stream(p) as fh:
                         data = fh.read().splitlines()
-                    _rows(_json_lines(data, stats), fields, cols, stats, *clock)
+                    _rows(_json_lines(data, stats), fields, cols, stats, *rules)
             continue
         local = src[len("file://") :] if src.startswith("file://") else src
         paths = sorted(glob.glob(local)) if any(c in local for c in "*?[") else [local]
@@ -298,7 +335,7 @@ def read_readings(
             for p in paths:
                 if not Path(p).is_file():
                     raise HistoryError(f"history file not found: {p}")
-                _parquet(pq.read_table(p), fields, cols, stats, *clock)
+                _parquet(pq.read_table(p), fields, cols, stats, *rules)
             continue
         since = None if since_ms is None else since_ms / 1000.0
         _rows(
@@ -306,7 +343,7 @@ def read_readings(
             fields,
             cols,
             stats,
-            *clock,
+            *rules,
         )
     out = cols.done(stats)
     if since_ms is not None or until_ms is not None:

@@ -178,6 +178,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         until_ms=None if until is None else round(until * 1000),
         timestamp_unit=settings.timestamp_unit,
         earliest_ms=settings.earliest_ms,
+        default_tenant=settings.default_tenant,
     )
     st = readings.stats
     say(

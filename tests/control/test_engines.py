@@ -28,6 +28,7 @@ from control.history_columns import read_readings
 from control.jobs import Job, JobStore, run_jobs
 from control.training import assemble_model, fit_batch
 from flows import detector
+from flows.records import sensor_key
 from flows.settings import Settings, load_settings
 from state.model_store import canonical_json
 from tests.control.helpers import (
@@ -85,10 +86,13 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
         yield eng
 
 
-def _detect(engine: Engine, history: Path, state: Path, **kw: Any) -> tuple[list[Alert], Any]:
+def _detect(
+    engine: Engine, history: Path, state: Path, env: dict[str, str] | None = None, **kw: Any
+) -> tuple[list[Alert], Any]:
     emit = kw.pop("emit", "alerts")
-    s = detect_settings(_settings(history, AD_EMIT=emit))
-    job = Job("detect", "detect", read_readings([str(history)]), s, partitions=8, **kw)
+    s = detect_settings(_settings(history, AD_EMIT=emit, **(env or {})))
+    readings = read_readings([str(history)], default_tenant=s.default_tenant)
+    job = Job("detect", "detect", readings, s, partitions=8, **kw)
     (ran,) = run_jobs(engine, [job], JobStore(state), ResultCache(state / "cache"))
     return sorted(alerts_of(ran.result)), ran.record
 
@@ -104,6 +108,37 @@ def test_detect_equals_the_streaming_flow(
     assert rec.state == "done" and rec.computed == rec.tasks > 1 and rec.cached == 0
     tenants = {orjson.loads(b)["tenant_id"] for _s, _a, b in batch}
     assert tenants == {None, "plant-7"}
+
+
+@pytest.fixture(scope="module")
+def tenant_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same sensor ids under tenants ``a`` and ``b`` (different values), and a sensor
+    without a tenant (``AD_DEFAULT_TENANT`` gives it one)."""
+    path = tmp_path_factory.mktemp("tenants") / "readings.jsonl"
+    lines = []
+    for _key, value in write_readings(None, sensors=3, per_sensor=360, spike_every=61):
+        rec = json.loads(value)
+        if rec["sensor_id"] == "sensor-002":
+            lines.append(json.dumps(rec).encode())
+            continue
+        for tenant, scale in (("a", 1.0), ("b", 3.0)):
+            lines.append(
+                json.dumps({**rec, "tenant_id": tenant, "value": rec["value"] * scale}).encode()
+            )
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_detect_keeps_tenants_apart_as_the_flow_does(
+    engine: Engine, tenant_history: Path, tmp_path: Path
+) -> None:
+    env = {"AD_DEFAULT_TENANT": "shared"}
+    expected = _stream(tenant_history, **env)
+    keys = {k for k, _a, _b in expected}
+    assert keys >= {"a\x1fsensor-000", "b\x1fsensor-000", "shared\x1fsensor-002"}
+    batch, rec = _detect(engine, tenant_history, tmp_path, env, use_cache=False)
+    assert batch == expected and rec.computed == rec.tasks
+    assert {orjson.loads(b)["tenant_id"] for _k, _a, b in batch} == {"a", "b", "shared"}
 
 
 def _digest(models: dict[str, Any]) -> str:
@@ -238,8 +273,10 @@ def test_adctl_detect_and_jobs(
     expected = stream_alerts["alerts"]
     written = out.read_bytes().splitlines()
     assert sorted(written) == sorted(body for _s, _a, body in expected)
-    sensors = [orjson.loads(b)["sensor_id"] for b in written]
-    assert sensors == sorted(sensors)  # by sensor, each in window order
+    keys = [
+        sensor_key(*(lambda b: (b["sensor_id"], b["tenant_id"]))(orjson.loads(x))) for x in written
+    ]
+    assert keys == sorted(keys)  # by (tenant and) sensor, each in window order
 
     topic = kafka_topic(partitions=2)
     again = _adctl(
@@ -380,7 +417,8 @@ def test_history_from_s3_reads_as_from_files(
         s3.put_object(Bucket="history", Key="raw/b.jsonl", Body=b"".join(lines[half:]))
         rows = [json.loads(x) for x in lines]
         parquet = tmp_path / "h.parquet"
-        pq.write_table(pa.table({k: [r.get(k) for r in rows] for k in rows[0]}), parquet)
+        columns = rows[0] | {"tenant_id": None}
+        pq.write_table(pa.table({k: [r.get(k) for r in rows] for k in columns}), parquet)
         s3.upload_file(str(parquet), "history", "cols/h.parquet")
         for url in ("s3://history/raw/*.jsonl", "s3://history/cols/h.parquet"):
             got = read_readings([url])
