@@ -57,7 +57,7 @@ def test_dask_runs_the_projects_image() -> None:
     image = spec["detector"]["image"]
     assert spec["detector"]["build"] == "."
     for name, cmd in (("dask-scheduler", "scheduler"), ("dask-worker", "worker")):
-        assert spec[name]["image"] == image, name
+        assert spec[name]["image"] == image and spec[name]["build"] == ".", name
         assert spec[name]["entrypoint"][:2] == ["dask", cmd], name
     assert "tcp://dask-scheduler:8786" in spec["dask-worker"]["entrypoint"]
     import tomllib
