@@ -51,7 +51,7 @@ def test_compose_has_the_whole_stack() -> None:
 
 
 def test_dask_runs_the_projects_image() -> None:
-    """The Dask scheduler and workers run the image the detector service builds, so
+    """The Dask scheduler and workers run the project's image (the detector's), so
     ``adctl detect --scheduler tcp://dask-scheduler:8786`` finds the project there."""
     spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     image = spec["detector"]["image"]
