@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``adctl`` / ``python -m control``."""
+    from control.engines.base import EngineError  # issue 15: batch engines
     from control.history import HistoryError
     from control.k8s import K8sError
     from control.markers import MarkerError
@@ -56,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         SupervisorError,
         TrainingError,
         ModelStoreError,
+        EngineError,
         ValueError,
     ) as exc:
         print(f"adctl: error: {exc}", file=sys.stderr)

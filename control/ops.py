@@ -272,12 +272,14 @@ def retrain(
     fit: str | None = None,
     gpu: bool = False,
     progress: Any = None,
+    train: Callable[[dict[str, Any], Any], tuple[dict[str, Any], str]] | None = None,
     push_input: str | None = None,
     announce: Announce | None = None,
     log: Log = _quiet,
 ) -> dict[str, Any]:
-    """``adctl retrain``: fit per-key models on Dask from history, store a new version,
-    announce it and optionally push it live (``push_input``).
+    """``adctl retrain``: fit per-key models from history, store a new version, announce
+    it and optionally push it live (``push_input``). ``train(series, progress)`` fits on
+    a batch engine and returns ``({key: model}, where)``; default: Dask.
     """
     from control.history import Fields, ReadStats, load_series
     from control.training import assemble_model, train_on_dask
@@ -307,18 +309,21 @@ def retrain(
         f"{stats.bad_records} bad, {stats.skipped_markers} control markers skipped "
         f"({time.monotonic() - t0:.1f}s)"
     )
-    where = scheduler or f"LocalCluster({dask_workers} workers)"
-    log(f"training {detector} per key on Dask {where}" + (" with CuPy" if gpu else ""))
-    per_key = train_on_dask(
-        series,
-        detector,
-        params=params,
-        scheduler=scheduler,
-        n_workers=dask_workers,
-        fit_spec=fit,
-        gpu=gpu,
-        progress=progress,
-    )
+    if train is not None:
+        per_key, where = train(series, progress)
+    else:
+        where = scheduler or f"LocalCluster({dask_workers} workers)"
+        log(f"training {detector} per key on Dask {where}" + (" with CuPy" if gpu else ""))
+        per_key = train_on_dask(
+            series,
+            detector,
+            params=params,
+            scheduler=scheduler,
+            n_workers=dask_workers,
+            fit_spec=fit,
+            gpu=gpu,
+            progress=progress,
+        )
     version = version or model_store.next_version(store, detector)
     training = {
         "sources": sources,

@@ -66,3 +66,21 @@ def test_compose_starts_the_control_api(monkeypatch: pytest.MonkeyPatch) -> None
     assert (args.host, args.port, args.state_dir) == ("0.0.0.0", 8080, "/var/lib/adctl")
     assert args.registry == "/var/lib/adctl/tenants.yaml"
     assert args.allow_url == ["kafka://kafka:9092/"]
+
+
+def test_dask_runs_the_projects_image() -> None:
+    """The Dask scheduler and workers run the project's image (the detector's), so
+    ``adctl detect --scheduler tcp://dask-scheduler:8786`` finds the project there."""
+    spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    image = spec["detector"]["image"]
+    assert spec["detector"]["build"] == "."
+    for name, cmd in (("dask-scheduler", "scheduler"), ("dask-worker", "worker")):
+        assert spec[name]["image"] == image and spec[name]["build"] == ".", name
+        assert spec[name]["entrypoint"][:2] == ["dask", cmd], name
+    assert "tcp://dask-scheduler:8786" in spec["dask-worker"]["entrypoint"]
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = extras["optional-dependencies"]
+    assert "pip install --no-cache-dir '.[all]'" in (ROOT / "Dockerfile").read_text()
+    assert any("dask" in x for x in extras["all"])  # the image has Dask's workers

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from control.commands import api, flow, models, observe
+from control.commands import api, batch, flow, models, observe
 
 #: in the order ``adctl --help`` lists them
-MODULES = (models, flow, observe, api)
+MODULES = (models, batch, flow, observe, api)

@@ -17,6 +17,7 @@ from control.cli_env import (
     parse_time_arg,
     split_list,
 )
+from control.commands.batch import add_engine_options
 from control.progress import Progress, say
 
 
@@ -29,6 +30,7 @@ def _announce(args: argparse.Namespace) -> Any:
 def cmd_retrain(args: argparse.Namespace) -> int:
     """``adctl retrain``: fit a model on history and store a new version."""
     from control import ops
+    from control.commands.batch import train_with_engine
     from control.history import Fields
 
     if args.push and not args.input:
@@ -47,6 +49,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         fit=args.fit,
         gpu=args.gpu,
         progress=Progress(args.progress, "training"),
+        train=lambda series, progress: train_with_engine(args, series, progress),
         push_input=args.input if args.push else None,
         announce=_announce(args),
         log=say,
@@ -125,8 +128,8 @@ def register(sub: Any) -> None:
     """Add this module's subcommands to ``adctl``'s subparsers ``sub``."""
     p = sub.add_parser(
         "retrain",
-        help="train per-key models on Dask and store a new version",
-        description="Read history, fit one model per key on Dask, store a "
+        help="train per-key models on Dask, Ray or Spark and store a new version",
+        description="Read history, fit one model per key on Dask (or --engine ray|spark), store a "
         "versioned artifact, announce it, and optionally push it live.",
     )
     opt(
@@ -161,8 +164,9 @@ def register(sub: Any) -> None:
         env="AD_DASK_WORKERS",
         default=2,
         type=int,
-        help="worker processes of the embedded LocalCluster",
+        help="workers of the embedded engine (LocalCluster processes, Ray/Spark cores)",
     )
+    add_engine_options(p, dask_flags=False)  # issue 15: --engine, --address, --master
     opt(
         p,
         "--fit",

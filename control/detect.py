@@ -1,0 +1,267 @@
+"""Batch detection: the flow's own windows, detector and alerts over history.
+
+History (``control.history_columns.Readings``) is split into ``partitions`` by sensor
+(``flows.records.key_group``: crc32 of the sensor id, the flow's own key-group hash),
+each partition's records sorted by sensor and event time (stable: equal times keep
+input order). A task runs one partition through ``flows.logic.KeyGroupLogic``, the
+very object the streaming flow's stateful step runs, then closes every window at the
+end of input (``on_eof``, as the flow does at the end of a finite source). So the
+alerts, their bodies and their ``alert_id`` are the flow's — on input whose records
+are in event-time order per sensor. (On input that is not, the flow drops records
+behind a sensor's watermark as late; batch detection sorts them into place first.)
+
+Results are cached by a content hash of the partition's readings plus the detection
+settings and the detection code (:func:`config_digest`): re-running over unchanged
+history recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from connectors.base import RawRecord, register_message_type
+from control.history_columns import Readings
+from flows.records import Columns, SubBatch, key_group
+from flows.settings import Settings
+
+__all__ = [
+    "DetectTask",
+    "PartResult",
+    "Partition",
+    "ResultCache",
+    "config_digest",
+    "detect_partition",
+    "detect_settings",
+    "split_partitions",
+]
+
+#: records per ``on_batch`` call inside a task (bounds the memory of the columns)
+CHUNK = 65_536
+ROOT = Path(__file__).resolve().parents[1]
+#: the flow modules whose code decides a partition's alerts (part of the cache key)
+FLOW_CODE = (
+    "flows/windows.py",
+    "flows/records.py",
+    "flows/sensor_state.py",
+    "flows/models.py",
+    "flows/logic.py",
+)
+
+
+class RowRef(int):
+    """A reading's row in its partition, standing in for the RawRecord the flow keeps
+    per reading; made into one only for a dead letter (a reading the flow's clock rules
+    refuse).
+    """
+
+    __slots__ = ()
+
+
+register_message_type(RowRef, lambda r: RawRecord(None, "adctl-detect", "history", str(int(r))))
+
+
+@dataclass
+class Partition:
+    """One partition's readings, sorted by sensor then event time (stable)."""
+
+    index: int
+    names: list[str]  # sensor ids of this partition
+    codes: np.ndarray  # int32 index into names, per reading
+    ts: np.ndarray  # int64 epoch ms
+    vals: np.ndarray  # float64
+    tenants: np.ndarray  # object: str | None
+    digest: str = ""
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+@dataclass
+class DetectTask:
+    """What a task needs: the partition, the flow settings, and its cache key."""
+
+    part: Partition
+    settings: Settings
+    key: str
+    fail_once: str | None = None  # fault injection: fail the first attempt (tests)
+
+
+@dataclass
+class PartResult:
+    """A partition's output: alerts as ``(sensor_id, alert_id, JSON body)`` in sensor
+    then window order, dead letters as JSON bodies, and counters.
+    """
+
+    index: int
+    key: str
+    records: int
+    alerts: list[tuple[str, str, bytes]]
+    dead_letters: list[bytes] = field(default_factory=list)
+    cached: bool = False
+
+
+def detect_settings(settings: Settings, **overrides: Any) -> Settings:
+    """The flow settings as detection uses them: key groups by sensor, no snapshots, and
+    no reordering wait (detection sorts each sensor's readings by event time itself).
+    """
+    return replace(settings, key_by="sensor", metrics_port=0, reorder_wait=0.0, **overrides)
+
+
+def _code_digest() -> str:
+    h = hashlib.sha256()
+    for rel in FLOW_CODE:
+        h.update((ROOT / rel).read_bytes())
+    for p in sorted((ROOT / "detectors").glob("*.py")):
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def config_digest(settings: Settings) -> str:
+    """Hash of everything besides the input that decides a partition's output."""
+    from state.model_store import canonical_json
+
+    spec = {
+        "window": settings.window,
+        "window_size": settings.window_size,
+        "window_slide": settings.window_slide,
+        "session_gap": settings.session_gap,
+        "allowed_lateness": settings.allowed_lateness,
+        "max_future": settings.max_future,
+        "detector": settings.detector,
+        "detector_params": settings.detector_params,
+        "threshold": settings.threshold,
+        "emit": settings.emit,
+        "code": _code_digest(),
+    }
+    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()
+
+
+def split_partitions(r: Readings, partitions: int) -> list[Partition]:
+    """Readings split by ``key_group(sensor)`` into ``partitions``, each sorted by sensor
+    and event time, with a content digest. Empty partitions are left out.
+    """
+    names, codes = r.names, r.codes
+    group_of_name = np.fromiter(
+        (int(key_group(n, partitions)) for n in names.tolist()), dtype=np.int32, count=len(names)
+    )
+    group = group_of_name[codes]
+    order = np.lexsort((r.ts, codes, group))
+    group_sorted = group[order]
+    bounds = np.searchsorted(group_sorted, np.arange(partitions + 1))
+    out = []
+    for p in range(partitions):
+        lo, hi = bounds[p], bounds[p + 1]
+        if lo == hi:
+            continue
+        sel = order[lo:hi]
+        uniq, local = np.unique(codes[sel], return_inverse=True)
+        part = Partition(
+            p,
+            names[uniq].tolist(),
+            local.astype(np.int32).ravel(),
+            np.ascontiguousarray(r.ts[sel]),
+            np.ascontiguousarray(r.vals[sel]),
+            r.tenants[sel],
+        )
+        part.digest = _part_digest(part)
+        out.append(part)
+    return out
+
+
+def _part_digest(p: Partition) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    h.update("\x1f".join(p.names).encode())
+    h.update(p.codes.tobytes())
+    h.update(p.ts.tobytes())
+    h.update(p.vals.tobytes())
+    if any(t is not None for t in p.tenants):
+        h.update("\x1f".join("" if t is None else t for t in p.tenants).encode())
+    return h.hexdigest()
+
+
+def _inject_failure(path: str | None) -> None:
+    if not path:
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    raise RuntimeError(f"injected failure (first attempt; {path} now exists)")
+
+
+def detect_partition(task: DetectTask) -> PartResult:
+    """Run one partition through the flow's key-group logic (runs on a worker)."""
+    from flows.logic import ALERT, KeyGroupLogic
+    from flows.models import Models
+
+    _inject_failure(task.fail_once)
+    part, s = task.part, task.settings
+    logic = KeyGroupLogic(s, Models(s.detector, s.detector_params), None)
+    group = str(part.index)
+    names = np.asarray(part.names, dtype=object)
+    alerts: list[tuple[str, str, bytes]] = []
+    dead: list[bytes] = []
+
+    def collect(out: Any) -> None:
+        for tag, item in out:
+            if tag == ALERT:
+                sid, rec = item
+                alerts.append((sid, rec.id, rec.value))
+            else:
+                dead.append(item[1].value)
+
+    for lo in range(0, len(part), CHUNK):
+        hi = min(lo + CHUNK, len(part))
+        c = Columns()
+        c.sids = names[part.codes[lo:hi]].tolist()
+        c.ts = part.ts[lo:hi].tolist()
+        c.vals = part.vals[lo:hi].tolist()
+        c.tenants = part.tenants[lo:hi].tolist()
+        c.raws = list(map(RowRef, range(lo, hi)))
+        collect(logic.on_batch([SubBatch(group, [c])])[0])
+    collect(logic.on_eof()[0])
+    alerts.sort(key=lambda a: a[0])  # stable: each sensor's windows stay in order
+    return PartResult(part.index, task.key, len(part), alerts, dead)
+
+
+class ResultCache:
+    """Partition results on disk, one file per cache key (written atomically)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    def _path(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.pkl"
+
+    def get(self, key: str) -> PartResult | None:
+        """The cached result of ``key``, or ``None`` (missing or unreadable)."""
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            res: PartResult = pickle.loads(data)  # noqa: S301 - our own cache entry
+        except Exception:  # noqa: BLE001 - a damaged entry is recomputed
+            return None
+        res.cached = True
+        return res
+
+    def put(self, res: PartResult) -> None:
+        """Store ``res`` under its key."""
+        path = self._path(res.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(pickle.dumps(res, pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, path)
+
+
+def cache_key(part: Partition, config: str) -> str:
+    return hashlib.sha256(f"{part.digest}:{config}".encode()).hexdigest()

@@ -1,0 +1,488 @@
+"""Batch detection and retraining on real engines: Dask LocalCluster, local Ray, Spark
+local[2] (each started once for the module). For each engine: detect gives the
+streaming flow's alerts (same bodies, same ``alert_id``), retrain gives the same
+artifact digest as an in-process fit, a cached re-run submits no task, a failed task is
+retried by the engine with exact output, and a dependency chain runs in order."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from bytewax.testing import TestingSink, run_main
+
+from control.detect import ResultCache, detect_settings
+from control.detect_output import alerts_of
+from control.engine_training import train_on_engine
+from control.engines import Engine, make_engine
+from control.history import load_series
+from control.history_columns import read_readings
+from control.jobs import Job, JobStore, run_jobs
+from control.training import assemble_model, fit_batch
+from flows import detector
+from flows.records import sensor_key
+from flows.settings import Settings, load_settings
+from state.model_store import canonical_json
+from tests.control.helpers import (
+    START_MS,
+    free_port,
+    produce_json,
+    read_topic,
+    write_readings,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+ENGINES = ["dask", "ray", "spark"]
+#: windows of 30 s over readings every 10 s, the MAD detector (the ensemble needs more
+#: history than this small dataset before it scores above 0)
+FLOW_ENV = {"AD_WINDOW_SIZE": "30s", "AD_DETECTOR": "mad", "AD_THRESHOLD": "0.999"}
+
+Alert = tuple[str, str, bytes]
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 sensors x 360 readings (every 10 s, time-major), a tenant on some, and spikes."""
+    path = tmp_path_factory.mktemp("history") / "readings.jsonl"
+    lines = []
+    for _key, value in write_readings(None, sensors=6, per_sensor=360, spike_every=61):
+        rec = json.loads(value)
+        if rec["sensor_id"] in ("sensor-001", "sensor-004"):
+            rec["tenant_id"] = "plant-7"
+        lines.append(json.dumps(rec).encode())
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def _settings(history: Path, **env: str) -> Settings:
+    return load_settings({"AD_SOURCE": f"file://{history}", **FLOW_ENV, **env})
+
+
+def _stream(history: Path, **env: str) -> list[Alert]:
+    """The streaming flow's output on ``history``, as ``(sensor, alert_id, body)``."""
+    out: list[Any] = []
+    run_main(
+        detector.build_flow(_settings(history, **env), sink=TestingSink(out), dlq=TestingSink([]))
+    )
+    return sorted((sid, rec.id, rec.value) for sid, rec in out)
+
+
+@pytest.fixture(scope="module")
+def stream_alerts(history: Path) -> dict[str, list[Alert]]:
+    return {emit: _stream(history, AD_EMIT=emit) for emit in ("alerts", "all")}
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    with make_engine(request.param, workers=2, retries=2) as eng:
+        yield eng
+
+
+def _detect(
+    engine: Engine, history: Path, state: Path, env: dict[str, str] | None = None, **kw: Any
+) -> tuple[list[Alert], Any]:
+    emit = kw.pop("emit", "alerts")
+    s = detect_settings(_settings(history, AD_EMIT=emit, **(env or {})))
+    readings = read_readings([str(history)], default_tenant=s.default_tenant)
+    job = Job("detect", "detect", readings, s, partitions=8, **kw)
+    (ran,) = run_jobs(engine, [job], JobStore(state), ResultCache(state / "cache"))
+    return sorted(alerts_of(ran.result)), ran.record
+
+
+@pytest.mark.parametrize("emit", ["alerts", "all"])
+def test_detect_equals_the_streaming_flow(
+    engine: Engine, history: Path, stream_alerts: dict, emit: str, tmp_path: Path
+) -> None:
+    batch, rec = _detect(engine, history, tmp_path, emit=emit, use_cache=False)
+    expected = stream_alerts[emit]
+    assert len(expected) > (100 if emit == "all" else 5)
+    assert batch == expected  # same sensors, same alert_ids, byte-identical bodies
+    assert rec.state == "done" and rec.computed == rec.tasks > 1 and rec.cached == 0
+    tenants = {orjson.loads(b)["tenant_id"] for _s, _a, b in batch}
+    assert tenants == {None, "plant-7"}
+
+
+@pytest.fixture(scope="module")
+def tenant_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same sensor ids under tenants ``a`` and ``b`` (different values), and a sensor
+    without a tenant (``AD_DEFAULT_TENANT`` gives it one)."""
+    path = tmp_path_factory.mktemp("tenants") / "readings.jsonl"
+    lines = []
+    for _key, value in write_readings(None, sensors=3, per_sensor=360, spike_every=61):
+        rec = json.loads(value)
+        if rec["sensor_id"] == "sensor-002":
+            lines.append(json.dumps(rec).encode())
+            continue
+        for tenant, scale in (("a", 1.0), ("b", 3.0)):
+            lines.append(
+                json.dumps({**rec, "tenant_id": tenant, "value": rec["value"] * scale}).encode()
+            )
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_detect_keeps_tenants_apart_as_the_flow_does(
+    engine: Engine, tenant_history: Path, tmp_path: Path
+) -> None:
+    env = {"AD_DEFAULT_TENANT": "shared"}
+    expected = _stream(tenant_history, **env)
+    keys = {k for k, _a, _b in expected}
+    assert keys >= {"a\x1fsensor-000", "b\x1fsensor-000", "shared\x1fsensor-002"}
+    batch, rec = _detect(engine, tenant_history, tmp_path, env, use_cache=False)
+    assert batch == expected and rec.computed == rec.tasks
+    assert {orjson.loads(b)["tenant_id"] for _k, _a, b in batch} == {"a", "b", "shared"}
+
+
+def _digest(models: dict[str, Any]) -> str:
+    model = assemble_model("mad", "v1", models, {"sources": ["test"]})
+    return hashlib.sha256(canonical_json(model).encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def reference_digest(history: Path) -> str:
+    """The artifact digest of an in-process fit (no engine)."""
+    series = load_series([str(history)])
+    batch = [(k, s.timestamps, s.values) for k, s in series.items()]
+    return _digest(dict(fit_batch("mad", None, batch)))
+
+
+def test_retrain_gives_the_same_digest_on_every_engine(
+    engine: Engine, history: Path, reference_digest: str
+) -> None:
+    series = load_series([str(history)])
+    models = train_on_engine(engine, series, "mad")
+    assert list(models) == sorted(series)
+    assert _digest(models) == reference_digest
+
+
+def test_cached_rerun_does_no_work(
+    engine: Engine, history: Path, stream_alerts: dict, tmp_path: Path
+) -> None:
+    first, rec1 = _detect(engine, history, tmp_path)
+    assert rec1.computed == rec1.tasks > 1 and rec1.cached == 0
+    again, rec2 = _detect(engine, history, tmp_path)
+    assert rec2.computed == 0 and rec2.cached == rec2.tasks == rec1.tasks
+    assert rec2.task_times == []  # nothing ran on the engine
+    assert again == first == stream_alerts["alerts"]
+    forced, rec3 = _detect(engine, history, tmp_path, use_cache=False)
+    assert rec3.computed == rec3.tasks and forced == first
+    # other settings are another cache key: everything is computed again
+    s = detect_settings(_settings(history), threshold=0.9)
+    job = Job("detect", "detect", read_readings([str(history)]), s, partitions=8)
+    (ran,) = run_jobs(engine, [job], JobStore(tmp_path), ResultCache(tmp_path / "cache"))
+    assert ran.record.computed == ran.record.tasks and ran.record.cached == 0
+
+
+def test_a_failed_task_is_retried_by_the_engine(
+    engine: Engine, history: Path, stream_alerts: dict, tmp_path: Path
+) -> None:
+    marker = tmp_path / "failed-once"
+    batch, rec = _detect(engine, history, tmp_path, use_cache=False, fail_once=str(marker))
+    assert marker.exists()  # one task attempt failed ...
+    assert rec.state == "done" and rec.computed == rec.tasks  # ... and was retried
+    assert batch == stream_alerts["alerts"]
+
+
+def test_a_dependency_chain_runs_in_order(engine: Engine, history: Path, tmp_path: Path) -> None:
+    r = read_readings([str(history)])
+    half = START_MS + 180 * 10_000
+    s = detect_settings(_settings(history))
+    first = Job("first", "detect", r.select(r.ts < half), s, partitions=8, use_cache=False)
+    # a higher priority does not let a job overtake the job it depends on
+    second = Job(
+        "second",
+        "detect",
+        r.select(r.ts >= half),
+        s,
+        partitions=8,
+        use_cache=False,
+        priority=10,
+        depends_on=["first"],
+    )
+    retrain = Job(
+        "retrain", "retrain", r, load_settings({"AD_DETECTOR": "mad"}), depends_on=["second"]
+    )
+    # an independent job of higher priority goes first
+    urgent = Job("urgent", "detect", r, s, partitions=8, use_cache=False, priority=20)
+    store = JobStore(tmp_path)
+    jobs = [retrain, second, first, urgent]
+    ran = run_jobs(engine, jobs, store, ResultCache(tmp_path / "c"))
+    assert [j.name for j in ran] == ["urgent", "first", "second", "retrain"]
+    a, b, c = first.record, second.record, retrain.record
+    assert a is not None and b is not None and c is not None
+    assert min(t0 for t0, _ in b.task_times) >= max(t1 for _, t1 in a.task_times)
+    assert min(t0 for t0, _ in c.task_times) >= max(t1 for _, t1 in b.task_times)
+    assert sorted(retrain.result) == sorted(r.names.tolist())
+    listed = {rec.name: rec.state for rec in store.list()}
+    assert listed == {"urgent": "done", "first": "done", "second": "done", "retrain": "done"}
+
+
+def _adctl(state: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AD_")}
+    env.update(FLOW_ENV, AD_STATE_DIR=str(state), AD_PROGRESS="plain")
+    return subprocess.run(
+        [sys.executable, "-m", "control", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_adctl_detect_and_jobs(
+    history: Path,
+    stream_alerts: dict,
+    tmp_path: Path,
+    kafka_brokers: str,
+    kafka_topic: Any,
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # the same readings as Parquet: the alerts are still the flow's
+    rows = [json.loads(line) for line in history.read_text().splitlines()]
+    table = pa.table({k: [r.get(k) for r in rows] for k in rows[0] | {"tenant_id": None}})
+    parquet = tmp_path / "readings.parquet"
+    pq.write_table(table, parquet)
+    out = tmp_path / "alerts.jsonl"
+    res = _adctl(
+        tmp_path,
+        "detect",
+        "--from",
+        str(parquet),
+        "--out",
+        str(out),
+        "--partitions",
+        "4",
+        "--workers",
+        "1",
+    )
+    assert res.returncode == 0, res.stderr
+    assert "records/s, ETA" in res.stderr  # the progress lines
+    line = json.loads(res.stdout.splitlines()[-1])
+    assert line["state"] == "done" and line["computed"] == line["tasks"] > 0
+    expected = stream_alerts["alerts"]
+    written = out.read_bytes().splitlines()
+    assert sorted(written) == sorted(body for _s, _a, body in expected)
+    keys = [
+        sensor_key(*(lambda b: (b["sensor_id"], b["tenant_id"]))(orjson.loads(x))) for x in written
+    ]
+    assert keys == sorted(keys)  # by (tenant and) sensor, each in window order
+
+    topic = kafka_topic(partitions=2)
+    again = _adctl(
+        tmp_path,
+        "detect",
+        "--from",
+        str(parquet),
+        "--partitions",
+        "4",
+        "--workers",
+        "1",
+        "--out",
+        f"kafka://{kafka_brokers}/{topic}",
+    )
+    assert again.returncode == 0, again.stderr
+    line = json.loads(again.stdout.splitlines()[-1])
+    assert line["computed"] == 0 and line["cached"] == line["tasks"]  # nothing recomputed
+    got = sorted(rec["alert_id"] for rec in read_topic(kafka_brokers, topic))
+    assert got == sorted(a for _s, a, _b in expected)
+
+    # history from a Kafka topic (keyed by sensor, 2 partitions): the same alerts
+    source = kafka_topic(partitions=2)
+    produce_json(
+        kafka_brokers,
+        source,
+        [(json.loads(v)["sensor_id"], v) for v in history.read_bytes().splitlines()],
+    )
+    from_kafka = tmp_path / "from-kafka.jsonl"
+    res = _adctl(
+        tmp_path,
+        "detect",
+        "--from",
+        f"kafka://{kafka_brokers}/{source}",
+        "--out",
+        str(from_kafka),
+        "--partitions",
+        "4",
+        "--workers",
+        "1",
+    )
+    assert res.returncode == 0, res.stderr
+    assert from_kafka.read_bytes().splitlines() == out.read_bytes().splitlines()
+
+    jobs = _adctl(tmp_path, "jobs")
+    assert jobs.returncode == 0, jobs.stderr
+    listed = [ln for ln in jobs.stdout.splitlines()[1:] if ln.strip()]
+    assert len(listed) == 3 and all(" done " in ln for ln in listed)
+    assert str(out) in listed[0] and topic in listed[1] and str(from_kafka) in listed[2]
+
+    bad = _adctl(tmp_path, "detect", "--from", str(parquet), "--out", str(tmp_path / "a.txt"))
+    assert bad.returncode == 2 and "use a .parquet or .jsonl file" in bad.stderr
+    bad = _adctl(
+        tmp_path,
+        "detect",
+        "--from",
+        str(parquet),
+        "--out",
+        str(out),
+        "--engine",
+        "spark",
+        "--master",
+        "nowhere://x",
+    )
+    assert bad.returncode == 2 and "cannot start Spark" in bad.stderr
+    bad = _adctl(
+        tmp_path,
+        "detect",
+        "--from",
+        str(parquet),
+        "--out",
+        str(out),
+        "--engine",
+        "ray",
+        "--address",
+        f"127.0.0.1:{free_port()}",
+    )
+    assert bad.returncode == 2 and "cannot reach Ray at 127.0.0.1:" in bad.stderr
+    bad = _adctl(
+        tmp_path, "detect", "--from", str(parquet), "--out", str(out), "--detector", "nope"
+    )
+    assert bad.returncode == 2 and "detector 'nope'" in bad.stderr
+
+
+def test_adctl_retrain_gives_one_digest_on_every_engine(history: Path, tmp_path: Path) -> None:
+    digests = {}
+    for name in ENGINES:
+        store = tmp_path / name
+        res = _adctl(
+            tmp_path,
+            "retrain",
+            "--engine",
+            name,
+            "--from",
+            str(history),
+            "--detector",
+            "mad",
+            "--model-store",
+            f"file://{store}",
+            "--version",
+            "v1",
+            "--no-announce",
+            "--progress",
+            "none",
+        )
+        assert res.returncode == 0, res.stderr
+        digests[name] = json.loads((store / "mad" / "v1.json").read_text())["sha256"]
+    assert len(set(digests.values())) == 1, digests
+
+
+def test_history_from_s3_reads_as_from_files(
+    history: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``s3://`` history (moto's S3 server over HTTP): Parquet and JSON lines, globbed."""
+    import boto3
+    import moto.server as server_mod
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    port = free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        for k, v in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }.items():
+            monkeypatch.setenv(k, v)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="history")
+        local = read_readings([str(history)])
+        lines = history.read_bytes().splitlines(keepends=True)
+        half = len(lines) // 2
+        s3.put_object(Bucket="history", Key="raw/a.jsonl", Body=b"".join(lines[:half]))
+        s3.put_object(Bucket="history", Key="raw/b.jsonl", Body=b"".join(lines[half:]))
+        rows = [json.loads(x) for x in lines]
+        parquet = tmp_path / "h.parquet"
+        columns = rows[0] | {"tenant_id": None}
+        pq.write_table(pa.table({k: [r.get(k) for r in rows] for k in columns}), parquet)
+        s3.upload_file(str(parquet), "history", "cols/h.parquet")
+        for url in ("s3://history/raw/*.jsonl", "s3://history/cols/h.parquet"):
+            got = read_readings([url])
+            assert got.names.tolist() == local.names.tolist(), url
+            for col in ("codes", "ts", "vals"):
+                assert np.array_equal(getattr(got, col), getattr(local, col)), (url, col)
+        assert got.stats.records == len(lines)
+    finally:
+        server.stop()
+
+
+def test_adctl_detect_by_month_then_retrain(tmp_path: Path) -> None:
+    """``--split month --then-retrain``: a job per month, each as a flow started at the
+    month's start would see it, then a retrain job after them."""
+    history = tmp_path / "two-months.jsonl"
+    write_readings(history, sensors=3, per_sensor=560, step_ms=3 * 3600 * 1000)  # 70 days
+    out = tmp_path / "alerts.jsonl"
+    res = _adctl(
+        tmp_path,
+        "detect",
+        "--from",
+        str(history),
+        "--out",
+        str(out),
+        "--split",
+        "month",
+        "--then-retrain",
+        "--workers",
+        "1",
+        "--partitions",
+        "2",
+        "--model-store",
+        f"file://{tmp_path / 'models'}",
+        "--version",
+        "v1",
+    )
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(ln) for ln in res.stdout.splitlines()]
+    assert [ln["name"] for ln in lines] == [
+        "detect-2026-01",
+        "detect-2026-02",
+        "detect-2026-03",
+        "retrain",
+    ]
+    assert all(ln["state"] == "done" for ln in lines)
+    assert all(ln["alerts"] > 0 for ln in lines[:-1])
+    assert lines[-1]["output"].startswith(f"file://{tmp_path / 'models'}/")
+    assert (tmp_path / "models" / "mad" / "v1.json").is_file()
+    for ln in lines[:-1]:  # each month as its own flow run over that month
+        month = ln["name"].removeprefix("detect-")
+        part = tmp_path / f"month-{month}.jsonl"
+        part.write_bytes(
+            b"".join(
+                x + b"\n"
+                for x in history.read_bytes().splitlines()
+                if iso_month(json.loads(x)["timestamp"]) == month
+            )
+        )
+        got = (tmp_path / f"alerts-{month}.jsonl").read_bytes().splitlines()
+        assert ln["output"] == str(tmp_path / f"alerts-{month}.jsonl")
+        assert sorted(got) == sorted(b for _s, _a, b in _stream(part))
+
+
+def iso_month(ts_ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m")
