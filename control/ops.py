@@ -211,6 +211,20 @@ class Announce:
     topic: str = "ad-control"
 
 
+def control_key() -> bytes:
+    """The key that signs control markers (``AD_CONTROL_KEY``, shared with the flows)."""
+    from schemas.markers import MIN_KEY_BYTES
+
+    key = os.environ.get("AD_CONTROL_KEY", "").encode()
+    if len(key) < MIN_KEY_BYTES:
+        raise CliError(
+            f"AD_CONTROL_KEY must be set to the flow's control key (at least {MIN_KEY_BYTES} "
+            "characters) to sign model switches; e.g. export AD_CONTROL_KEY=$(openssl rand "
+            "-hex 32) for both adctl and the flow"
+        )
+    return key
+
+
 def publish_model(
     detector: str,
     version: str,
@@ -226,7 +240,7 @@ def publish_model(
 
     result: dict[str, Any] = {"detector": detector, "version": version, "model_ref": ref}
     if push_input:
-        written = push_marker(push_input, encode_marker(detector, version, ref))
+        written = push_marker(push_input, encode_marker(detector, version, ref, control_key()))
         result["markers"] = {w.partition: w.position for w in written}
         log(
             f"model switch to {version} written into {len(written)} input partition(s) "

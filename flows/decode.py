@@ -356,10 +356,14 @@ class Decoder:
         earliest: int = EARLIEST_MS,
         csv_mapping: dict[str, str] | None = None,
         default_tenant: str = "",
+        control_key: bytes | None = None,
+        model_store: str = "",
     ) -> None:
         self.max_bytes = max_bytes
         self.flow_id = flow_id
         self.default_tenant = default_tenant or None
+        self.control_key = control_key or None
+        self.model_store = model_store
         self.unit = timestamp_unit
         self.earliest = earliest
         # epoch-ms integers the fast paths may take as they are: in range, and (auto) in
@@ -405,11 +409,24 @@ class Decoder:
             raise BadRecord("oversize", f"{len(data)} bytes > max {self.max_bytes}")
         if data[:6] == CONTROL_PREFIX:
             try:
-                return Control(decode_marker(data), raw)  # type: ignore[arg-type]  # a marker: not None
+                body = decode_marker(data, self.control_key)
             except MarkerInvalid as exc:
                 raise BadRecord("bad_control", str(exc)) from None
+            assert body is not None  # noqa: S101 - narrowing: it has the prefix
+            self._check_store(str(body.get("model_ref", "")))
+            return Control(body, raw)
         obj = self._csv(raw) if self._csv is not None else self._decode(data)
         return _validate(obj, raw, self.unit, self.earliest, self._lo, self._hi)
+
+    def _check_store(self, ref: str) -> None:
+        """A marker's model must come from the configured store (``bad_control`` if not)."""
+        if not ref:
+            return  # the built-in detector, under another version name
+        store = self.model_store.rstrip("/")
+        if not store:
+            raise BadRecord("bad_control", "the flow has no AD_MODEL_STORE to take models from")
+        if not ref.startswith(store + "/") or "/../" in ref or ref.endswith("/.."):
+            raise BadRecord("bad_control", f"model {ref[:200]} is outside the model store")
 
     def decode_batch(
         self, batch: list[RawRecord]

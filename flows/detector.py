@@ -46,6 +46,8 @@ def _decode_step(settings: Settings) -> Any:
         settings.earliest_ms,
         settings.csv_mapping(),
         settings.default_tenant,
+        settings.control_key.encode() or None,
+        settings.model_store,
     )
     groups = settings.key_groups
     by_partition = settings.key_by == "partition"

@@ -473,7 +473,7 @@ class KeyGroupLogic:
         sensor.held = None
 
     def _control(self, c: Control, pending: dict[str, list[Closed]], out: list) -> None:
-        body = c.body  # a valid model switch (schemas.markers.decode_marker)
+        body = c.body  # signed, and its model in the store (flows.decode)
         version, ref = str(body["version"]), str(body.get("model_ref", ""))
         try:
             self.models.get(version, ref)

@@ -32,6 +32,7 @@ import yaml
 
 from connectors import keeps_order
 from connectors.base import ConnectorContext, SourceURL, parse_bool, parse_duration, parse_url
+from schemas.markers import MIN_KEY_BYTES
 from schemas.timestamps import UNITS, parse_time_setting
 from state.recovery import is_fresh_run, process_index, recovery_dir
 
@@ -215,6 +216,13 @@ class Settings:
         kind="mapping",
     )
     model_store: str = setting("", "model store (adctl)", "redis://127.0.0.1:6379/ad:models")
+    control_key: str = setting(
+        "",
+        "secret key that signs control markers (model switches): the flow takes only "
+        "markers signed with it, `adctl` signs with it; at least 16 characters",
+        "<32 random hex digits, from your secret store>",
+        secret=True,
+    )
     control_topic: str = setting("ad-control", "control topic (adctl announcements)", "ad-control")
     snapshot_dir: str = setting(
         "",
@@ -438,6 +446,8 @@ def _check(s: Settings) -> Settings:
         raise _err("window_slide", "must be > 0 and <= window_size")
     if s.window == "session" and s.session_gap <= 0:
         raise _err("session_gap", "must be > 0")
+    if s.control_key and len(s.control_key.encode()) < MIN_KEY_BYTES:
+        raise _err("control_key", f"must have at least {MIN_KEY_BYTES} characters")
     try:
         s.url("source").bool("tail", True)
     except ValueError as exc:

@@ -33,6 +33,11 @@ def _require(port: int, name: str) -> None:
         )
 
 
+#: the key that signs control markers in the tests (adctl and the flows share it)
+CONTROL_KEY = "tests-control-key-0123456789abcdef"
+os.environ.setdefault("AD_CONTROL_KEY", CONTROL_KEY)
+
+
 @pytest.fixture(scope="session")
 def kafka_brokers() -> str:
     _require(KAFKA_PORT, "Kafka")

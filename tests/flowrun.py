@@ -21,6 +21,7 @@ from typing import Any
 
 from control.launch import FlowLaunch, clean_env
 from control.supervisor import init_recovery as _init_recovery
+from tests.conftest import CONTROL_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -49,9 +50,20 @@ BAD_RECORDS: list[tuple[bytes, str]] = [
 ]
 
 
+KEY = CONTROL_KEY.encode()
+
+
+def signed_marker(version: str, ref: str = "", detector: str = "mad") -> bytes:
+    """A model-switch marker signed with the tests' control key."""
+    from schemas.markers import encode_marker
+
+    return encode_marker(detector, version, ref, KEY)
+
+
 def flow_env(**overrides: str) -> dict[str, str]:
-    """The environment for a flow subprocess: no stray AD_* settings, plus overrides."""
-    return clean_env(ROOT, **overrides)
+    """The environment for a flow subprocess: no stray AD_* settings, the tests' control
+    key (as a deployment shares one between adctl and its flows), plus overrides."""
+    return clean_env(ROOT, **{"AD_CONTROL_KEY": CONTROL_KEY, **overrides})
 
 
 def init_recovery(path: Path, parts: int = 2) -> Path:

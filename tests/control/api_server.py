@@ -15,7 +15,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import ROOT
+from tests.conftest import CONTROL_KEY, ROOT
 from tests.control.helpers import free_port
 
 KID = "test-issuer-1"
@@ -89,6 +89,7 @@ class ApiServer:
             *extra,
         ]
         penv = {k: v for k, v in os.environ.items() if not k.startswith("AD_")}
+        penv["AD_CONTROL_KEY"] = CONTROL_KEY  # shared by adctl and flows
         penv.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(
             cmd,

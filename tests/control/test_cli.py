@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from control import cli
-from tests.conftest import ROOT
+from tests.conftest import CONTROL_KEY, ROOT
 
 COMMANDS = [
     "retrain",
@@ -28,6 +28,7 @@ COMMANDS = [
 
 def _adctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("AD_")}
+    base["AD_CONTROL_KEY"] = CONTROL_KEY  # shared by adctl and flows
     base["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
         [sys.executable, "-m", "control", *args],

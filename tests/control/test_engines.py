@@ -31,6 +31,7 @@ from flows import detector
 from flows.records import sensor_key
 from flows.settings import Settings, load_settings
 from state.model_store import canonical_json
+from tests.conftest import CONTROL_KEY
 from tests.control.helpers import (
     START_MS,
     free_port,
@@ -227,6 +228,7 @@ def test_a_dependency_chain_runs_in_order(engine: Engine, history: Path, tmp_pat
 
 def _adctl(state: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AD_")}
+    env["AD_CONTROL_KEY"] = CONTROL_KEY  # shared by adctl and flows
     env.update(FLOW_ENV, AD_STATE_DIR=str(state), AD_PROGRESS="plain")
     return subprocess.run(
         [sys.executable, "-m", "control", *args],

@@ -22,9 +22,9 @@ import redis
 
 from control.markers import encode_marker, push_marker
 from state import model_store
-from tests.conftest import REDIS_PORT, ROOT
+from tests.conftest import CONTROL_KEY, REDIS_PORT, ROOT
 from tests.control.helpers import START_MS, free_port, produce_json, write_readings
-from tests.flowrun import crash_run, flow_env, init_recovery, run_to_completion
+from tests.flowrun import KEY, crash_run, flow_env, init_recovery, run_to_completion
 from tests.kafka_util import read_committed
 
 pytestmark = pytest.mark.slow
@@ -50,6 +50,7 @@ def _flow_settings(
 
 def _adctl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AD_")}
+    env["AD_CONTROL_KEY"] = CONTROL_KEY  # shared by adctl and flows
     env["PYTHONPATH"] = str(ROOT)
     res = subprocess.run(
         [sys.executable, "-m", "control", *args],
@@ -196,7 +197,7 @@ def switch_input(
     rows = write_readings(None, sensors=40, per_sensor=1500, step_ms=STEP_MS)
     half = len(rows) // 2
     produce_json(kafka_brokers, src, rows[:half])
-    push_marker(f"kafka://{kafka_brokers}/{src}", encode_marker("mad", "v7", ref))
+    push_marker(f"kafka://{kafka_brokers}/{src}", encode_marker("mad", "v7", ref, KEY))
     produce_json(kafka_brokers, src, rows[half:])
     yield src, store, len(rows)
     from confluent_kafka.admin import AdminClient

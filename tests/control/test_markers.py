@@ -11,27 +11,46 @@ import pytest
 import redis
 
 from control.markers import MarkerError, decode_marker, encode_marker, push_marker
-from tests.conftest import REDIS_PORT
+from tests.conftest import CONTROL_KEY, REDIS_PORT
 from tests.control.helpers import produce_json, read_topic
 
-MARKER = encode_marker("mad", "v3", "redis://127.0.0.1:16379/ad:models/mad/v3")
+KEY = CONTROL_KEY.encode()
+MARKER = encode_marker("mad", "v3", "redis://127.0.0.1:16379/ad:models/mad/v3", KEY)
 
 
 def test_encode_decode_roundtrip() -> None:
     assert MARKER.startswith(b"#ADCTL{")
-    assert decode_marker(MARKER) == {
+    assert decode_marker(MARKER, KEY) == {
         "type": "model",
         "detector": "mad",
         "version": "v3",
         "model_ref": "redis://127.0.0.1:16379/ad:models/mad/v3",
     }
-    assert decode_marker(b'{"sensor_id": "a"}') is None
+    assert decode_marker(b'{"sensor_id": "a"}', KEY) is None
     with pytest.raises(ValueError):
-        decode_marker(b'#ADCTL{"type": "model", "detector": "mad"}')
+        decode_marker(b'#ADCTL{"type": "model", "detector": "mad"}', KEY)
     # the flow's decoder recognises the same prefix
     from flows.decode import CONTROL_PREFIX
 
     assert MARKER[: len(CONTROL_PREFIX)] == CONTROL_PREFIX
+
+
+@pytest.mark.parametrize(
+    ("marker", "why"),
+    [
+        (MARKER.replace(b',"sig":', b',"xsig":'), "unsigned"),
+        (
+            encode_marker("mad", "v3", "redis://127.0.0.1:16379/ad:models/mad/v3", b"k" * 32),
+            "does not match",
+        ),
+        (MARKER.replace(b"/v3", b"/v4"), "does not match"),  # a signed marker, edited
+    ],
+)
+def test_forged_markers_are_refused(marker: bytes, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        decode_marker(marker, KEY)
+    with pytest.raises(ValueError, match="no AD_CONTROL_KEY"):
+        decode_marker(MARKER, None)
 
 
 def test_kafka_marker_lands_in_every_partition_after_existing_data(

@@ -20,8 +20,9 @@ from control.history import Series
 from control.markers import encode_marker
 from control.training import assemble_model, train_on_dask
 from state import model_store
-from tests.conftest import ROOT
+from tests.conftest import CONTROL_KEY, ROOT
 from tests.control.helpers import free_port, produce_json, read_topic, write_readings
+from tests.flowrun import KEY
 
 DASK = str(Path(sys.executable).with_name("dask"))
 
@@ -143,6 +144,7 @@ def _adctl(
     *args: str, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("AD_")}
+    base["AD_CONTROL_KEY"] = CONTROL_KEY  # shared by adctl and flows
     base["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
         [sys.executable, "-m", "control", *args],
@@ -164,7 +166,7 @@ def test_retrain_from_kafka_stores_and_announces(
     produce_json(
         kafka_brokers,
         src,
-        [("x", encode_marker("mad", "v0", "file:///x/mad/v0.json")), ("x", b"not json")],
+        [("x", encode_marker("mad", "v0", "file:///x/mad/v0.json", KEY)), ("x", b"not json")],
     )
     store = (tmp_path / "models").as_uri()
     res = _adctl(

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from flows.decode import CONTROL_PREFIX
-from tests.flowrun import BAD_RECORDS, ROOT, START_MS
+from tests.flowrun import BAD_RECORDS, KEY, ROOT, START_MS, signed_marker
 
 _ODD = [
     b'{"sensor_id": "s1", "timestamp": "2026-01-01T00:00:00Z", "value": 2}',
@@ -22,7 +22,8 @@ _ODD = [
     b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": ' + b"9" * 400 + b"}",
     b'{"sensor_id": "\\ud800", "timestamp": 1767225600000, "value": 1.0}',
     b'{"sensor_id": "s9", "timestamp": 1767225600000, "value": 1.0} trailing',
-    CONTROL_PREFIX + b'{"type": "model", "version": "v2"}',
+    signed_marker("v2"),
+    CONTROL_PREFIX + b'{"type": "model", "version": "v3"}',  # unsigned: bad_control
     b"",
     None,
 ]
@@ -82,7 +83,7 @@ def scenario(out_path: str) -> None:
             }
         )
         models = Models(s.detector, s.detector_params)
-        dec = Decoder("json", max_bytes=256)
+        dec = Decoder("json", max_bytes=256, control_key=KEY)
         groups: dict[str, KeyGroupLogic] = {}
         out: list = []
         cache: dict[str, str] = {}

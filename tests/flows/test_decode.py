@@ -13,7 +13,7 @@ from connectors.base import RawRecord
 from flows.decode import CONTROL_PREFIX, Decoder, parse_timestamp
 from flows.records import Control, Reading
 from schemas import HERE
-from tests.flowrun import BAD_RECORDS
+from tests.flowrun import BAD_RECORDS, KEY, signed_marker
 
 
 def _raw(value: bytes, offset: int = 0) -> RawRecord:
@@ -59,10 +59,16 @@ def test_oversize_and_order_is_kept() -> None:
 
 
 def test_control_marker() -> None:
-    good, _ = Decoder("json").decode_batch(
-        [_raw(CONTROL_PREFIX + b'{"type": "model", "version": "v2"}')]
-    )
+    good, _ = Decoder("json", control_key=KEY).decode_batch([_raw(signed_marker("v2"))])
     assert isinstance(good[0], Control) and good[0].body["version"] == "v2"
+    # the same marker without the key, unsigned or forged: dead letters bad_control
+    for key, value in (
+        (None, signed_marker("v2")),
+        (KEY, CONTROL_PREFIX + b'{"type": "model", "version": "v2"}'),
+        (b"another-key-0123456789", signed_marker("v2")),
+    ):
+        good, bad = Decoder("json", control_key=key).decode_batch([_raw(value)])
+        assert good == [] and json.loads(bad[0][1].value)["reason"] == "bad_control"
 
 
 def _avro(schema_file: str, schema_id: int, record: dict) -> bytes:
@@ -260,7 +266,7 @@ def _mixed(n: int, bad: int, marker: int) -> list[RawRecord]:
         for i in range(n)
     ]
     raws[bad] = _raw(b"not json", bad)
-    raws[marker] = _raw(CONTROL_PREFIX + b'{"type": "model", "version": "v2"}', marker)
+    raws[marker] = _raw(signed_marker("v2"), marker)
     return raws
 
 
@@ -287,7 +293,7 @@ def test_decode_grouped_reads_client_messages_like_raw_records() -> None:
 
     register_message_type(_Msg, to_raw)
     raws = _mixed(200, bad=50, marker=90)
-    d = Decoder("json")
+    d = Decoder("json", control_key=KEY)
     want_parts, want_bad = d.decode_grouped(raws, 4, {})
     batch = MessageBatch([r.value for r in raws], [_Msg(r) for r in raws], "kafka:in")
     assert len(batch) == 200 and list(batch) == raws
@@ -318,7 +324,7 @@ def test_decode_grouped_by_partition_puts_the_batch_in_its_group() -> None:
     from connectors.base import MessageBatch
 
     raws = _mixed(100, bad=10, marker=40)
-    d = Decoder("json")
+    d = Decoder("json", control_key=KEY)
     by_sensor, want_bad = d.decode_grouped(raws, 4, {})
     batch = MessageBatch([r.value for r in raws], raws, "kafka:in", "in#0~5")
     parts, bad = d.decode_grouped(batch, 4, {}, by_partition=True)
