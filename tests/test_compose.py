@@ -55,7 +55,7 @@ def test_compose_has_the_whole_stack() -> None:
 def test_compose_starts_the_control_api(monkeypatch: pytest.MonkeyPatch) -> None:
     api = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["ad-api"]
     assert api["entrypoint"] == ["adctl"] and api["command"][0] == "serve"
-    assert api["image"] == "anomaly-detector:latest" and "8080:8080" in api["ports"]
+    assert api["image"] == "anomaly-detector:0.1.0" and "8080:8080" in api["ports"]
     for key in [k for k in os.environ if k.startswith("AD_")]:
         monkeypatch.delenv(key)
     for key, value in api["environment"].items():
@@ -84,3 +84,15 @@ def test_dask_runs_the_projects_image() -> None:
     extras = extras["optional-dependencies"]
     assert "pip install --no-cache-dir '.[all]'" in (ROOT / "Dockerfile").read_text()
     assert any("dask" in x for x in extras["all"])  # the image has Dask's workers
+
+
+def test_images_are_pinned_and_a_demo_producer_feeds_the_detector() -> None:
+    spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name, svc in spec.items():
+        image = svc.get("image", "")
+        tag = image.rsplit(":", 1)[1] if ":" in image.split("/")[-1] else ""
+        assert tag and tag != "latest" and tag != "emulators", (name, image)
+    producer = spec["demo-producer"]
+    assert producer["entrypoint"][-1] == "connectors.demo_producer"
+    topic = producer["command"][0].split("?")[0].rsplit("/", 1)[1]
+    assert spec["detector"]["environment"]["AD_SOURCE"].endswith(f"/{topic}")
