@@ -66,7 +66,7 @@ def _decode_step(settings: Settings) -> Any:
                 _check_keyed(as_raw(last))
         out: list[tuple[str, Any]] = [(DLQ, b) for b in bad]
         for _k, rec in bad:
-            metrics.DEAD_LETTERS.labels(rec_reason(rec)).inc()
+            metrics.DEAD_LETTERS.labels(rec_reason(rec), "").inc()
         out.extend(parts.items())
         return out
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import pickle
 import time
+from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,6 +134,8 @@ class KeyGroupLogic:
         for sub in values:
             for part in sub:
                 if type(part) is Columns:
+                    for ten, n in Counter(part.tenants).items():
+                        metrics.READINGS.labels(ten or "").inc(n)
                     if self._wait_s:
                         self._buf.extend(
                             (now, t, sid, v, ten, raw)
@@ -222,14 +225,16 @@ class KeyGroupLogic:
         top = sensor.win.max_ts
         if top is not None:
             for h in held:
-                self._unconfirmed(h, top, out)
+                self._unconfirmed(h, top, out, sensor.tenant)
             return
         last = held[-1][0]
         for h in held:
             if abs(h[0] - last) > self.spec.max_future:
-                self._unconfirmed(h, last, out)
+                self._unconfirmed(h, last, out, sensor.tenant)
             elif (rejected := sensor.win.add(self.spec, h[0], h[1], closed)) is not None:
-                self._reject(h[2], rejected, h[0], sensor.win.watermark(self.spec), out)
+                self._reject(
+                    h[2], rejected, h[0], sensor.win.watermark(self.spec), out, sensor.tenant
+                )
 
     def snapshot(self) -> bytes:
         """Bytewax hook: the key group's state to save."""
@@ -311,10 +316,12 @@ class KeyGroupLogic:
         self._warm.add(sid)
         return sensor
 
-    def _reject(self, raw: Any, reason: str, ts: int, wm: int | None, out: list) -> None:
+    def _reject(
+        self, raw: Any, reason: str, ts: int, wm: int | None, out: list, tenant: str | None
+    ) -> None:
         error = f"event time {iso(ts)} vs watermark {iso(wm) if wm is not None else '-'}"
         out.append((DLQ, dead_letter(as_raw(raw), reason, error, self.flow_id)))
-        metrics.DEAD_LETTERS.labels(reason).inc()
+        metrics.DEAD_LETTERS.labels(reason, tenant or "").inc()
 
     def _add_tumbling(self, c: Columns, pending: dict[str, list[Closed]], out: list) -> None:
         """``_add`` for every reading of ``c``, specialised for tumbling windows and no
@@ -343,7 +350,7 @@ class KeyGroupLogic:
                 continue
             start = t - t % size
             if start + size <= top - lateness:
-                self._reject(raw, LATE, t, top - lateness, out)
+                self._reject(raw, LATE, t, top - lateness, out, sensor.tenant)
                 continue
             wins = w.open
             agg = wins.get(start)
@@ -410,7 +417,7 @@ class KeyGroupLogic:
         for t, v, r in self._clock(sid, sensor, ts, value, raw, closed, out):
             rejected = sensor.win.add(self.spec, t, v, closed)
             if rejected is not None:
-                self._reject(r, rejected, t, sensor.win.watermark(self.spec), out)
+                self._reject(r, rejected, t, sensor.win.watermark(self.spec), out, sensor.tenant)
 
     def _clock(
         self,
@@ -445,7 +452,7 @@ class KeyGroupLogic:
             held.append((ts, value, raw))
             if len(held) > MAX_HELD:
                 old = held.pop(0)
-                self._unconfirmed(old, top if top is not None else ts, out)
+                self._unconfirmed(old, top if top is not None else ts, out, sensor.tenant)
             sensor.held = held
             return []
         sensor.held = None
@@ -454,10 +461,12 @@ class KeyGroupLogic:
             w.max_ts = None
         for h in held:
             if abs(h[0] - ts) > jump:
-                self._unconfirmed(h, ts, out)
+                self._unconfirmed(h, ts, out, sensor.tenant)
         return [*agree, (ts, value, raw)]
 
-    def _unconfirmed(self, held: tuple[int, float, Any], clock: int, out: list) -> None:
+    def _unconfirmed(
+        self, held: tuple[int, float, Any], clock: int, out: list, tenant: str | None
+    ) -> None:
         ts, _value, raw = held
         reason = FUTURE if ts > clock else LATE
         error = (
@@ -465,11 +474,11 @@ class KeyGroupLogic:
             f"(its clock: {iso(clock)})"
         )
         out.append((DLQ, dead_letter(as_raw(raw), reason, error, self.flow_id)))
-        metrics.DEAD_LETTERS.labels(reason).inc()
+        metrics.DEAD_LETTERS.labels(reason, tenant or "").inc()
 
     def _drop_held(self, sensor: Sensor, clock: int, out: list) -> None:
         for h in sensor.held or ():
-            self._unconfirmed(h, clock, out)
+            self._unconfirmed(h, clock, out, sensor.tenant)
         sensor.held = None
 
     def _control(self, c: Control, pending: dict[str, list[Closed]], out: list) -> None:
@@ -555,5 +564,5 @@ class KeyGroupLogic:
                 body["explain"] = explain_in_batch(det, sensor.det, before, vals, ts, i)
             out.append((ALERT, (sid, OutRecord(alert_id, sensor_id, orjson.dumps(body)))))
             if score >= threshold:
-                metrics.ALERTS_OUT.labels(name).inc()
+                metrics.ALERTS_OUT.labels(name, sensor.tenant or "").inc()
                 summary.note_alert(sensor_id, w.start, w.end, score)

@@ -14,9 +14,14 @@ import os
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RECORDS_IN = Counter("ad_records_in_total", "Input records decoded", ["source"])
-ALERTS_OUT = Counter("ad_alerts_total", "Alerts emitted", ["detector"])
+ALERTS_OUT = Counter("ad_alerts_total", "Alerts emitted", ["detector", "tenant"])
+READINGS = Counter("ad_readings_total", "Valid readings that reached a sensor's state", ["tenant"])
 WINDOWS_OUT = Counter("ad_windows_scored_total", "Windows scored")
-DEAD_LETTERS = Counter("ad_dead_letters_total", "Records sent to the dead-letter sink", ["reason"])
+DEAD_LETTERS = Counter(
+    "ad_dead_letters_total",
+    "Records sent to the dead-letter sink (tenant: empty where the record names none)",
+    ["reason", "tenant"],
+)
 WINDOW_CLOSE_LATENCY = Histogram(
     "ad_window_close_latency_seconds",
     "Wall time from the newest record of a window arriving to the window being scored",

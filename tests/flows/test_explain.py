@@ -16,7 +16,9 @@ def test_alert_explanations_do_not_depend_on_batching() -> None:
         for s in ("a", "b"):
             v = 10 + rng.gauss(0, 1) + (30 if i in (700, 703) and s == "b" else 0)
             records.append(
-                json.dumps({"sensor_id": s, "timestamp": i * 60_000, "value": v}).encode()
+                json.dumps(
+                    {"sensor_id": s, "timestamp": 1_767_225_600_000 + i * 60_000, "value": v}
+                ).encode()
             )
     env = {"AD_WINDOW": "tumbling", "AD_WINDOW_SIZE": "60s", "AD_DETECTOR": "ensemble"}
     one, _ = _run(records, [len(records)], env)  # every window of a sensor in one batch
