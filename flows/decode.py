@@ -358,12 +358,15 @@ class Decoder:
         default_tenant: str = "",
         control_key: bytes | None = None,
         model_store: str = "",
+        tenants: frozenset[str] | None = None,
     ) -> None:
         self.max_bytes = max_bytes
         self.flow_id = flow_id
         self.default_tenant = default_tenant or None
         self.control_key = control_key or None
         self.model_store = model_store
+        #: the tenants a registry lists (``None``: no registry, every tenant is taken)
+        self.tenants = tenants
         self.unit = timestamp_unit
         self.earliest = earliest
         # epoch-ms integers the fast paths may take as they are: in range, and (auto) in
@@ -464,7 +467,7 @@ class Decoder:
         cur: dict[str, Columns] = {}
         bad: list[tuple[str, OutRecord]] = []
         fast, maxb, lo, hi = self._fast, self.max_bytes, self._lo, self._hi
-        default_tenant = self.default_tenant
+        default_tenant, known = self.default_tenant, self.tenants
         if type(batch) is MessageBatch:  # client messages: RawRecords only when needed
             values, items = batch.values, batch.items
         else:
@@ -512,6 +515,11 @@ class Decoder:
             if ten is None:
                 ten = default_tenant
             if ten is not None:  # state, key groups and alert ids by (tenant, sensor)
+                if known is not None and ten not in known:
+                    raw = as_raw(raw)
+                    error = f"tenant {ten!r} is not in the tenant registry"
+                    bad.append(dead_letter(raw, "unknown_tenant", error, self.flow_id))
+                    continue
                 sid = ten + KEY_SEP + sid
             if fixed is None:
                 g = cache.get(sid)

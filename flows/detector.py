@@ -25,6 +25,7 @@ from flows.logic import ALERT, DLQ, KeyGroupLogic
 from flows.models import Models
 from flows.settings import Settings, SettingsError, load_settings
 from state.snapshots import resolve_snapshot_dir
+from state.tenants import Registry, RegistryError, load_registry
 
 __all__ = ["build_flow"]
 
@@ -35,7 +36,7 @@ class _Detect(KeyGroupLogic, StatefulBatchLogic):
     """KeyGroupLogic as a Bytewax ``StatefulBatchLogic``."""
 
 
-def _decode_step(settings: Settings) -> Any:
+def _decode_step(settings: Settings, registry: Registry | None = None) -> Any:
     decoder = Decoder(
         settings.format,
         settings.schema,
@@ -45,9 +46,10 @@ def _decode_step(settings: Settings) -> Any:
         settings.timestamp_unit,
         settings.earliest_ms,
         settings.csv_mapping(),
-        settings.default_tenant,
+        settings.default_tenant or (registry.default_tenant if registry else "") or "",
         settings.control_key.encode() or None,
         settings.model_store,
+        frozenset(registry.tenants) if registry is not None else None,
     )
     groups = settings.key_groups
     by_partition = settings.key_by == "partition"
@@ -148,6 +150,7 @@ def build_flow(
     s = settings
     models = Models(s.detector, s.detector_params)
     models.get("builtin", "")  # fail fast on a bad detector name or parameters
+    registry = _registry(s.tenants, serve)
 
     ctx = s.connector_context()
     try:
@@ -165,12 +168,12 @@ def build_flow(
         tune_gc()
     flow = Dataflow(s.flow_id)
     batches = op.input("read", flow, source)
-    decoded = op.flat_map("decode", batches, _decode_step(s))
+    decoded = op.flat_map("decode", batches, _decode_step(s, registry))
     split = op.branch("split-bad", decoded, lambda kv: kv[0] != DLQ)
     bad_in = op.map("bad-input", split.falses, lambda kv: kv[1])
     snap_dir = resolve_snapshot_dir(s.snapshot_dir)
     scored = op.stateful_batch(
-        "detect", split.trues, lambda resume: _Detect(s, models, resume, snap_dir)
+        "detect", split.trues, lambda resume: _Detect(s, models, resume, snap_dir, registry)
     )
     results = op.map("unkey", scored, lambda kv: kv[1])
     is_alert = op.branch("split-alerts", results, lambda tr: tr[0] == ALERT)
@@ -179,6 +182,19 @@ def build_flow(
     op.output("alerts-out", alerts, sink)
     op.output("dead-letters-out", op.merge("dead-letters", bad_in, late), dlq)
     return flow
+
+
+def _registry(where: str, serve: bool | None) -> Registry | None:
+    """The tenant registry named by ``AD_TENANTS`` (``None`` without one)."""
+    if not where:
+        return None
+    try:
+        return load_registry(where)
+    except RegistryError as exc:
+        if not serve:
+            raise
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def _settings_or_exit() -> Settings:

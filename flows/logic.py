@@ -79,9 +79,18 @@ class KeyGroupLogic:
     lean = True
 
     def __init__(
-        self, settings: Any, models: Models, resume: bytes | None, snapshot_dir: Path | None = None
+        self,
+        settings: Any,
+        models: Models,
+        resume: bytes | None,
+        snapshot_dir: Path | None = None,
+        registry: Any = None,
     ) -> None:
         self.s = settings
+        # tenant -> its own alert threshold (from the tenant registry)
+        self._thresholds: dict[str, float] = {
+            t.id: t.threshold for t in (registry or ()) if t.threshold is not None
+        }
         self.spec = WindowSpec.from_settings(settings)
         self.models = models
         self.emit_all = settings.emit == "all"
@@ -535,6 +544,8 @@ class KeyGroupLogic:
         before: bytes | None = None,
     ) -> None:
         name, threshold, emit_all = det.name, self.threshold, self.emit_all
+        if self._thresholds and sensor.tenant in self._thresholds:
+            threshold = self._thresholds[sensor.tenant]
         for i, (w, score) in enumerate(zip(closed, scores, strict=True)):
             if score < threshold and not emit_all:
                 continue

@@ -122,10 +122,17 @@ class Settings:
         "Confluent schema registry URL for writer schemas (else `schemas/`)",
         "http://127.0.0.1:8081",
     )
+    tenants: str = setting(
+        "",
+        "tenant registry (YAML file or model-store ref, see Tenants and security): records "
+        "of tenants it does not list are dead letters `unknown_tenant`; a tenant's "
+        "`threshold` applies to its sensors; read at start-up",
+        "/etc/ad/tenants.yaml",
+    )
     default_tenant: str = setting(
         "",
-        "tenant of records without a `tenant_id` (empty: none; state is keyed by tenant "
-        "and sensor)",
+        "tenant of records without a `tenant_id` (empty: the registry's `default_tenant`, "
+        "else none; state is keyed by tenant and sensor)",
         "shared",
     )
     flow_id: str = setting(

@@ -58,3 +58,40 @@ def test_two_tenants_with_the_same_sensor_ids_are_independent(
         assert len(alone) == 4 * 250  # 1500 readings 10 s apart: 250 windows of 60 s
     same_window = {(r["sensor_id"], r["window_start"]) for r in outs["both"]}
     assert len(same_window) * 2 == len(outs["both"])  # each sensor window twice: 2 tenants
+
+
+def test_the_registry_refuses_unknown_tenants_and_sets_thresholds(tmp_path: Path) -> None:
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from connectors.base import RawRecord
+    from flows.detector import build_flow
+    from flows.settings import load_settings
+
+    (tmp_path / "tenants.yaml").write_text(
+        "default_tenant: shared\n"
+        "tenants:\n"
+        "  acme: {threshold: 0.0}\n"  # every window is an alert for acme
+        "  shared: {}\n"
+    )
+    rows = []
+    for i in range(40):
+        for tenant in ("acme", "evil", None):
+            body = {"sensor_id": "pump-1", "timestamp": 1_767_225_600_000 + i * 1000, "value": 1.0}
+            if tenant:
+                body["tenant_id"] = tenant
+            rows.append(json.dumps(body).encode())
+    alerts: list = []
+    dead: list = []
+    env = {"AD_WINDOW": "none", "AD_DETECTOR": "mad", "AD_TENANTS": str(tmp_path / "tenants.yaml")}
+    run_main(
+        build_flow(
+            load_settings(env),
+            source=TestingSource([[RawRecord(r, "t", "0", str(i))] for i, r in enumerate(rows)]),
+            sink=TestingSink(alerts),
+            dlq=TestingSink(dead),
+        )
+    )
+    got = [json.loads(r.value) for _k, r in alerts]
+    assert {a["tenant_id"] for a in got} == {"acme"} and len(got) == 40  # shared: no alerts
+    reasons = [json.loads(r.value)["reason"] for _k, r in dead]
+    assert reasons == ["unknown_tenant"] * 40
