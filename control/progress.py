@@ -15,14 +15,17 @@ def say(msg: str) -> None:
 
 
 class Progress:
-    """A tqdm bar on a terminal, plain lines otherwise (or nothing)."""
+    """Call with ``(done, total)``: a tqdm bar on a terminal, else a line a second with
+    the rate and the time left (or nothing, ``mode`` none); ``unit`` names what is
+    counted (``key``, ``record``).
+    """
 
-    def __init__(self, mode: str, desc: str) -> None:
-        self.mode = mode
-        if mode == "auto":
-            self.mode = "bar" if sys.stderr.isatty() else "plain"
+    def __init__(self, mode: str, desc: str, unit: str = "key") -> None:
+        self.mode = ("bar" if sys.stderr.isatty() else "plain") if mode == "auto" else mode
         self.desc = desc
+        self.unit = unit
         self.bar: Any = None
+        self.t0 = time.monotonic()
         self.last = 0.0
 
     def __call__(self, done: int, total: int) -> None:
@@ -36,7 +39,13 @@ class Progress:
                 self.mode = "plain"
             else:
                 if self.bar is None:
-                    self.bar = tqdm(total=total, desc=self.desc, unit="key", file=sys.stderr)
+                    self.bar = tqdm(
+                        total=total,
+                        desc=self.desc,
+                        unit=self.unit[:3],
+                        unit_scale=self.unit != "key",
+                        file=sys.stderr,
+                    )
                 self.bar.update(done - self.bar.n)
                 if done >= total:
                     self.bar.close()
@@ -44,4 +53,9 @@ class Progress:
         now = time.monotonic()
         if done >= total or now - self.last >= 1.0:
             self.last = now
-            say(f"{self.desc}: {done}/{total} keys ({100 * done / max(1, total):.0f}%)")
+            rate = done / max(1e-9, now - self.t0)
+            eta = f"{(total - done) / rate:.0f}s" if rate > 0 else "?"
+            say(
+                f"{self.desc}: {done:,}/{total:,} {self.unit}s "
+                f"({100 * done / max(1, total):.0f}%), {rate:,.0f} {self.unit}s/s, ETA {eta}"
+            )

@@ -160,7 +160,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from control.history import Fields
     from control.history_columns import read_readings
     from control.jobs import Job, JobStore, run_jobs
-    from control.rate_progress import RateProgress
+    from control.progress import Progress
 
     sources = [strip_query(s) for s in split_list(args.source or os.environ.get("AD_SOURCE"))]
     if not sources:
@@ -234,7 +234,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             jobs,
             JobStore(state),
             ResultCache(state / "cache" / "detect"),
-            RateProgress(args.progress, "detect"),
+            Progress(args.progress, "detect", unit="record"),
         )
     elapsed = time.monotonic() - t0
     for job in ran:
