@@ -60,6 +60,22 @@ def signed_marker(version: str, ref: str = "", detector: str = "mad") -> bytes:
     return encode_marker(detector, version, ref, KEY)
 
 
+def with_bad_records(good: int = 100, at: int = 50) -> list[bytes]:
+    """``good`` readings of one sensor a minute apart, with one record of every bad
+    class (``BAD_RECORDS``) inserted after the first ``at``."""
+    rows = [
+        json.dumps(
+            {
+                "sensor_id": "pump-1",
+                "timestamp": START_MS + i * 60_000,
+                "value": 10.0 + (i % 7) * 0.1,
+            }
+        ).encode()
+        for i in range(good)
+    ]
+    return rows[:at] + [b for b, _r in BAD_RECORDS] + rows[at:]
+
+
 def flow_env(**overrides: str) -> dict[str, str]:
     """The environment for a flow subprocess: no stray AD_* settings, the tests' control
     key (as a deployment shares one between adctl and its flows), plus overrides."""

@@ -20,13 +20,13 @@ import pytest
 from connectors.kinesis import list_shards, make_client
 from tests.flowrun import (
     BAD_RECORDS,
-    START_MS,
     assert_same_output,
     crash_env,
     crash_run,
     init_recovery,
     make_readings,
     run_to_completion,
+    with_bad_records,
 )
 
 pytestmark = pytest.mark.slow
@@ -158,17 +158,7 @@ def test_every_bad_record_class_reaches_the_dead_letter_stream(
     streams: Streams, tmp_path: Path
 ) -> None:
     src, alerts, dlq = streams.make("bad-in"), streams.make("bad-al"), streams.make("bad-dlq")
-    good = [
-        json.dumps(
-            {
-                "sensor_id": "pump-1",
-                "timestamp": START_MS + i * 60_000,
-                "value": 10.0 + (i % 7) * 0.1,
-            }
-        ).encode()
-        for i in range(100)
-    ]
-    records = good[:50] + [b for b, _r in BAD_RECORDS] + good[50:]
+    records = with_bad_records()
     by_seq = streams.put(src, [("pump-1", r) for r in records])
     run_to_completion(
         _env(streams, src, alerts, dlq), init_recovery(tmp_path / "rec"), log=tmp_path / "flow.log"

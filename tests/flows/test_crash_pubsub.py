@@ -23,13 +23,13 @@ from google.api_core import exceptions as gexc
 from connectors.pubsub import publisher_client, subscriber_client
 from tests.flowrun import (
     BAD_RECORDS,
-    START_MS,
     crash_env,
     crash_run,
     flow_env,
     init_recovery,
     make_readings,
     run_to_completion,
+    with_bad_records,
 )
 
 pytestmark = pytest.mark.slow
@@ -198,17 +198,7 @@ def test_sigkill_restarts_lose_nothing(
 def test_every_bad_record_class_reaches_the_dead_letter_topic(bus: Bus, tmp_path: Path) -> None:
     (src, [sub]) = bus.topic("bad-in")
     (alerts, [al_sub]), (dlq, [dl_sub]) = bus.topic("bad-al"), bus.topic("bad-dlq")
-    good = [
-        json.dumps(
-            {
-                "sensor_id": "pump-1",
-                "timestamp": START_MS + i * 60_000,
-                "value": 10.0 + (i % 7) * 0.1,
-            }
-        ).encode()
-        for i in range(100)
-    ]
-    records = good[:50] + [b for b, _r in BAD_RECORDS] + good[50:]
+    records = with_bad_records()
     by_id = bus.publish(src, [("pump-1", r) for r in records])
     run_to_completion(
         _env(bus, sub, alerts, dlq), init_recovery(tmp_path / "rec"), log=tmp_path / "flow.log"

@@ -20,7 +20,6 @@ import redis
 from tests.connectors._services import start_private
 from tests.flowrun import (
     BAD_RECORDS,
-    START_MS,
     FlowProcs,
     assert_same_output,
     by_id,
@@ -29,6 +28,7 @@ from tests.flowrun import (
     init_recovery,
     make_readings,
     run_to_completion,
+    with_bad_records,
 )
 
 pytestmark = pytest.mark.slow
@@ -157,17 +157,7 @@ def test_every_bad_record_class_reaches_the_dead_letter_stream(
     rbase: str, rclient: redis.Redis, tmp_path: Path
 ) -> None:
     src, alerts, dlq = (f"{p}-{uuid.uuid4().hex[:6]}" for p in ("bad-in", "bad-al", "bad-dlq"))
-    good = [
-        json.dumps(
-            {
-                "sensor_id": "pump-1",
-                "timestamp": START_MS + i * 60_000,
-                "value": 10.0 + (i % 7) * 0.1,
-            }
-        ).encode()
-        for i in range(100)
-    ]
-    records = good[:50] + [b for b, _r in BAD_RECORDS] + good[50:]
+    records = with_bad_records()
     ids = write_input(rclient, src, [("pump-1", r) for r in records])
     env = _env(rbase, src, alerts, dlq)
     run_to_completion(env, init_recovery(tmp_path / "rec"), log=tmp_path / "flow.log")
