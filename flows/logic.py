@@ -167,7 +167,7 @@ class KeyGroupLogic:
                 else:
                     self._control(part, pending, out)
         if self._buf:
-            self._release(now, pending, out)
+            self._release(now if self._wait_s else float("inf"), pending, out)
         self._score(pending, out)
         return out, False
 
