@@ -19,7 +19,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from connectors import make_sink, make_source
 from connectors.base import MessageBatch, OutRecord, RawRecord, as_raw
-from flows import metrics, summary
+from flows import dogstatsd, metrics, summary
 from flows.decode import Decoder
 from flows.logic import ALERT, DLQ, KeyGroupLogic
 from flows.models import Models
@@ -164,6 +164,8 @@ def build_flow(
         raise SystemExit(2) from None
     if serve:
         metrics.start_metrics_server(s.metrics_port)
+        if s.dogstatsd:
+            dogstatsd.start(s.dogstatsd)
         summary.install(s.url("source"))
         tune_gc()
     flow = Dataflow(s.flow_id)

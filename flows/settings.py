@@ -216,6 +216,11 @@ class Settings:
     metrics_port: int = setting(
         0, "Prometheus metrics on this port + process id (`0`: off)", "9464", kind="natural"
     )
+    dogstatsd: str = setting(
+        "",
+        "also send the metrics to a DogStatsD agent at `host:port` (tags: labels, `tenant`)",
+        "127.0.0.1:8125",
+    )
     kafka: dict[str, str] = setting(
         {},
         "librdkafka settings, as `AD_KAFKA_<SETTING>` (`_` → `.`) or YAML `kafka:`",
@@ -453,6 +458,8 @@ def _check(s: Settings) -> Settings:
         raise _err("window_slide", "must be > 0 and <= window_size")
     if s.window == "session" and s.session_gap <= 0:
         raise _err("session_gap", "must be > 0")
+    if s.dogstatsd and not s.dogstatsd.rpartition(":")[2].isdigit():
+        raise _err("dogstatsd", f"{s.dogstatsd!r} is not host:port")
     if s.control_key and len(s.control_key.encode()) < MIN_KEY_BYTES:
         raise _err("control_key", f"must have at least {MIN_KEY_BYTES} characters")
     try:
