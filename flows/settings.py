@@ -157,7 +157,7 @@ class Settings:
         kind="duration",
     )
     reorder_wait: float = setting(
-        2.0,
+        10.0,
         "sources that do not keep order (Pub/Sub): records wait this long (processing "
         "time) and are then used in event-time order; `0s` turns it off",
         "5s",
