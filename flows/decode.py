@@ -363,6 +363,8 @@ class Decoder:
         self.max_bytes = max_bytes
         self.flow_id = flow_id
         self.default_tenant = default_tenant or None
+        #: tenant ids already seen valid (a set lookup instead of a regex per record)
+        self._valid_tenants: set[str] = set()
         self.control_key = control_key or None
         self.model_store = model_store
         #: the tenants a registry lists (``None``: no registry, every tenant is taken)
@@ -421,6 +423,14 @@ class Decoder:
         obj = self._csv(raw) if self._csv is not None else self._decode(data)
         return _validate(obj, raw, self.unit, self.earliest, self._lo, self._hi)
 
+    def _new_tenant(self, tenant: str) -> bool:
+        """Whether ``tenant`` is a valid tenant id (remembered when it is)."""
+        if not _TENANT_ID(tenant):
+            return False
+        if len(self._valid_tenants) < 100_000:
+            self._valid_tenants.add(tenant)
+        return True
+
     def _check_store(self, ref: str) -> None:
         """A marker's model must come from the configured store (``bad_control`` if not)."""
         if not ref:
@@ -467,7 +477,7 @@ class Decoder:
         cur: dict[str, Columns] = {}
         bad: list[tuple[str, OutRecord]] = []
         fast, maxb, lo, hi = self._fast, self.max_bytes, self._lo, self._hi
-        default_tenant, known = self.default_tenant, self.tenants
+        default_tenant, known, valid = self.default_tenant, self.tenants, self._valid_tenants
         if type(batch) is MessageBatch:  # client messages: RawRecords only when needed
             values, items = batch.values, batch.items
         else:
@@ -493,7 +503,7 @@ class Decoder:
                 and lo <= o.timestamp < hi
                 and o.value - o.value == 0.0
                 and KEY_SEP not in o.sensor_id
-                and (o.tenant_id is None or _TENANT_ID(o.tenant_id))
+                and (o.tenant_id is None or o.tenant_id in valid or self._new_tenant(o.tenant_id))
             ):
                 sid, t, v, ten = o.sensor_id, o.timestamp, o.value, o.tenant_id
             else:  # everything the fast path does not take: the general path
@@ -520,7 +530,7 @@ class Decoder:
                     error = f"tenant {ten!r} is not in the tenant registry"
                     bad.append(dead_letter(raw, "unknown_tenant", error, self.flow_id))
                     continue
-                sid = ten + KEY_SEP + sid
+                sid = f"{ten}\x1f{sid}"  # KEY_SEP
             if fixed is None:
                 g = cache.get(sid)
                 if g is None:
