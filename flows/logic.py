@@ -229,7 +229,8 @@ class KeyGroupLogic:
             self._release(float("inf"), pending, out)
         for sid in list(self.sensors):
             sensor = cast(Sensor, self._sensor(sid))  # sid is known: never None
-            closed: list[Closed] = []
+            # after the windows the released records closed, in order
+            closed: list[Closed] = pending.get(sid) or []
             if sensor.held is not None:
                 self._settle(sid, sensor, closed, out)
             sensor.win.close(self.spec, None, closed)
