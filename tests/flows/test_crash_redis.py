@@ -111,8 +111,8 @@ def test_sigkill_restarts_give_the_reference_output_once(
         kills=4,
         log=tmp_path / "flow.log",
         seed=11,
-        min_s=1.0,
-        max_s=2.2,
+        min_s=0.8,  # the whole run takes a few seconds: kills must land early to land
+        max_s=1.6,
     )
     assert kills >= 3, f"only {kills} kills hit a running flow"
     assert_same_output(reference[0], read_stream(rclient, alerts), "alert_id")
