@@ -271,6 +271,38 @@ def push_model(
     return publish_model(detector, version, ref, push_input=push_input, announce=announce, log=log)
 
 
+def push_registry(
+    store: str, registry_path: str, push_input: str, log: Log = _quiet
+) -> dict[str, Any]:
+    """``adctl tenants push`` (and the API): store the registry at ``registry_path`` in
+    the model store and write a signed registry-switch marker into every partition of
+    ``push_input``; the flow applies the registry from that input position on.
+    """
+    from control.markers import push_marker
+    from schemas.markers import encode_registry_marker
+    from state.tenants import RegistryError, load_registry, store_registry
+
+    if not push_input:
+        raise CliError("tenants push needs the flow's input (--input or AD_SOURCE)")
+    try:
+        registry = load_registry(registry_path)
+        ref = store_registry(store, registry)
+    except RegistryError as exc:
+        raise CliError(str(exc)) from None
+    marker = encode_registry_marker(registry.digest, ref, control_key())
+    written = push_marker(push_input, marker)
+    log(
+        f"tenant registry {registry.version} written into {len(written)} input "
+        f"partition(s) of {strip_query(push_input)}"
+    )
+    return {
+        "registry_ref": ref,
+        "digest": registry.digest,
+        "tenants": sorted(registry.tenants),
+        "markers": {w.partition: w.position for w in written},
+    }
+
+
 def retrain(
     sources: Sequence[str],
     *,

@@ -418,7 +418,12 @@ class Decoder:
             except MarkerInvalid as exc:
                 raise BadRecord("bad_control", str(exc)) from None
             assert body is not None  # noqa: S101 - narrowing: it has the prefix
-            self._check_store(str(body.get("model_ref", "")))
+            if body["type"] == "tenants":
+                if self.tenants is None:
+                    raise BadRecord("bad_control", "the flow has no tenant registry (AD_TENANTS)")
+                self._check_store(str(body["registry_ref"]), "tenant registry")
+            else:
+                self._check_store(str(body.get("model_ref", "")))
             return Control(body, raw)
         obj = self._csv(raw) if self._csv is not None else self._decode(data)
         return _validate(obj, raw, self.unit, self.earliest, self._lo, self._hi)
@@ -431,15 +436,17 @@ class Decoder:
             self._valid_tenants.add(tenant)
         return True
 
-    def _check_store(self, ref: str) -> None:
-        """A marker's model must come from the configured store (``bad_control`` if not)."""
+    def _check_store(self, ref: str, what: str = "model") -> None:
+        """A marker's model (or registry) must come from the configured store
+        (``bad_control`` if not).
+        """
         if not ref:
             return  # the built-in detector, under another version name
         store = self.model_store.rstrip("/")
         if not store:
-            raise BadRecord("bad_control", "the flow has no AD_MODEL_STORE to take models from")
+            raise BadRecord("bad_control", f"the flow has no AD_MODEL_STORE to take a {what} from")
         if not ref.startswith(store + "/") or "/../" in ref or ref.endswith("/.."):
-            raise BadRecord("bad_control", f"model {ref[:200]} is outside the model store")
+            raise BadRecord("bad_control", f"{what} {ref[:200]} is outside the model store")
 
     def decode_batch(
         self, batch: list[RawRecord]
@@ -461,6 +468,7 @@ class Decoder:
         groups: int,
         cache: dict[str, str],
         by_partition: bool = False,
+        gate: Any = None,
     ) -> tuple[dict[str, SubBatch], list[tuple[str, OutRecord]]]:
         """Decode a batch straight into per-key-group :class:`SubBatch` columns.
 
@@ -472,12 +480,17 @@ class Decoder:
         record (the standard fields only, timestamp in epoch ms) is decoded and checked
         in C by msgspec, with no dict per record; anything else, and every record the
         fast path rejects, goes through ``decode_one`` and its exact error.
+
+        ``gate`` (flows.quotas, one per input partition) applies tenant-registry switch
+        markers at their position (``gate.switch``) and the quotas of the tenants in
+        ``gate.limited`` to each reading in input order (``gate.admit``).
         """
         parts: dict[str, SubBatch] = {}
         cur: dict[str, Columns] = {}
         bad: list[tuple[str, OutRecord]] = []
         fast, maxb, lo, hi = self._fast, self.max_bytes, self._lo, self._hi
         default_tenant, known, valid = self.default_tenant, self.tenants, self._valid_tenants
+        limited = gate.limited if gate is not None else None
         if type(batch) is MessageBatch:  # client messages: RawRecords only when needed
             values, items = batch.values, batch.items
         else:
@@ -514,6 +527,12 @@ class Decoder:
                     bad.append(dead_letter(raw, exc.reason, str(exc), self.flow_id))
                     continue
                 if type(item) is not Reading:  # a control marker: every key group, in position
+                    if gate is not None and item.body["type"] == "tenants":
+                        error = gate.switch(item.body)  # the registry, from this position
+                        if error:
+                            bad.append(dead_letter(raw, "bad_control", error, self.flow_id))
+                            continue
+                        default_tenant, known, limited = self.default_tenant, self.tenants, gate.limited
                     for kg in (fixed,) if fixed is not None else map(str, range(groups)):
                         sub = parts.get(kg)
                         if sub is None:
@@ -530,6 +549,11 @@ class Decoder:
                     error = f"tenant {ten!r} is not in the tenant registry"
                     bad.append(dead_letter(raw, "unknown_tenant", error, self.flow_id))
                     continue
+                if limited and ten in limited:  # quotas: in this partition's input order
+                    refused = gate.admit(ten, sid, t)
+                    if refused is not None:
+                        bad.append(dead_letter(as_raw(raw), *refused, self.flow_id))
+                        continue
                 sid = f"{ten}\x1f{sid}"  # KEY_SEP
             if fixed is None:
                 g = cache.get(sid)

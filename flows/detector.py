@@ -23,6 +23,7 @@ from flows import dogstatsd, metrics, summary
 from flows.decode import Decoder
 from flows.logic import ALERT, DLQ, KeyGroupLogic
 from flows.models import Models
+from flows.quotas import TenantGate
 from flows.settings import Settings, SettingsError, load_settings
 from state.snapshots import resolve_snapshot_dir
 from state.tenants import Registry, RegistryError, load_registry
@@ -36,8 +37,12 @@ class _Detect(KeyGroupLogic, StatefulBatchLogic):
     """KeyGroupLogic as a Bytewax ``StatefulBatchLogic``."""
 
 
-def _decode_step(settings: Settings, registry: Registry | None = None) -> Any:
-    decoder = Decoder(
+class _Gate(TenantGate, StatefulBatchLogic):
+    """TenantGate (per input partition) as a Bytewax ``StatefulBatchLogic``."""
+
+
+def _decoder(settings: Settings, registry: Registry | None = None) -> Decoder:
+    return Decoder(
         settings.format,
         settings.schema,
         settings.schema_registry,
@@ -51,13 +56,18 @@ def _decode_step(settings: Settings, registry: Registry | None = None) -> Any:
         settings.model_store,
         frozenset(registry.tenants) if registry is not None else None,
     )
+
+
+def _batch_decoder(settings: Settings) -> Any:
+    """``decode(decoder, batch, gate)``: one input batch -> (key group, SubBatch of
+    columns) items + dead letters (``gate``: flows.quotas, or None).
+    """
     groups = settings.key_groups
     by_partition = settings.key_by == "partition"
     cache: dict[str, str] = {}
 
-    def decode(batch: list[RawRecord] | MessageBatch) -> Iterable[tuple[str, Any]]:
-        """One input batch -> (key group, SubBatch of columns) items + dead letters."""
-        parts, bad = decoder.decode_grouped(batch, groups, cache, by_partition)
+    def decode(decoder: Decoder, batch: list[RawRecord] | MessageBatch, gate: Any) -> list:
+        parts, bad = decoder.decode_grouped(batch, groups, cache, by_partition, gate)
         if len(batch):
             if type(batch) is MessageBatch:
                 src, last = batch.source, batch.items[-1]
@@ -68,11 +78,58 @@ def _decode_step(settings: Settings, registry: Registry | None = None) -> Any:
                 _check_keyed(as_raw(last))
         out: list[tuple[str, Any]] = [(DLQ, b) for b in bad]
         for _k, rec in bad:
-            metrics.DEAD_LETTERS.labels(rec_reason(rec), "").inc()
+            reason = rec_reason(rec)
+            if reason not in _COUNTED:  # quota dead letters: counted with their tenant
+                metrics.DEAD_LETTERS.labels(reason, "").inc()
         out.extend(parts.items())
         return out
 
     return decode
+
+
+#: dead-letter reasons counted where they are decided (flows.quotas)
+_COUNTED = frozenset({"quota_exceeded", "sensor_quota"})
+
+
+def _decode_step(settings: Settings, registry: Registry | None = None) -> Any:
+    decoder = _decoder(settings, registry)
+    decode = _batch_decoder(settings)
+
+    def decode_one_batch(batch: list[RawRecord] | MessageBatch) -> Iterable[tuple[str, Any]]:
+        """One input batch -> (key group, SubBatch of columns) items + dead letters."""
+        return decode(decoder, batch, None)
+
+    return decode_one_batch
+
+
+def _nonempty(batch: list[RawRecord] | MessageBatch) -> bool:
+    return len(batch) > 0
+
+
+def _partition_of(batch: list[RawRecord] | MessageBatch) -> str:
+    """The key of a batch's input partition (its placed key-group name where the source
+    gives one, so the gate runs on the worker that reads the partition).
+    """
+    if type(batch) is MessageBatch:
+        if batch.group:
+            return batch.group
+        raw = as_raw(batch.items[0])
+    else:
+        raw = batch[0]  # type: ignore[index]  # a list here
+    return f"{raw.source}/{raw.partition}"
+
+
+def _quota_shares(settings: Settings, source: Any) -> int:
+    """The number of input partitions a tenant's quota is split over."""
+    if settings.quota_partitions:
+        return settings.quota_partitions
+    try:
+        return max(1, len(source.list_parts()))
+    except Exception as exc:  # noqa: BLE001 - any source error: say which setting helps
+        raise ValueError(
+            f"cannot count the source's partitions to split tenant quotas ({exc}); "
+            "set AD_QUOTA_PARTITIONS"
+        ) from None
 
 
 _warned_unkeyed = False
@@ -170,7 +227,20 @@ def build_flow(
         tune_gc()
     flow = Dataflow(s.flow_id)
     batches = op.input("read", flow, source)
-    decoded = op.flat_map("decode", batches, _decode_step(s, registry))
+    if registry is None:
+        decoded = op.flat_map("decode", batches, _decode_step(s, registry))
+    else:  # decode per input partition, in its order: registry switches, quotas
+        shares = _quota_shares(s, source)
+        decode = _batch_decoder(s)
+        keyed = op.key_on("by-partition", op.filter("nonempty", batches, _nonempty), _partition_of)
+        gated = op.stateful_batch(
+            "tenant-decode",
+            keyed,
+            lambda resume: _Gate(
+                _decoder(s, registry), decode, registry, s.default_tenant, shares, resume
+            ),
+        )
+        decoded = op.flat_map("decoded", gated, lambda kv: kv[1])
     split = op.branch("split-bad", decoded, lambda kv: kv[0] != DLQ)
     bad_in = op.map("bad-input", split.falses, lambda kv: kv[1])
     snap_dir = resolve_snapshot_dir(s.snapshot_dir)

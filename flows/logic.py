@@ -54,6 +54,11 @@ __all__ = ["KeyGroupLogic", "key_group", "ALERT", "DLQ", "BUILTIN"]
 #: readings a sensor holds at most while they wait to confirm a jump of its clock
 MAX_HELD = 2
 
+#: keys in ``KeyGroupLogic.switches`` (origins never start with U+001F): a registry
+#: marker's (digest, ref) per origin, and the sensors' registry refs
+_REG = "\x1fregistry:"
+_SREG = "\x1fsensors"
+
 ALERT = "alert"
 DLQ = "dlq"
 BUILTIN = "builtin"
@@ -116,6 +121,10 @@ class KeyGroupLogic:
         self._readings: Counter[str | None] = Counter()
         self._batches = 0
         self._buf: list[tuple[float, int, str, float, str | None, Any]] = []
+        # a tenant-registry marker's ref per origin partition is kept in ``switches``
+        # under _REG + origin; _SREG holds each sensor's registry ref from its first
+        # record after such a marker on (its alerts use that registry's thresholds)
+        self._sreg: dict[str, str] = {}
         if resume is None:
             self.sensors = {}
         else:
@@ -128,6 +137,9 @@ class KeyGroupLogic:
                 else:  # inline: the whole key group (and waiting records, if any)
                     self.sensors, self.switches = saved[:2]
                     self._buf = saved[2] if len(saved) > 2 else []
+        if _SREG in self.switches:
+            self._sreg = self.switches[_SREG]  # type: ignore[assignment]  # see _REG
+        self._reg_thr: dict[str, dict[str, float]] = {}  # registry ref -> thresholds
         # sensors held as objects (touched since the last snapshot)
         self._warm: set[str] = {sid for sid, s in self.sensors.items() if type(s) is not bytes}
         self._placed = settings.key_by != "partition"  # placement checked (or moot)
@@ -413,6 +425,16 @@ class KeyGroupLogic:
         elif tenant is not None:
             sensor.tenant = tenant
         switch = switches.get(origin) if switches else None
+        if switches:
+            reg = switches.get(_REG + origin)
+            if reg is not None and self._sreg.get(sid) != reg[1]:
+                # a registry switch reached this sensor's partition: windows closed so
+                # far are scored under the registry before it
+                before = pending.pop(sid, None)
+                if before:
+                    self._score({sid: before}, out)
+                self._sreg[sid] = reg[1]
+                switches[_SREG] = self._sreg  # type: ignore[assignment]  # see _REG
         if switch is not None and switch != sensor.model:
             # a model switch reached this sensor's partition: score windows that close
             # from here on with the new model (state restarts from the new model)
@@ -507,6 +529,14 @@ class KeyGroupLogic:
 
     def _control(self, c: Control, pending: dict[str, list[Closed]], out: list) -> None:
         body = c.body  # signed, and its model in the store (flows.decode)
+        if body["type"] == "tenants":  # applied by flows.quotas; here: thresholds
+            ref = str(body["registry_ref"])
+            try:
+                self._thresholds_of(ref)
+            except Exception:  # noqa: BLE001 - the gate dead-lettered it already
+                return
+            self.switches[_REG + self._origin(c.raw)] = (str(body["version"]), ref)
+            return
         version, ref = str(body["version"]), str(body.get("model_ref", ""))
         try:
             self.models.get(version, ref)
@@ -517,6 +547,17 @@ class KeyGroupLogic:
             return
         self.switches[self._origin(c.raw)] = (version, ref)
         metrics.MODEL_VERSION.labels(self.models.name, version).set(1)
+
+    def _thresholds_of(self, ref: str) -> dict[str, float]:
+        """The per-tenant thresholds of the registry stored under ``ref``."""
+        got = self._reg_thr.get(ref)
+        if got is None:
+            from flows.quotas import load_ref
+
+            got = self._reg_thr[ref] = {
+                t.id: t.threshold for t in load_ref(ref) if t.threshold is not None
+            }
+        return got
 
     def _score(self, pending: dict[str, list[Closed]], out: list) -> None:
         """Score every sensor's closed windows: one ``score_batch`` call per model."""
@@ -559,8 +600,11 @@ class KeyGroupLogic:
         before: bytes | None = None,
     ) -> None:
         name, threshold, emit_all = det.name, self.threshold, self.emit_all
-        if self._thresholds and sensor.tenant in self._thresholds:
-            threshold = self._thresholds[sensor.tenant]
+        thresholds = self._thresholds
+        if self._sreg and sid in self._sreg:
+            thresholds = self._thresholds_of(self._sreg[sid])
+        if thresholds and sensor.tenant in thresholds:
+            threshold = thresholds[sensor.tenant]
         for i, (w, score) in enumerate(zip(closed, scores, strict=True)):
             if score < threshold and not emit_all:
                 continue

@@ -22,6 +22,11 @@ DEAD_LETTERS = Counter(
     "Records sent to the dead-letter sink (tenant: empty where the record names none)",
     ["reason", "tenant"],
 )
+QUOTA_HITS = Counter(
+    "ad_quota_hits_total",
+    "Records refused by a tenant quota (reason: quota_exceeded or sensor_quota)",
+    ["reason", "tenant"],
+)
 WINDOW_CLOSE_LATENCY = Histogram(
     "ad_window_close_latency_seconds",
     "Wall time from the newest record of a window arriving to the window being scored",

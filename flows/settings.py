@@ -126,7 +126,8 @@ class Settings:
         "",
         "tenant registry (YAML file or model-store ref, see Tenants and security): records "
         "of tenants it does not list are dead letters `unknown_tenant`; a tenant's "
-        "`threshold` applies to its sensors; read at start-up",
+        "`threshold` and `quota` apply; read at start-up, switched at an input position "
+        "by `adctl tenants push`",
         "/etc/ad/tenants.yaml",
     )
     default_tenant: str = setting(
@@ -134,6 +135,14 @@ class Settings:
         "tenant of records without a `tenant_id` (empty: the registry's `default_tenant`, "
         "else none; state is keyed by tenant and sensor)",
         "shared",
+    )
+    quota_partitions: int = setting(
+        0,
+        "tenant quotas are split evenly over this many input partitions, each enforcing "
+        "its share in its own input order (`0`: the source's partition count at start-up; "
+        "see Tenants and security)",
+        "8",
+        kind="natural",
     )
     flow_id: str = setting(
         "anomaly-detector", "identity of the flow (Kafka transactional ids)", "plant-7-detector"

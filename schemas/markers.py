@@ -1,8 +1,10 @@
 """The control-marker codec, shared by the control plane (writes) and the flow (reads).
 
 A marker's value is ``b"#ADCTL"`` followed by UTF-8 JSON ``{"type": "model", "detector":
-..., "version": ..., "model_ref": ..., "sig": ...}``. It sits at an input position, so
-the flow applies it at the same point on every replay.
+..., "version": ..., "model_ref": ..., "sig": ...}`` (a model switch) or ``{"type":
+"tenants", "version": <registry digest>, "registry_ref": ..., "sig": ...}`` (a tenant
+registry switch). It sits at an input position, so the flow applies it at the same point
+on every replay.
 
 Markers are signed: ``sig`` is the hex HMAC-SHA256, under a key only the control plane
 and the flows hold (``AD_CONTROL_KEY``), of the canonical JSON of the other fields. A
@@ -23,6 +25,7 @@ __all__ = [
     "MarkerInvalid",
     "decode_marker",
     "encode_marker",
+    "encode_registry_marker",
     "is_marker",
 ]
 
@@ -62,11 +65,24 @@ def encode_marker(detector: str, version: str, model_ref: str, key: bytes) -> by
     return MARKER_PREFIX + _canonical(body)
 
 
+def encode_registry_marker(digest: str, registry_ref: str, key: bytes) -> bytes:
+    """The bytes of a tenant-registry switch marker (``registry_ref``: a registry stored
+    with ``state.tenants.store_registry``; ``digest``: its content digest), signed with
+    ``key``.
+    """
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"the control key must have at least {MIN_KEY_BYTES} bytes")
+    body: dict[str, Any] = {"type": "tenants", "version": digest, "registry_ref": registry_ref}
+    body["sig"] = _sign(body, key)
+    return MARKER_PREFIX + _canonical(body)
+
+
 def decode_marker(value: bytes | None, key: bytes | None) -> dict[str, Any] | None:
     """The marker's body (without ``sig``) if ``value`` is a control marker, else ``None``.
 
-    A body is a JSON object with ``type`` ``"model"``, a non-empty ``version``, string
-    ``detector``/``model_ref`` when present, and a ``sig`` that matches under ``key``.
+    A body is a JSON object with ``type`` ``"model"`` (string ``detector``/``model_ref``
+    when present) or ``"tenants"`` (a non-empty ``registry_ref``), a non-empty
+    ``version``, and a ``sig`` that matches under ``key``.
     Raises :class:`MarkerInvalid` for a value with the prefix that is not such a marker
     (the flow dead-letters it as ``bad_control`` rather than reading it as data).
     """
@@ -79,11 +95,15 @@ def decode_marker(value: bytes | None, key: bytes | None) -> dict[str, Any] | No
         raise MarkerInvalid(f"control marker is not JSON: {exc}") from None
     if not isinstance(body, dict) or "type" not in body:
         raise MarkerInvalid("control marker without a type")
-    if body["type"] != "model":
+    if body["type"] not in ("model", "tenants"):
         raise MarkerInvalid(f"unknown control marker type {str(body['type'])[:50]!r}")
     if not isinstance(body.get("version"), str) or not body["version"]:
         raise MarkerInvalid("control marker lacks 'version'")
-    for k in ("detector", "model_ref"):
+    if body["type"] == "tenants" and not (
+        isinstance(body.get("registry_ref"), str) and body["registry_ref"]
+    ):
+        raise MarkerInvalid("tenant registry marker lacks 'registry_ref'")
+    for k in ("detector", "model_ref", "registry_ref"):
         if k in body and not isinstance(body[k], str):
             raise MarkerInvalid(f"control marker's {k!r} is not a string")
     sig = body.pop("sig", None)

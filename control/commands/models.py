@@ -69,6 +69,15 @@ def cmd_push_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tenants_push(args: argparse.Namespace) -> int:
+    """``adctl tenants push``: switch the running flow to a tenant registry."""
+    from control import ops
+
+    result = ops.push_registry(args.model_store, args.registry, args.input, log=say)
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """``adctl models``: list the stored versions of a detector's model."""
     from control import ops
@@ -216,6 +225,36 @@ def register(sub: Any) -> None:
     )
     _common_publish(p)
     p.set_defaults(func=cmd_push_model)
+
+    p = sub.add_parser(
+        "tenants",
+        help="tenant registry operations",
+        description="Operate on the flow's tenant registry.",
+    )
+    tsub = p.add_subparsers(dest="tenants_cmd", required=True)
+    p = tsub.add_parser(
+        "push",
+        help="switch the running flow to a tenant registry",
+        description="Store the registry in the model store and write a signed "
+        "registry-switch marker into every partition of the flow's input; the flow "
+        "applies it (tenants, thresholds, quotas) from that input position on.",
+    )
+    opt(
+        p,
+        "--model-store",
+        env="AD_MODEL_STORE",
+        default=DEFAULT_STORE,
+        help="model store URL (the flow's AD_MODEL_STORE)",
+    )
+    opt(p, "--registry", env="AD_TENANTS", help="the registry file (YAML) to push")
+    opt(
+        p,
+        "--input",
+        env="AD_SOURCE",
+        help="the flow's input URL to write the marker into (kafka://, redis://, "
+        "kinesis://, file://)",
+    )
+    p.set_defaults(func=cmd_tenants_push)
 
     p = sub.add_parser("models", help="list stored model versions")
     _common_store(p)

@@ -1,0 +1,207 @@
+"""Tenant quotas and tenant-registry switches inside the flow (in-process runs).
+
+Quotas are decided per input partition in its input order (flows.quotas), so the
+dead letters do not depend on how the input is batched; a signed registry marker
+switches unknown-tenant checks, quotas and thresholds at its position; a forged one is
+a dead letter ``bad_control`` and changes nothing. The SIGKILL runs on real Kafka are in
+``test_tenant_quotas_kafka.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from connectors.base import RawRecord
+from flows.settings import load_settings
+from schemas.markers import encode_registry_marker
+from state.tenants import parse_registry, store_registry
+from tests.flowrun import KEY, START_MS
+
+
+def _rec(tenant: str | None, sensor: str, ts: int, value: float = 1.0) -> bytes:
+    body: dict[str, Any] = {"sensor_id": sensor, "timestamp": ts, "value": value}
+    if tenant is not None:
+        body["tenant_id"] = tenant
+    return json.dumps(body).encode()
+
+
+def _run(
+    records: list[bytes],
+    registry: Path | None,
+    store: str = "",
+    batch: int = 1,
+    parts: int = 1,
+    **env: str,
+) -> tuple[list[dict], list[dict]]:
+    """Alerts and dead letters of a flow over ``records`` (partition: index % parts)."""
+    from flows.detector import build_flow
+
+    alerts: list = []
+    dead: list = []
+    raws = [RawRecord(r, "t", str(i % parts), str(i)) for i, r in enumerate(records)]
+    by_part = [[r for r in raws if r.partition == str(p)] for p in range(parts)]
+    # batches of one partition each, the partitions interleaved
+    batches = []
+    for start in range(0, max(len(b) for b in by_part), batch):
+        batches.extend(b[start : start + batch] for b in by_part if b[start : start + batch])
+    settings = {
+        "AD_WINDOW": "none",
+        "AD_DETECTOR": "mad",
+        "AD_EMIT": "all",
+        "AD_KEY_GROUPS": "4",
+        "AD_CONTROL_KEY": KEY.decode(),
+        "AD_MODEL_STORE": store,
+        **env,
+    }
+    if registry is not None:
+        settings["AD_TENANTS"] = str(registry)
+    run_main(
+        build_flow(
+            load_settings(settings),
+            source=TestingSource(batches),
+            sink=TestingSink(alerts),
+            dlq=TestingSink(dead),
+        )
+    )
+    return [json.loads(r.value) for _k, r in alerts], [json.loads(r.value) for _k, r in dead]
+
+
+def _expected_quota(
+    records: list[tuple[str, str, int]], rate: float, burst: float, most: int
+) -> list[str | None]:
+    """The token bucket and sensor limit, written out independently of flows.quotas."""
+    tokens: dict[str, float] = {}
+    newest: dict[str, int] = {}
+    seen: dict[str, set[str]] = {}
+    out: list[str | None] = []
+    for tenant, sensor, ts in records:
+        known = seen.setdefault(tenant, set())
+        if sensor not in known and len(known) >= most:
+            out.append("sensor_quota")
+            continue
+        if tenant not in tokens:
+            tokens[tenant], newest[tenant] = burst, ts
+        elif ts > newest[tenant]:
+            tokens[tenant] = min(burst, tokens[tenant] + (ts - newest[tenant]) / 1000 * rate)
+            newest[tenant] = ts
+        if tokens[tenant] < 1:
+            out.append("quota_exceeded")
+            continue
+        tokens[tenant] -= 1
+        known.add(sensor)
+        out.append(None)
+    return out
+
+
+def _registry(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("batch", [1, 7, 1000])
+def test_quotas_refuse_the_excess_the_same_for_any_batching(tmp_path: Path, batch: int) -> None:
+    reg = _registry(
+        tmp_path / "t.yaml",
+        "tenants:\n"
+        "  acme: {quota: {rate: 2, burst: 3, max_sensors: 3}}\n"
+        "  free: {}\n",
+    )
+    rows: list[tuple[str, str, int]] = []
+    for i in range(200):  # 4 acme sensors at ~5 readings per event-time second, bursty
+        rows.append(("acme", f"s{i % 4}", START_MS + (i // 5) * 1000 + (i % 5) * 10))
+        rows.append(("free", f"s{i % 9}", START_MS + i * 10))  # no quota: all taken
+    alerts, dead = _run([_rec(*r) for r in rows], reg, batch=batch)
+    want = _expected_quota([r for r in rows if r[0] == "acme"], 2.0, 3.0, 3)
+    refused = [w for w in want if w]
+    assert [d["reason"] for d in dead] == refused
+    assert refused.count("sensor_quota") == 50 and refused.count("quota_exceeded") > 50
+    assert len(alerts) == 400 - len(refused)  # AD_EMIT=all, window none: one per reading
+    assert sum(a["tenant_id"] == "free" for a in alerts) == 200
+
+
+def test_quota_is_split_over_the_input_partitions(tmp_path: Path) -> None:
+    """rate 4 and max_sensors 4 over 2 partitions: each partition enforces 2 and 2."""
+    reg = _registry(tmp_path / "t.yaml", "tenants: {acme: {quota: {rate: 4, max_sensors: 4}}}\n")
+    rows = [("acme", f"s{i % 6}", START_MS + (i // 12) * 1000) for i in range(600)]
+    # (the testing source is one Bytewax partition carrying two record partitions)
+    _alerts, dead = _run([_rec(*r) for r in rows], reg, batch=5, parts=2, AD_QUOTA_PARTITIONS="2")
+    want: list[str | None] = []
+    for p in range(2):
+        want += [w for w in _expected_quota(rows[p::2], 2.0, 2.0, 2) if w]
+    assert sorted(d["reason"] for d in dead) == sorted(want)
+    assert "sensor_quota" in want and "quota_exceeded" in want
+    # the same with AD_QUOTA_PARTITIONS=1: each partition would take the whole quota
+    _alerts, dead1 = _run([_rec(*r) for r in rows], reg, batch=5, parts=2, AD_QUOTA_PARTITIONS="1")
+    assert len(dead1) < len(dead)
+
+
+def test_no_quota_no_registry_same_output(tmp_path: Path) -> None:
+    rows = [_rec("acme", f"s{i % 3}", START_MS + i * 100, float(i % 7)) for i in range(300)]
+    reg = _registry(tmp_path / "t.yaml", "tenants: {acme: {}}\n")
+    assert _run(rows, None, batch=10) == _run(rows, reg, batch=10)
+
+
+def _store_reg(tmp_path: Path, text: str) -> tuple[str, str, str]:
+    import yaml
+
+    store = f"file://{tmp_path}/store"
+    reg = parse_registry(yaml.safe_load(text))
+    return store, store_registry(store, reg), reg.digest
+
+
+def test_registry_switch_applies_at_its_position(tmp_path: Path) -> None:
+    start = _registry(tmp_path / "t.yaml", "tenants: {acme: {threshold: 1.0}}\n")
+    store, ref, digest = _store_reg(
+        tmp_path,
+        "tenants:\n  acme: {threshold: 0.0, quota: {max_sensors: 1}}\n  globex: {}\n",
+    )
+    rows = []
+    for i in range(40):
+        rows += [_rec("acme", "a", START_MS + i * 1000), _rec("globex", "g", START_MS + i * 1000)]
+        rows += [_rec("acme", "b", START_MS + i * 1000)]
+        if i == 19:
+            rows.append(encode_registry_marker(digest, ref, KEY))
+    for batch in (1, 13):
+        alerts, dead = _run(rows, start, store, batch=batch, AD_EMIT="alerts")
+        reasons = [d["reason"] for d in dead]
+        # before: globex unknown (20); after: acme's second sensor over max_sensors 1
+        assert reasons.count("unknown_tenant") == 20 and reasons.count("sensor_quota") == 20
+        assert len(reasons) == 40
+        # threshold 1.0 before the marker (nothing is an alert), 0.0 after it
+        times = sorted(a["window_start"] for a in alerts if a["tenant_id"] == "acme")
+        assert len(times) == 20 and times[0].startswith("2026-01-01T00:00:20")
+        assert {(a["tenant_id"], a["sensor_id"]) for a in alerts} == {("acme", "a")}
+
+
+@pytest.mark.parametrize(
+    "forge",
+    ["unsigned", "wrong_key", "edited", "foreign_store", "no_registry"],
+)
+def test_forged_registry_markers_change_nothing(tmp_path: Path, forge: str) -> None:
+    start = _registry(tmp_path / "t.yaml", "tenants: {acme: {}}\n")
+    store, ref, digest = _store_reg(tmp_path, "tenants: {acme: {}, globex: {}}\n")
+    marker = encode_registry_marker(digest, ref, KEY)
+    if forge == "unsigned":
+        body = json.loads(marker[6:])
+        del body["sig"]
+        marker = b"#ADCTL" + json.dumps(body).encode()
+    elif forge == "wrong_key":
+        marker = encode_registry_marker(digest, ref, b"another-key-0123456789")
+    elif forge == "edited":
+        marker = marker.replace(b'"version":"', b'"version":"0')
+    elif forge == "foreign_store":
+        other, oref, odigest = _store_reg(tmp_path / "x", "tenants: {acme: {}, globex: {}}\n")
+        marker = encode_registry_marker(odigest, oref, KEY)
+    rows = [marker] + [_rec("globex", "g", START_MS + i * 1000) for i in range(10)]
+    alerts, dead = _run(rows, None if forge == "no_registry" else start, store)
+    reasons = [d["reason"] for d in dead]
+    assert reasons[0] == "bad_control"
+    if forge == "no_registry":
+        assert len(alerts) == 10  # no registry: every tenant is taken, as before
+    else:
+        assert reasons[1:] == ["unknown_tenant"] * 10 and not alerts

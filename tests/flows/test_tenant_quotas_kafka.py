@@ -1,0 +1,130 @@
+"""Tenant quotas and a registry switch on real Kafka, SIGKILLed: the committed alerts and
+dead letters (``quota_exceeded``, ``sensor_quota``, ``unknown_tenant``) equal a
+crash-free run's exactly, and the registry marker (written by ``adctl tenants push``'s
+code) applies at its input position on every replay."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.flowrun import (
+    CONTROL_KEY,
+    START_MS,
+    assert_same_output,
+    crash_env,
+    crash_run,
+    init_recovery,
+    run_to_completion,
+)
+from tests.kafka_util import produce, read_committed
+
+pytestmark = pytest.mark.slow
+
+SENSORS, STEPS = 24, 1200
+
+
+def _rows(tenant_of: Any, steps: range) -> list[tuple[str, bytes]]:
+    out = []
+    for i in steps:
+        for s in range(SENSORS):
+            sid = f"sensor-{s:02d}"
+            v = 20 + s + (i % 17) * 0.3 + (40.0 if (i * 7 + s) % 397 == 0 else 0.0)
+            body = {
+                "sensor_id": sid,
+                "timestamp": START_MS + i * 10_000 + (s % 5) * 100,
+                "value": round(v, 3),
+                "tenant_id": tenant_of(s),
+            }
+            out.append((sid, json.dumps(body).encode()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def quota_input(
+    kafka_brokers: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, dict[str, str]]:
+    """4 partitions: tenants acme (rate and sensor quota), globex (unknown until the
+    registry switch, then a tight rate) and shared; the registry marker mid-stream."""
+    from connectors.kafka import ensure_topic
+    from control import ops
+
+    tmp = tmp_path_factory.mktemp("quota")
+    (tmp / "start.yaml").write_text(
+        "tenants:\n"
+        "  acme: {quota: {rate: 1.6, burst: 8, max_sensors: 12}}\n"
+        "  shared: {}\n"
+    )
+    (tmp / "next.yaml").write_text(
+        "tenants:\n"
+        "  acme: {threshold: 0.3, quota: {rate: 1.2, burst: 4, max_sensors: 12}}\n"
+        "  globex: {quota: {rate: 0.4}}\n"
+        "  shared: {}\n"
+    )
+    topic = f"quota-in-{uuid.uuid4().hex[:8]}"
+    ensure_topic(kafka_brokers, topic, 4)
+
+    def tenant(s: int) -> str:
+        return "acme" if s < 16 else "globex" if s < 20 else "shared"
+
+    produce(kafka_brokers, topic, _rows(tenant, range(STEPS // 2)))
+    store = f"file://{tmp}/store"
+    src = f"kafka://{kafka_brokers}/{topic}"
+    import os
+
+    os.environ["AD_CONTROL_KEY"] = CONTROL_KEY
+    pushed = ops.push_registry(store, str(tmp / "next.yaml"), src)
+    assert len(pushed["markers"]) == 4
+    produce(kafka_brokers, topic, _rows(tenant, range(STEPS // 2, STEPS)))
+    return topic, {"AD_TENANTS": str(tmp / "start.yaml"), "AD_MODEL_STORE": store}
+
+
+def _env(brokers: str, src: str, alerts: str, dlq: str, extra: dict[str, str]) -> dict[str, str]:
+    return crash_env(
+        f"kafka://{brokers}/{src}?tail=false&batch=200&max_rate=1500",
+        f"kafka://{brokers}/{alerts}",
+        f"kafka://{brokers}/{dlq}?partitions=2",
+        f"quota-{uuid.uuid4().hex[:8]}",
+        AD_DETECTOR="mad",
+        AD_THRESHOLD="0.8",
+        AD_EMIT="alerts",
+        **extra,
+    )
+
+
+def test_quota_dead_letters_and_alerts_survive_sigkill_exactly(
+    kafka_brokers: str, kafka_topic: Any, quota_input: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    src, extra = quota_input
+    ref_alerts, ref_dlq = kafka_topic(4), kafka_topic(2)
+    run_to_completion(
+        _env(kafka_brokers, src, ref_alerts, ref_dlq, extra),
+        init_recovery(tmp_path / "ref"),
+        log=tmp_path / "ref.log",
+    )
+    ref = read_committed(kafka_brokers, ref_alerts), read_committed(kafka_brokers, ref_dlq)
+    reasons = Counter(d["reason"] for d in ref[1])
+    # every kind of refusal happened, before and after the registry switch
+    assert reasons["quota_exceeded"] > 100 and reasons["sensor_quota"] > 100, reasons
+    assert reasons["unknown_tenant"] == 4 * (STEPS // 2), reasons  # globex before the switch
+    assert {a["tenant_id"] for a in ref[0]} >= {"acme", "globex"}
+    assert set(reasons) <= {"quota_exceeded", "sensor_quota", "unknown_tenant"}
+
+    alerts, dlq = kafka_topic(4), kafka_topic(2)
+    kills = crash_run(
+        _env(kafka_brokers, src, alerts, dlq, extra),
+        init_recovery(tmp_path / "rec"),
+        kills=3,
+        log=tmp_path / "flow.log",
+        seed=3,
+        min_s=1.0,
+        max_s=3.0,
+    )
+    assert kills >= 3, f"only {kills} kills hit a running flow"
+    assert_same_output(ref[0], read_committed(kafka_brokers, alerts), "alert_id")
+    assert_same_output(ref[1], read_committed(kafka_brokers, dlq), "dlq_id")
