@@ -527,12 +527,17 @@ class Decoder:
                     bad.append(dead_letter(raw, exc.reason, str(exc), self.flow_id))
                     continue
                 if type(item) is not Reading:  # a control marker: every key group, in position
-                    if gate is not None and item.body["type"] == "tenants":
-                        error = gate.switch(item.body)  # the registry, from this position
-                        if error:
-                            bad.append(dead_letter(raw, "bad_control", error, self.flow_id))
+                    if (
+                        gate is not None
+                        and type(item) is Control
+                        and item.body["type"] == "tenants"
+                    ):
+                        failed = gate.switch(item.body)  # the registry, from this position
+                        if failed is not None:
+                            bad.append(dead_letter(raw, "bad_control", failed, self.flow_id))
                             continue
-                        default_tenant, known, limited = self.default_tenant, self.tenants, gate.limited
+                        default_tenant, known = self.default_tenant, self.tenants
+                        limited = gate.limited
                     for kg in (fixed,) if fixed is not None else map(str, range(groups)):
                         sub = parts.get(kg)
                         if sub is None:
@@ -552,7 +557,8 @@ class Decoder:
                 if limited and ten in limited:  # quotas: in this partition's input order
                     refused = gate.admit(ten, sid, t)
                     if refused is not None:
-                        bad.append(dead_letter(as_raw(raw), *refused, self.flow_id))
+                        reason, error = refused
+                        bad.append(dead_letter(as_raw(raw), reason, error, self.flow_id))
                         continue
                 sid = f"{ten}\x1f{sid}"  # KEY_SEP
             if fixed is None:

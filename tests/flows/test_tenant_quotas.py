@@ -107,9 +107,7 @@ def _registry(path: Path, text: str) -> Path:
 def test_quotas_refuse_the_excess_the_same_for_any_batching(tmp_path: Path, batch: int) -> None:
     reg = _registry(
         tmp_path / "t.yaml",
-        "tenants:\n"
-        "  acme: {quota: {rate: 2, burst: 3, max_sensors: 3}}\n"
-        "  free: {}\n",
+        "tenants:\n  acme: {quota: {rate: 2, burst: 3, max_sensors: 3}}\n  free: {}\n",
     )
     rows: list[tuple[str, str, int]] = []
     for i in range(200):  # 4 acme sensors at ~5 readings per event-time second, bursty

@@ -56,13 +56,11 @@ def quota_input(
 
     tmp = tmp_path_factory.mktemp("quota")
     (tmp / "start.yaml").write_text(
-        "tenants:\n"
-        "  acme: {quota: {rate: 1.6, burst: 8, max_sensors: 12}}\n"
-        "  shared: {}\n"
+        "tenants:\n  acme: {quota: {rate: 1.0, burst: 40, max_sensors: 12}}\n  shared: {}\n"
     )
     (tmp / "next.yaml").write_text(
         "tenants:\n"
-        "  acme: {threshold: 0.3, quota: {rate: 1.2, burst: 4, max_sensors: 12}}\n"
+        "  acme: {threshold: 0.3, quota: {rate: 1.2, burst: 16, max_sensors: 12}}\n"
         "  globex: {quota: {rate: 0.4}}\n"
         "  shared: {}\n"
     )
@@ -92,7 +90,6 @@ def _env(brokers: str, src: str, alerts: str, dlq: str, extra: dict[str, str]) -
         f"quota-{uuid.uuid4().hex[:8]}",
         AD_DETECTOR="mad",
         AD_THRESHOLD="0.8",
-        AD_EMIT="alerts",
         **extra,
     )
 
