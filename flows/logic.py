@@ -31,7 +31,7 @@ from connectors import placement
 from connectors.base import OutRecord, RawRecord, as_raw
 from detectors.base import explain_in_batch, state_before_batch
 from flows import metrics, summary
-from flows.models import Models
+from flows.models import TENANT_PREFIX, Models
 from flows.records import (
     Columns,
     Control,
@@ -137,6 +137,10 @@ class KeyGroupLogic:
                 else:  # inline: the whole key group (and waiting records, if any)
                     self.sensors, self.switches = saved[:2]
                     self._buf = saved[2] if len(saved) > 2 else []
+        # tenant -> the version of its own detector, per registry ref ("": the start's)
+        self._tver: dict[str, dict[str, str]] = {
+            "": models.tenant_versions(registry) if registry is not None else {}
+        }
         if _SREG in self.switches:
             self._sreg = self.switches[_SREG]  # type: ignore[assignment]  # see _REG
         self._reg_thr: dict[str, dict[str, float]] = {}  # registry ref -> thresholds
@@ -347,6 +351,11 @@ class KeyGroupLogic:
     def _new_sensor(self, sid: str, raw: RawRecord, tenant: str | None) -> Sensor:
         switches = self.switches
         model = switches.get(self._origin(raw), (BUILTIN, "")) if switches else (BUILTIN, "")
+        if model[0] == BUILTIN and tenant is not None:  # the tenant's own detector, if any
+            reg = switches.get(_REG + self._origin(raw)) if switches else None
+            version = self._tenant_versions(reg[1] if reg is not None else "").get(tenant)
+            if version is not None:
+                model = (version, "")
         self.models.get(*model, sid)  # fetch (and fail) now, not at scoring
         sensor = self.sensors[sid] = Sensor(None, model, tenant)  # det: created when scored
         self._warm.add(sid)
@@ -435,6 +444,13 @@ class KeyGroupLogic:
                     self._score({sid: before}, out)
                 self._sreg[sid] = reg[1]
                 switches[_SREG] = self._sreg  # type: ignore[assignment]  # see _REG
+                model = sensor.model
+                if not model[1] and (model[0] == BUILTIN or model[0].startswith(TENANT_PREFIX)):
+                    version = self._tenant_versions(reg[1]).get(sensor.tenant or "", BUILTIN)
+                    if version != model[0]:  # the tenant's detector changed: state restarts
+                        sensor.model = (version, "")
+                        self.models.get(version, "", sid)
+                        sensor.det = None
         if switch is not None and switch != sensor.model:
             # a model switch reached this sensor's partition: score windows that close
             # from here on with the new model (state restarts from the new model)
@@ -547,6 +563,17 @@ class KeyGroupLogic:
             return
         self.switches[self._origin(c.raw)] = (version, ref)
         metrics.MODEL_VERSION.labels(self.models.name, version).set(1)
+
+    def _tenant_versions(self, ref: str) -> dict[str, str]:
+        """Tenant -> its own detector's version under the registry ``ref`` ("": the
+        registry the flow started with).
+        """
+        got = self._tver.get(ref)
+        if got is None:
+            from flows.quotas import load_ref
+
+            got = self._tver[ref] = self.models.tenant_versions(load_ref(ref))
+        return got
 
     def _thresholds_of(self, ref: str) -> dict[str, float]:
         """The per-tenant thresholds of the registry stored under ``ref``."""

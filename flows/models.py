@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from typing import Any
 
 from detectors import get_detector
 
-__all__ = ["Models"]
+__all__ = ["Models", "TENANT_PREFIX"]
+
+#: model versions of a tenant's own detector (tenant registry ``detector`` /
+#: ``detector_params``): ``tenant:<id>:<JSON [name, parameters]>``
+TENANT_PREFIX = "tenant:"
 
 
 class Models:
@@ -23,12 +28,47 @@ class Models:
     def __init__(self, name: str, params: dict[str, Any], per_key_cache: int = 50_000) -> None:
         self.name = name
         self.params = params
+        #: registry digest -> tenant -> its detector version
+        self._tenant_versions: dict[str, dict[str, str]] = {}
         self._cache: dict[str, Any] = {}
         self._artifacts: dict[str, dict[str, Any]] = {}
         self._per_key: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._per_key_max = per_key_cache
 
+    def tenant_versions(self, registry: Any) -> dict[str, str]:
+        """Tenant -> the version of its own detector, for the tenants of ``registry``
+        (a ``state.tenants.Registry``) that set ``detector`` or ``detector_params``;
+        the others use the flow's detector (``BUILTIN``). A tenant that sets
+        ``detector`` gets that detector with ``detector_params`` alone; one that sets only
+        ``detector_params`` gets the flow's detector with them over the flow's.
+        """
+        got = self._tenant_versions.get(registry.digest)
+        if got is not None:
+            return got
+        got = {}
+        for t in registry:
+            if t.detector is None and t.detector_params is None:
+                continue
+            name = t.detector or self.name
+            params = (
+                dict(t.detector_params or {})
+                if t.detector
+                else {
+                    **self.params,
+                    **(t.detector_params or {}),
+                }
+            )
+            # the version names the detector and its parameters, so a snapshot's sensor
+            # finds its detector whatever registry the process started with
+            text = json.dumps([name, params], sort_keys=True, separators=(",", ":"))
+            got[t.id] = f"{TENANT_PREFIX}{t.id}:{text}"
+        self._tenant_versions[registry.digest] = got
+        return got
+
     def _build(self, version: str, model: dict[str, Any] | None) -> Any:
+        if model is None and version.startswith(TENANT_PREFIX):
+            name, params = json.loads(version.split(":", 2)[2])
+            return get_detector(name, params)  # a tenant's own detector and parameters
         det = get_detector(self.name, self.params)
         if model is not None:
             det.load_model(model)

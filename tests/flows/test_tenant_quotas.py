@@ -203,3 +203,46 @@ def test_forged_registry_markers_change_nothing(tmp_path: Path, forge: str) -> N
         assert len(alerts) == 10  # no registry: every tenant is taken, as before
     else:
         assert reasons[1:] == ["unknown_tenant"] * 10 and not alerts
+
+
+def _signal(tenant: str, sensor: str, n: int, shift: float) -> list[bytes]:
+    rows = []
+    for i in range(n):
+        v = 10.0 + (i % 5) * 0.2 * shift + (30.0 if i % 97 == 50 else 0.0)
+        rows.append(_rec(tenant, sensor, START_MS + i * 1000, v))
+    return rows
+
+
+def test_a_tenants_own_detector_gives_what_it_gives_alone(tmp_path: Path) -> None:
+    params = {"window": 12, "min_periods": 4, "z_scale": 2.0}
+    reg = _registry(
+        tmp_path / "t.yaml",
+        f"tenants:\n  acme: {{detector: mad, detector_params: {json.dumps(params)}}}\n"
+        "  globex: {}\n",
+    )
+    plain = _registry(tmp_path / "plain.yaml", "tenants: {acme: {}, globex: {}}\n")
+    a, g = _signal("acme", "p", 300, 1.0), _signal("globex", "p", 300, 2.0)
+    both = [r for pair in zip(a, g, strict=True) for r in pair]
+    mixed, _ = _run(both, reg, batch=9)
+    alone_a, _ = _run(a, plain, batch=9, AD_DETECTOR_PARAMS=json.dumps(params))
+    alone_g, _ = _run(g, plain, batch=9)
+    assert [x for x in mixed if x["tenant_id"] == "acme"] == alone_a
+    assert [x for x in mixed if x["tenant_id"] == "globex"] == alone_g
+    assert alone_a != _run(a, plain, batch=9)[0]  # the parameters do change the scores
+
+
+def test_a_registry_switch_changes_a_tenants_detector_at_its_position(tmp_path: Path) -> None:
+    params = {"window": 12, "min_periods": 4, "z_scale": 2.0}
+    start = _registry(tmp_path / "t.yaml", "tenants: {acme: {}}\n")
+    store, ref, digest = _store_reg(
+        tmp_path, f"tenants: {{acme: {{detector_params: {json.dumps(params)}}}}}\n"
+    )
+    rows = _signal("acme", "p", 300, 1.0)
+    marked = rows[:120] + [encode_registry_marker(digest, ref, KEY)] + rows[120:]
+    got, dead = _run(marked, start, store, batch=7)
+    assert not dead
+    before, _ = _run(rows[:120], start, store, batch=7)
+    # after the marker: the new parameters, from a fresh detector state
+    after, _ = _run(rows[120:], start, store, batch=7, AD_DETECTOR_PARAMS=json.dumps(params))
+    assert got == before + after
+    assert got != _run(rows, start, store, batch=7)[0]
