@@ -246,3 +246,38 @@ def test_a_registry_switch_changes_a_tenants_detector_at_its_position(tmp_path: 
     after, _ = _run(rows[120:], start, store, batch=7, AD_DETECTOR_PARAMS=json.dumps(params))
     assert got == before + after
     assert got != _run(rows, start, store, batch=7)[0]
+
+
+def test_adctl_tenants_push_switches_a_flow_reading_a_file(tmp_path: Path) -> None:
+    """The CLI stores the registry and appends its signed marker to the input file; a
+    flow over the file applies it there (globex is unknown before, taken after)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import CONTROL_KEY, ROOT
+
+    data = tmp_path / "in.jsonl"
+    first = [_rec("globex", "g", START_MS + i * 1000) for i in range(5)]
+    data.write_bytes(b"".join(r + b"\n" for r in first))
+    (tmp_path / "next.yaml").write_text("tenants: {acme: {}, globex: {}}\n")
+    start = _registry(tmp_path / "t.yaml", "tenants: {acme: {}}\n")
+    store = f"file://{tmp_path}/store"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AD_")}
+    env.update(AD_CONTROL_KEY=CONTROL_KEY, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "control", "tenants", "push", "--model-store", store]
+    cmd += ["--registry", str(tmp_path / "next.yaml"), "--input", data.as_uri()]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["registry_ref"].startswith(store + "/") and out["tenants"] == ["acme", "globex"]
+    with data.open("ab") as fh:
+        fh.writelines(_rec("globex", "g", START_MS + (5 + i) * 1000) + b"\n" for i in range(5))
+    lines = data.read_bytes().splitlines()
+    alerts, dead = _run(lines, start, store)
+    assert [d["reason"] for d in dead] == ["unknown_tenant"] * 5
+    assert len(alerts) == 5  # the five after the marker
+    # without the key adctl refuses to sign
+    env.pop("AD_CONTROL_KEY")
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "AD_CONTROL_KEY" in res.stderr
