@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from dataclasses import replace
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -68,6 +69,25 @@ log = logging.getLogger(__name__)
 
 def _event_time(entry: tuple) -> int:
     return entry[1]
+
+
+def tenant_specs(base: WindowSpec, registry: Any) -> dict[str, WindowSpec]:
+    """Tenant -> its window spec (``base`` with the tenant's window settings), for the
+    tenants of ``registry`` that set any; lateness and clock rules stay the flow's.
+    """
+    out: dict[str, WindowSpec] = {}
+    for t in registry:
+        if t.window is None and t.window_size is None and t.window_slide is None:
+            if t.session_gap is None:
+                continue
+        out[t.id] = replace(
+            base,
+            kind=t.window or base.kind,
+            size=base.size if t.window_size is None else int(round(t.window_size * 1000)),
+            slide=base.slide if t.window_slide is None else int(round(t.window_slide * 1000)),
+            gap=base.gap if t.session_gap is None else int(round(t.session_gap * 1000)),
+        )
+    return out
 
 
 def _split_extra(extra: Any) -> tuple[dict[str, tuple[str, str]], list]:
@@ -141,6 +161,15 @@ class KeyGroupLogic:
         self._tver: dict[str, dict[str, str]] = {
             "": models.tenant_versions(registry) if registry is not None else {}
         }
+        # tenant -> its own window spec, per registry ref ("": the start's); while no
+        # registry sets one, every sensor has the flow's (and tumbling takes the lean loop)
+        self._wspecs: dict[str, dict[str, WindowSpec]] = {
+            "": tenant_specs(self.spec, registry) if registry is not None else {}
+        }
+        self._tenant_windows = bool(self._wspecs[""])
+        for k, v in list(self.switches.items()):
+            if k.startswith(_REG):  # registries switched to before the snapshot
+                self._specs_of(v[1])
         if _SREG in self.switches:
             self._sreg = self.switches[_SREG]  # type: ignore[assignment]  # see _REG
         self._reg_thr: dict[str, dict[str, float]] = {}  # registry ref -> thresholds
@@ -157,7 +186,7 @@ class KeyGroupLogic:
             self.group = getattr(values[0], "group", None)
         if not self._placed and self.group is not None:
             self._check_placement()
-        lean = self.lean and self.spec.kind == "tumbling"
+        lean = self.lean and self.spec.kind == "tumbling" and not self._tenant_windows
         if self._wait_s:
             now = time.time()
         for sub in values:
@@ -249,7 +278,7 @@ class KeyGroupLogic:
             closed: list[Closed] = pending.get(sid) or []
             if sensor.held is not None:
                 self._settle(sid, sensor, closed, out)
-            sensor.win.close(self.spec, None, closed)
+            sensor.win.close(self._spec(sid, sensor), None, closed)
             if closed:
                 pending[sid] = closed
         self._score(pending, out)
@@ -261,6 +290,7 @@ class KeyGroupLogic:
         sensor's clock that nothing confirmed is not taken.
         """
         held, sensor.held = sensor.held or [], None
+        spec = self._spec(sid, sensor)
         top = sensor.win.max_ts
         if top is not None:
             for h in held:
@@ -268,12 +298,10 @@ class KeyGroupLogic:
             return
         last = held[-1][0]
         for h in held:
-            if abs(h[0] - last) > self.spec.max_future:
+            if abs(h[0] - last) > spec.max_future:
                 self._unconfirmed(h, last, out, sensor.tenant)
-            elif (rejected := sensor.win.add(self.spec, h[0], h[1], closed)) is not None:
-                self._reject(
-                    h[2], rejected, h[0], sensor.win.watermark(self.spec), out, sensor.tenant
-                )
+            elif (rejected := sensor.win.add(spec, h[0], h[1], closed)) is not None:
+                self._reject(h[2], rejected, h[0], sensor.win.watermark(spec), out, sensor.tenant)
 
     def snapshot(self) -> bytes:
         """Bytewax hook: the key group's state to save."""
@@ -438,8 +466,12 @@ class KeyGroupLogic:
             reg = switches.get(_REG + origin)
             if reg is not None and self._sreg.get(sid) != reg[1]:
                 # a registry switch reached this sensor's partition: windows closed so
-                # far are scored under the registry before it
-                before = pending.pop(sid, None)
+                # far are scored under the registry before it; if the tenant's windows
+                # change, every open window is closed (and scored) first
+                before = pending.pop(sid, None) or []
+                old_spec = self._spec(sid, sensor)
+                if self._specs_of(reg[1]).get(sensor.tenant or "", self.spec) != old_spec:
+                    sensor.win.close(old_spec, None, before)
                 if before:
                     self._score({sid: before}, out)
                 self._sreg[sid] = reg[1]
@@ -476,10 +508,11 @@ class KeyGroupLogic:
         closed = pending.get(sid)
         if closed is None:
             closed = pending[sid] = []
+        spec = self._spec(sid, sensor) if self._tenant_windows else self.spec
         for t, v, r in self._clock(sid, sensor, ts, value, raw, closed, out):
-            rejected = sensor.win.add(self.spec, t, v, closed)
+            rejected = sensor.win.add(spec, t, v, closed)
             if rejected is not None:
-                self._reject(r, rejected, t, sensor.win.watermark(self.spec), out, sensor.tenant)
+                self._reject(r, rejected, t, sensor.win.watermark(spec), out, sensor.tenant)
 
     def _clock(
         self,
@@ -519,7 +552,7 @@ class KeyGroupLogic:
             return []
         sensor.held = None
         if top is not None:  # a confirmed jump: close what the old clock had open
-            w.close(self.spec, None, closed)
+            w.close(self._spec(sid, sensor), None, closed)
             w.max_ts = None
         for h in held:
             if abs(h[0] - ts) > jump:
@@ -545,10 +578,11 @@ class KeyGroupLogic:
 
     def _control(self, c: Control, pending: dict[str, list[Closed]], out: list) -> None:
         body = c.body  # signed, and its model in the store (flows.decode)
-        if body["type"] == "tenants":  # applied by flows.quotas; here: thresholds
+        if body["type"] == "tenants":  # applied by flows.quotas; here: per-sensor settings
             ref = str(body["registry_ref"])
             try:
                 self._thresholds_of(ref)
+                self._specs_of(ref)
             except Exception:  # noqa: BLE001 - the gate dead-lettered it already
                 return
             self.switches[_REG + self._origin(c.raw)] = (str(body["version"]), ref)
@@ -563,6 +597,27 @@ class KeyGroupLogic:
             return
         self.switches[self._origin(c.raw)] = (version, ref)
         metrics.MODEL_VERSION.labels(self.models.name, version).set(1)
+
+    def _spec(self, sid: str, sensor: Sensor) -> WindowSpec:
+        """The window spec of ``sensor``: its tenant's (registry ``window`` settings, in
+        the registry in force for it), else the flow's.
+        """
+        if not self._tenant_windows:
+            return self.spec
+        return self._specs_of(self._sreg.get(sid, "")).get(sensor.tenant or "", self.spec)
+
+    def _specs_of(self, ref: str) -> dict[str, WindowSpec]:
+        """Tenant -> its window spec, for the tenants of registry ``ref`` ("": the start
+        registry) that set window settings.
+        """
+        got = self._wspecs.get(ref)
+        if got is None:
+            from flows.quotas import load_ref
+
+            got = self._wspecs[ref] = tenant_specs(self.spec, load_ref(ref))
+            if got:
+                self._tenant_windows = True
+        return got
 
     def _tenant_versions(self, ref: str) -> dict[str, str]:
         """Tenant -> its own detector's version under the registry ``ref`` ("": the

@@ -281,3 +281,49 @@ def test_adctl_tenants_push_switches_a_flow_reading_a_file(tmp_path: Path) -> No
     env.pop("AD_CONTROL_KEY")
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "AD_CONTROL_KEY" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "alone"),
+    [
+        ("{window: session, session_gap: 4s}", {"AD_WINDOW": "session", "AD_SESSION_GAP": "4s"}),
+        ("{window_size: 20s}", {"AD_WINDOW_SIZE": "20s"}),
+        (
+            "{window: sliding, window_size: 30s, window_slide: 10s}",
+            {"AD_WINDOW": "sliding", "AD_WINDOW_SIZE": "30s", "AD_WINDOW_SLIDE": "10s"},
+        ),
+    ],
+)
+def test_a_tenants_own_windows_give_what_they_give_alone(
+    tmp_path: Path, settings: str, alone: dict[str, str]
+) -> None:
+    reg = _registry(tmp_path / "t.yaml", f"tenants:\n  acme: {settings}\n  globex: {{}}\n")
+    plain = _registry(tmp_path / "plain.yaml", "tenants: {acme: {}, globex: {}}\n")
+    a = _signal("acme", "p", 400, 1.0)
+    a = [r for i, r in enumerate(a) if i % 11 not in (3, 4, 5, 6, 7)]  # gaps: sessions end
+    g = _signal("globex", "p", 400, 2.0)
+    both = [r for pair in zip(a, g, strict=False) for r in pair] + g[len(a) :]
+    flow = {"AD_WINDOW": "tumbling", "AD_WINDOW_SIZE": "60s"}
+    mixed, _ = _run(both, reg, batch=9, **flow)
+    alone_a, _ = _run(a, plain, batch=9, **{**flow, **alone})
+    alone_g, _ = _run(g, plain, batch=9, **flow)
+    assert [x for x in mixed if x["tenant_id"] == "acme"] == alone_a
+    assert [x for x in mixed if x["tenant_id"] == "globex"] == alone_g
+    assert alone_a != _run(a, plain, batch=9, **flow)[0]
+
+
+def test_a_registry_switch_changes_a_tenants_windows_at_its_position(tmp_path: Path) -> None:
+    start = _registry(tmp_path / "t.yaml", "tenants: {acme: {}}\n")
+    store, ref, digest = _store_reg(tmp_path, "tenants: {acme: {window_size: 20s}}\n")
+    rows = _signal("acme", "p", 600, 1.0)
+    marked = rows[:290] + [encode_registry_marker(digest, ref, KEY)] + rows[290:]
+    flow = {"AD_WINDOW": "tumbling", "AD_WINDOW_SIZE": "60s"}
+    got, dead = _run(marked, start, store, batch=7, **flow)
+    assert not dead
+    ends = [(x["window_start"][11:19], x["window_end"][11:19]) for x in got]
+    # 60 s windows up to the marker (at 00:04:50; the open one closed there), 20 s after
+    assert ("00:04:00", "00:05:00") in ends and ("00:04:40", "00:05:00") in ends
+    assert ("00:05:00", "00:06:00") not in ends and ("00:05:00", "00:05:20") in ends
+    assert ("00:03:40", "00:04:00") not in ends
+    # the replay of a resumed run applies it at the same position: batching does not matter
+    assert got == _run(marked, start, store, batch=50, **flow)[0]

@@ -50,7 +50,9 @@ def quota_input(
     kafka_brokers: str, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[str, dict[str, str]]:
     """4 partitions: tenants acme (rate and sensor quota), globex (unknown until the
-    registry switch, then a tight rate) and shared; the registry marker mid-stream."""
+    registry switch, then a tight rate) and shared; the registry marker mid-stream
+    also changes acme's threshold, windows and detector parameters and gives globex
+    session windows."""
     from connectors.kafka import ensure_topic
     from control import ops
 
@@ -60,8 +62,9 @@ def quota_input(
     )
     (tmp / "next.yaml").write_text(
         "tenants:\n"
-        "  acme: {threshold: 0.3, quota: {rate: 1.2, burst: 16, max_sensors: 12}}\n"
-        "  globex: {quota: {rate: 0.4}}\n"
+        "  acme: {threshold: 0.3, quota: {rate: 1.2, burst: 16, max_sensors: 12},\n"
+        "         window_size: 30s, detector_params: {window: 32}}\n"
+        "  globex: {quota: {rate: 0.4}, window: session, session_gap: 25s}\n"
         "  shared: {}\n"
     )
     topic = f"quota-in-{uuid.uuid4().hex[:8]}"
