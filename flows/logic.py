@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import logging
 import pickle
-from dataclasses import replace
 import time
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -77,9 +77,8 @@ def tenant_specs(base: WindowSpec, registry: Any) -> dict[str, WindowSpec]:
     """
     out: dict[str, WindowSpec] = {}
     for t in registry:
-        if t.window is None and t.window_size is None and t.window_slide is None:
-            if t.session_gap is None:
-                continue
+        if (t.window, t.window_size, t.window_slide, t.session_gap) == (None, None, None, None):
+            continue
         out[t.id] = replace(
             base,
             kind=t.window or base.kind,
