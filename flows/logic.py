@@ -467,7 +467,7 @@ class KeyGroupLogic:
                 # a registry switch reached this sensor's partition: windows closed so
                 # far are scored under the registry before it; if the tenant's windows
                 # change, every open window is closed (and scored) first
-                before = pending.pop(sid, None) or []
+                before = pending.pop(sid, [])
                 old_spec = self._spec(sid, sensor)
                 if self._specs_of(reg[1]).get(sensor.tenant or "", self.spec) != old_spec:
                     sensor.win.close(old_spec, None, before)
