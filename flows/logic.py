@@ -467,12 +467,12 @@ class KeyGroupLogic:
                 # a registry switch reached this sensor's partition: windows closed so
                 # far are scored under the registry before it; if the tenant's windows
                 # change, every open window is closed (and scored) first
-                before = pending.pop(sid, [])
+                closing = pending.pop(sid, [])
                 old_spec = self._spec(sid, sensor)
                 if self._specs_of(reg[1]).get(sensor.tenant or "", self.spec) != old_spec:
-                    sensor.win.close(old_spec, None, before)
-                if before:
-                    self._score({sid: before}, out)
+                    sensor.win.close(old_spec, None, closing)
+                if closing:
+                    self._score({sid: closing}, out)
                 self._sreg[sid] = reg[1]
                 switches[_SREG] = self._sreg  # type: ignore[assignment]  # see _REG
                 model = sensor.model
