@@ -8,6 +8,7 @@ sensor) -> alerts sink; bad records and late data -> dead-letter sink. Configure
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import sys
 from collections.abc import Iterable
@@ -23,7 +24,7 @@ from flows import dogstatsd, metrics, summary
 from flows.decode import Decoder
 from flows.logic import ALERT, DLQ, KeyGroupLogic
 from flows.models import Models
-from flows.quotas import TenantGate
+from flows.quotas import TenantGate, alert_routes
 from flows.settings import Settings, SettingsError, load_settings
 from state.snapshots import resolve_snapshot_dir
 from state.tenants import Registry, RegistryError, load_registry
@@ -248,12 +249,44 @@ def build_flow(
         "detect", split.trues, lambda resume: _Detect(s, models, resume, snap_dir, registry)
     )
     results = op.map("unkey", scored, lambda kv: kv[1])
-    is_alert = op.branch("split-alerts", results, lambda tr: tr[0] == ALERT)
-    alerts = op.map("alerts", is_alert.trues, lambda tr: tr[1])
+    is_alert = op.branch("split-alerts", results, lambda tr: tr[0] != DLQ)
     late = op.map("late", is_alert.falses, lambda tr: tr[1])
+    routes = alert_routes(registry)
+    ours = is_alert.trues
+    if routes:  # tenants' own alert sinks (registry `alerts` templates), one step each
+        for url in routes:
+            tag, name = f"{ALERT}>{url}", hashlib.sha256(url.encode()).hexdigest()[:12]
+            mine = op.filter(f"route-{name}", is_alert.trues, _tagged(tag))
+            op.output(
+                f"alerts-out-{name}",
+                op.map(f"alerts-{name}", mine, lambda tr: tr[1]),
+                _sink(url, ctx, serve),
+            )
+        ours = op.filter("route-flow", is_alert.trues, _tagged(ALERT))
+    alerts = op.map("alerts", ours, lambda tr: tr[1])
     op.output("alerts-out", alerts, sink)
     op.output("dead-letters-out", op.merge("dead-letters", bad_in, late), dlq)
     return flow
+
+
+def _tagged(tag: str) -> Any:
+    """A predicate: whether a result carries ``tag``."""
+
+    def pred(tr: tuple[str, Any]) -> bool:
+        return tr[0] == tag
+
+    return pred
+
+
+def _sink(url: str, ctx: Any, serve: bool | None) -> Any:
+    """The sink for ``url`` (a tenant's alert sink); a bad URL stops the flow (status 2)."""
+    try:
+        return make_sink(url, ctx)
+    except ValueError as exc:
+        if not serve:
+            raise
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def _registry(where: str, serve: bool | None) -> Registry | None:

@@ -33,6 +33,7 @@ from connectors.base import OutRecord, RawRecord, as_raw
 from detectors.base import explain_in_batch, state_before_batch
 from flows import metrics, summary
 from flows.models import TENANT_PREFIX, Models
+from flows.quotas import alert_routes
 from flows.records import (
     Columns,
     Control,
@@ -172,6 +173,12 @@ class KeyGroupLogic:
         if _SREG in self.switches:
             self._sreg = self.switches[_SREG]  # type: ignore[assignment]  # see _REG
         self._reg_thr: dict[str, dict[str, float]] = {}  # registry ref -> thresholds
+        # alert routing: the sink URLs the flow has a sink for (from the start registry),
+        # and per registry ref the tenants' alert tags (ALERT + ">" + URL)
+        self._routes: frozenset[str] = frozenset(alert_routes(registry))
+        self._tags: dict[str, dict[str, str]] = {}
+        if self._routes:
+            self._tags[""] = self._tags_of(registry)
         # sensors held as objects (touched since the last snapshot)
         self._warm: set[str] = {sid for sid, s in self.sensors.items() if type(s) is not bytes}
         self._placed = settings.key_by != "partition"  # placement checked (or moot)
@@ -629,6 +636,34 @@ class KeyGroupLogic:
             got = self._tver[ref] = self.models.tenant_versions(load_ref(ref))
         return got
 
+    def _tags_of(self, registry: Any) -> dict[str, str]:
+        """Tenant -> the output tag of its alerts under ``registry``: its own sink's, or
+        (no template, or a URL the flow has no sink for) the flow's ``ALERT``.
+        """
+        tags: dict[str, str] = {}
+        for t in registry:
+            url = t.alerts_url
+            if url and url in self._routes:
+                tags[t.id] = f"{ALERT}>{url}"
+            elif url:
+                log.warning(
+                    "tenant %s: alerts to %s need a restart with that registry (the "
+                    "flow has no sink for it); they go to the flow's alert sink",
+                    t.id,
+                    url.split("?")[0],
+                )
+        return tags
+
+    def _tag(self, sid: str, tenant: str | None) -> str:
+        """The output tag of an alert of sensor ``sid`` (see ``_tags_of``)."""
+        ref = self._sreg.get(sid, "") if self._sreg else ""
+        tags = self._tags.get(ref)
+        if tags is None:
+            from flows.quotas import load_ref
+
+            tags = self._tags[ref] = self._tags_of(load_ref(ref))
+        return tags.get(tenant or "", ALERT)
+
     def _thresholds_of(self, ref: str) -> dict[str, float]:
         """The per-tenant thresholds of the registry stored under ``ref``."""
         got = self._reg_thr.get(ref)
@@ -713,7 +748,8 @@ class KeyGroupLogic:
             if score >= threshold:  # why: component, expected range, reason
                 vals, ts = [c.mean for c in closed], [c.end / 1000.0 for c in closed]
                 body["explain"] = explain_in_batch(det, sensor.det, before, vals, ts, i)
-            out.append((ALERT, (sid, OutRecord(alert_id, sensor_id, orjson.dumps(body)))))
+            tag = self._tag(sid, sensor.tenant) if self._routes else ALERT
+            out.append((tag, (sid, OutRecord(alert_id, sensor_id, orjson.dumps(body)))))
             if score >= threshold:
                 metrics.ALERTS_OUT.labels(name, sensor.tenant or "").inc()
                 summary.note_alert(sensor_id, w.start, w.end, score)

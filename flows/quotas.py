@@ -31,7 +31,7 @@ from typing import Any
 from flows import metrics
 from state.tenants import Registry, RegistryError, load_registry
 
-__all__ = ["TenantGate", "limits_of"]
+__all__ = ["TenantGate", "alert_routes", "limits_of"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,15 @@ def load_ref(ref: str) -> Registry:
     if reg is None:
         reg = _LOADED[ref] = load_registry(ref)
     return reg
+
+
+def alert_routes(registry: Registry | None) -> list[str]:
+    """The alert sink URLs the tenants of ``registry`` route to (their ``alerts``
+    template filled in), sorted: the flow builds one sink per URL at start-up.
+    """
+    if registry is None:
+        return []
+    return sorted({t.alerts_url for t in registry if t.alerts_url})
 
 
 def limits_of(

@@ -327,3 +327,17 @@ def test_a_registry_switch_changes_a_tenants_windows_at_its_position(tmp_path: P
     assert ("00:03:40", "00:04:00") not in ends
     # the replay of a resumed run applies it at the same position: batching does not matter
     assert got == _run(marked, start, store, batch=50, **flow)[0]
+
+
+def test_a_tenants_alerts_go_to_its_own_sink(tmp_path: Path) -> None:
+    template = f"file://{tmp_path}/alerts-{{tenant}}.jsonl"
+    reg = _registry(
+        tmp_path / "t.yaml", f"tenants:\n  acme: {{alerts: '{template}'}}\n  globex: {{}}\n"
+    )
+    plain = _registry(tmp_path / "plain.yaml", "tenants: {acme: {}, globex: {}}\n")
+    a, g = _signal("acme", "p", 200, 1.0), _signal("globex", "p", 200, 2.0)
+    both = [r for pair in zip(a, g, strict=True) for r in pair]
+    ours, _ = _run(both, reg, batch=9)
+    routed = [json.loads(x) for x in (tmp_path / "alerts-acme.jsonl").read_text().splitlines()]
+    assert routed == _run(a, plain, batch=9)[0] and len(routed) == 200
+    assert ours == _run(g, plain, batch=9)[0]  # globex: the flow's own sink

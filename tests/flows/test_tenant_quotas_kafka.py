@@ -57,9 +57,6 @@ def quota_input(
     from control import ops
 
     tmp = tmp_path_factory.mktemp("quota")
-    (tmp / "start.yaml").write_text(
-        "tenants:\n  acme: {quota: {rate: 1.0, burst: 40, max_sensors: 12}}\n  shared: {}\n"
-    )
     (tmp / "next.yaml").write_text(
         "tenants:\n"
         "  acme: {threshold: 0.3, quota: {rate: 1.2, burst: 16, max_sensors: 12},\n"
@@ -82,7 +79,19 @@ def quota_input(
     pushed = ops.push_registry(store, str(tmp / "next.yaml"), src)
     assert len(pushed["markers"]) == 4
     produce(kafka_brokers, topic, _rows(tenant, range(STEPS // 2, STEPS)))
-    return topic, {"AD_TENANTS": str(tmp / "start.yaml"), "AD_MODEL_STORE": store}
+    return topic, {"AD_MODEL_STORE": store}
+
+
+def _start_registry(path: Path, brokers: str, routed: str) -> str:
+    """The registry a run starts with: acme's alerts to a topic of its own (until the
+    switch, whose registry routes them to the flow's sink)."""
+    path.write_text(
+        "tenants:\n"
+        "  acme: {quota: {rate: 1.0, burst: 40, max_sensors: 12},\n"
+        f"         alerts: 'kafka://{brokers}/{routed}-{{tenant}}?partitions=2'}}\n"
+        "  shared: {}\n"
+    )
+    return str(path)
 
 
 def _env(brokers: str, src: str, alerts: str, dlq: str, extra: dict[str, str]) -> dict[str, str]:
@@ -101,13 +110,20 @@ def test_quota_dead_letters_and_alerts_survive_sigkill_exactly(
     kafka_brokers: str, kafka_topic: Any, quota_input: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:
     src, extra = quota_input
-    ref_alerts, ref_dlq = kafka_topic(4), kafka_topic(2)
+    ref_alerts, ref_dlq, ref_routed = kafka_topic(4), kafka_topic(2), f"r{uuid.uuid4().hex[:8]}"
+    reg = _start_registry(tmp_path / "ref.yaml", kafka_brokers, ref_routed)
     run_to_completion(
-        _env(kafka_brokers, src, ref_alerts, ref_dlq, extra),
+        _env(kafka_brokers, src, ref_alerts, ref_dlq, {**extra, "AD_TENANTS": reg}),
         init_recovery(tmp_path / "ref"),
         log=tmp_path / "ref.log",
     )
     ref = read_committed(kafka_brokers, ref_alerts), read_committed(kafka_brokers, ref_dlq)
+    ref_acme = read_committed(kafka_brokers, f"{ref_routed}-acme")
+    # acme's alerts before the switch went to its own topic, after it to the flow's
+    assert ref_acme and {a["tenant_id"] for a in ref_acme} == {"acme"}
+    assert max(a["window_end"] for a in ref_acme) <= min(
+        a["window_end"] for a in ref[0] if a["tenant_id"] == "acme"
+    )
     reasons = Counter(d["reason"] for d in ref[1])
     # every kind of refusal happened, before and after the registry switch
     assert reasons["quota_exceeded"] > 100 and reasons["sensor_quota"] > 100, reasons
@@ -115,9 +131,10 @@ def test_quota_dead_letters_and_alerts_survive_sigkill_exactly(
     assert {a["tenant_id"] for a in ref[0]} >= {"acme", "globex"}
     assert set(reasons) <= {"quota_exceeded", "sensor_quota", "unknown_tenant"}
 
-    alerts, dlq = kafka_topic(4), kafka_topic(2)
+    alerts, dlq, routed = kafka_topic(4), kafka_topic(2), f"r{uuid.uuid4().hex[:8]}"
+    reg = _start_registry(tmp_path / "crash.yaml", kafka_brokers, routed)
     kills = crash_run(
-        _env(kafka_brokers, src, alerts, dlq, extra),
+        _env(kafka_brokers, src, alerts, dlq, {**extra, "AD_TENANTS": reg}),
         init_recovery(tmp_path / "rec"),
         kills=3,
         log=tmp_path / "flow.log",
@@ -128,3 +145,4 @@ def test_quota_dead_letters_and_alerts_survive_sigkill_exactly(
     assert kills >= 3, f"only {kills} kills hit a running flow"
     assert_same_output(ref[0], read_committed(kafka_brokers, alerts), "alert_id")
     assert_same_output(ref[1], read_committed(kafka_brokers, dlq), "dlq_id")
+    assert_same_output(ref_acme, read_committed(kafka_brokers, f"{routed}-acme"), "alert_id")
