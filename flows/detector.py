@@ -24,7 +24,7 @@ from flows import dogstatsd, metrics, summary
 from flows.decode import Decoder
 from flows.logic import ALERT, DLQ, KeyGroupLogic
 from flows.models import Models
-from flows.quotas import TenantGate, alert_routes
+from flows.quotas import TenantGate, alert_routes, dead_letter_routes
 from flows.settings import Settings, SettingsError, load_settings
 from state.snapshots import resolve_snapshot_dir
 from state.tenants import Registry, RegistryError, load_registry
@@ -77,11 +77,17 @@ def _batch_decoder(settings: Settings) -> Any:
             metrics.RECORDS_IN.labels(src).inc(len(batch))
             if by_partition:
                 _check_keyed(as_raw(last))
-        out: list[tuple[str, Any]] = [(DLQ, b) for b in bad]
-        for _k, rec in bad:
-            reason = rec_reason(rec)
+        out: list[tuple[str, Any]] = []
+        tags = iter(gate.tags) if gate is not None and gate.tags else None
+        for b in bad:
+            reason = rec_reason(b[1])
             if reason not in _COUNTED:  # quota dead letters: counted with their tenant
                 metrics.DEAD_LETTERS.labels(reason, "").inc()
+                out.append((DLQ, b))
+            else:  # to the tenant's dead-letter sink, if it has one
+                out.append((next(tags) if tags is not None else DLQ, b))
+        if tags is not None:
+            gate.tags.clear()
         out.extend(parts.items())
         return out
 
@@ -209,6 +215,7 @@ def build_flow(
     models = Models(s.detector, s.detector_params)
     models.get("builtin", "")  # fail fast on a bad detector name or parameters
     registry = _registry(s.tenants, serve)
+    dlq_routes = dead_letter_routes(registry)
 
     ctx = s.connector_context()
     try:
@@ -238,19 +245,25 @@ def build_flow(
             "tenant-decode",
             keyed,
             lambda resume: _Gate(
-                _decoder(s, registry), decode, registry, s.default_tenant, shares, resume
+                _decoder(s, registry),
+                decode,
+                registry,
+                s.default_tenant,
+                shares,
+                resume,
+                frozenset(dlq_routes),
             ),
         )
         decoded = op.flat_map("decoded", gated, lambda kv: kv[1])
-    split = op.branch("split-bad", decoded, lambda kv: kv[0] != DLQ)
-    bad_in = op.map("bad-input", split.falses, lambda kv: kv[1])
+    split = op.branch("split-bad", decoded, _not_dead)
+    bad_in = split.falses if dlq_routes else op.map("bad-input", split.falses, lambda kv: kv[1])
     snap_dir = resolve_snapshot_dir(s.snapshot_dir)
     scored = op.stateful_batch(
         "detect", split.trues, lambda resume: _Detect(s, models, resume, snap_dir, registry)
     )
     results = op.map("unkey", scored, lambda kv: kv[1])
-    is_alert = op.branch("split-alerts", results, lambda tr: tr[0] != DLQ)
-    late = op.map("late", is_alert.falses, lambda tr: tr[1])
+    is_alert = op.branch("split-alerts", results, _not_dead)
+    late = is_alert.falses if dlq_routes else op.map("late", is_alert.falses, lambda tr: tr[1])
     routes = alert_routes(registry)
     ours = is_alert.trues
     if routes:  # tenants' own alert sinks (registry `alerts` templates), one step each
@@ -265,8 +278,28 @@ def build_flow(
         ours = op.filter("route-flow", is_alert.trues, _tagged(ALERT))
     alerts = op.map("alerts", ours, lambda tr: tr[1])
     op.output("alerts-out", alerts, sink)
-    op.output("dead-letters-out", op.merge("dead-letters", bad_in, late), dlq)
+    dead = op.merge("dead-letters", bad_in, late)
+    if dlq_routes:  # tenants' own dead-letter sinks (registry `dead_letters` templates)
+        for url in dlq_routes:
+            tag, name = f"{DLQ}>{url}", hashlib.sha256(url.encode()).hexdigest()[:12]
+            mine = op.filter(f"dlq-route-{name}", dead, _tagged(tag))
+            op.output(
+                f"dead-letters-out-{name}",
+                op.map(f"dead-letters-{name}", mine, lambda tr: tr[1]),
+                _sink(url, ctx, serve),
+            )
+        dead = op.map(
+            "dead-letters-flow", op.filter("dlq-route-flow", dead, _tagged(DLQ)), lambda tr: tr[1]
+        )
+    op.output("dead-letters-out", dead, dlq)
     return flow
+
+
+def _not_dead(kv: tuple[str, Any]) -> bool:
+    """Whether an item is not a dead letter (tagged ``dlq`` or ``dlq>URL``; key-group
+    names never contain '>').
+    """
+    return kv[0] != DLQ and kv[0][:4] != "dlq>"
 
 
 def _tagged(tag: str) -> Any:

@@ -33,7 +33,7 @@ from connectors.base import OutRecord, RawRecord, as_raw
 from detectors.base import explain_in_batch, state_before_batch
 from flows import metrics, summary
 from flows.models import TENANT_PREFIX, Models
-from flows.quotas import alert_routes
+from flows.quotas import alert_routes, dead_letter_routes, dead_letter_tags
 from flows.records import (
     Columns,
     Control,
@@ -76,7 +76,7 @@ def tenant_specs(base: WindowSpec, registry: Any) -> dict[str, WindowSpec]:
     """Tenant -> its window spec (``base`` with the tenant's window settings), for the
     tenants of ``registry`` that set any; lateness and clock rules stay the flow's.
     """
-    out: dict[str, WindowSpec] = {}
+    out = {}  # type: dict[str, WindowSpec]
     for t in registry:
         if (t.window, t.window_size, t.window_slide, t.session_gap) == (None, None, None, None):
             continue
@@ -179,6 +179,12 @@ class KeyGroupLogic:
         self._tags: dict[str, dict[str, str]] = {}
         if self._routes:
             self._tags[""] = self._tags_of(registry)
+        # dead-letter routing likewise (late, future): by the registry in force for the
+        # record's partition when the decision is taken
+        self._droutes: frozenset[str] = frozenset(dead_letter_routes(registry))
+        self._dtags: dict[str, dict[str, str]] = {}
+        if self._droutes:
+            self._dtags[""] = dead_letter_tags(registry, self._droutes)
         # sensors held as objects (touched since the last snapshot)
         self._warm: set[str] = {sid for sid, s in self.sensors.items() if type(s) is not bytes}
         self._placed = settings.key_by != "partition"  # placement checked (or moot)
@@ -399,7 +405,9 @@ class KeyGroupLogic:
         self, raw: Any, reason: str, ts: int, wm: int | None, out: list, tenant: str | None
     ) -> None:
         error = f"event time {iso(ts)} vs watermark {iso(wm) if wm is not None else '-'}"
-        out.append((DLQ, dead_letter(as_raw(raw), reason, error, self.flow_id)))
+        raw = as_raw(raw)
+        tag = self._dlq_tag(raw, tenant) if self._droutes else DLQ
+        out.append((tag, dead_letter(raw, reason, error, self.flow_id)))
         metrics.DEAD_LETTERS.labels(reason, tenant or "").inc()
 
     def _add_tumbling(self, c: Columns, pending: dict[str, list[Closed]], out: list) -> None:
@@ -574,7 +582,9 @@ class KeyGroupLogic:
             f"event time {iso(ts)} was not confirmed by the sensor's next readings "
             f"(its clock: {iso(clock)})"
         )
-        out.append((DLQ, dead_letter(as_raw(raw), reason, error, self.flow_id)))
+        raw = as_raw(raw)
+        tag = self._dlq_tag(raw, tenant) if self._droutes else DLQ
+        out.append((tag, dead_letter(raw, reason, error, self.flow_id)))
         metrics.DEAD_LETTERS.labels(reason, tenant or "").inc()
 
     def _drop_held(self, sensor: Sensor, clock: int, out: list) -> None:
@@ -640,7 +650,7 @@ class KeyGroupLogic:
         """Tenant -> the output tag of its alerts under ``registry``: its own sink's, or
         (no template, or a URL the flow has no sink for) the flow's ``ALERT``.
         """
-        tags: dict[str, str] = {}
+        tags = {}  # type: dict[str, str]
         for t in registry:
             url = t.alerts_url
             if url and url in self._routes:
@@ -663,6 +673,17 @@ class KeyGroupLogic:
 
             tags = self._tags[ref] = self._tags_of(load_ref(ref))
         return tags.get(tenant or "", ALERT)
+
+    def _dlq_tag(self, raw: RawRecord, tenant: str | None) -> str:
+        """The output tag of a dead letter of ``tenant`` read from ``raw``'s partition."""
+        reg = self.switches.get(_REG + self._origin(raw)) if self.switches else None
+        ref = reg[1] if reg is not None else ""
+        tags = self._dtags.get(ref)
+        if tags is None:
+            from flows.quotas import load_ref
+
+            tags = self._dtags[ref] = dead_letter_tags(load_ref(ref), self._droutes)
+        return tags.get(tenant or "", DLQ)
 
     def _thresholds_of(self, ref: str) -> dict[str, float]:
         """The per-tenant thresholds of the registry stored under ``ref``."""

@@ -31,7 +31,7 @@ from typing import Any
 from flows import metrics
 from state.tenants import Registry, RegistryError, load_registry
 
-__all__ = ["TenantGate", "alert_routes", "limits_of"]
+__all__ = ["TenantGate", "alert_routes", "dead_letter_routes", "limits_of"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,24 @@ def alert_routes(registry: Registry | None) -> list[str]:
     if registry is None:
         return []
     return sorted({t.alerts_url for t in registry if t.alerts_url})
+
+
+def dead_letter_routes(registry: Registry | None) -> list[str]:
+    """The dead-letter sink URLs the tenants of ``registry`` route to, sorted."""
+    if registry is None:
+        return []
+    return sorted({t.dead_letters_url for t in registry if t.dead_letters_url})
+
+
+def dead_letter_tags(registry: Registry, routes: frozenset[str]) -> dict[str, str]:
+    """Tenant -> the output tag of its dead letters (``dlq>URL``) under ``registry``,
+    for the tenants whose ``dead_letters`` URL the flow has a sink for.
+    """
+    return {
+        t.id: f"dlq>{t.dead_letters_url}"
+        for t in registry
+        if t.dead_letters_url and t.dead_letters_url in routes
+    }
 
 
 def limits_of(
@@ -96,11 +114,16 @@ class TenantGate:
         default_tenant: str,
         shares: int,
         resume: bytes | None,
+        dlq_routes: frozenset[str] = frozenset(),
     ) -> None:
         self.decoder = decoder
         self._decode = decode
         self._default = default_tenant
         self.shares = max(1, shares)
+        self._dlq_routes = dlq_routes
+        #: output tags of the quota dead letters of the batch being decoded, in order
+        self.tags: list[str] = []
+        self._dtags: dict[str, str] = {}
         #: the registry ref in force (None: the registry the flow started with)
         self.ref: str | None = None
         #: tenant -> [tokens, newest event time (ms)]
@@ -117,6 +140,8 @@ class TenantGate:
         self.decoder.tenants = frozenset(registry.tenants)
         self.decoder.default_tenant = self._default or registry.default_tenant or None
         self.limited = limits_of(registry, self.shares)
+        if self._dlq_routes:
+            self._dtags = dead_letter_tags(registry, self._dlq_routes)
         for tenant, (_rate, cap, _n, _text) in self.limited.items():
             b = self.buckets.get(tenant)
             if b is not None and b[0] > cap:
@@ -184,8 +209,8 @@ class TenantGate:
             self.seen[tenant].add(sensor)
         return None
 
-    @staticmethod
-    def _hit(reason: str, tenant: str, error: str) -> tuple[str, str]:
+    def _hit(self, reason: str, tenant: str, error: str) -> tuple[str, str]:
+        self.tags.append(self._dtags.get(tenant, "dlq"))
         metrics.QUOTA_HITS.labels(reason, tenant).inc()
         metrics.DEAD_LETTERS.labels(reason, tenant).inc()
         return reason, error

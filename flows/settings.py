@@ -126,7 +126,7 @@ class Settings:
         "",
         "tenant registry (YAML file or model-store ref, see Tenants and security): records "
         "of tenants it does not list are dead letters `unknown_tenant`; a tenant's "
-        "threshold, detector, windows, alert sink and quota apply; read at start-up, "
+        "threshold, detector, windows, sinks and quota apply; read at start-up, "
         "switched at an input position by `adctl tenants push`",
         "/etc/ad/tenants.yaml",
     )

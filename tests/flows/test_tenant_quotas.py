@@ -341,3 +341,36 @@ def test_a_tenants_alerts_go_to_its_own_sink(tmp_path: Path) -> None:
     routed = [json.loads(x) for x in (tmp_path / "alerts-acme.jsonl").read_text().splitlines()]
     assert routed == _run(a, plain, batch=9)[0] and len(routed) == 200
     assert ours == _run(g, plain, batch=9)[0]  # globex: the flow's own sink
+
+
+def test_a_tenants_dead_letters_go_to_its_own_sink(tmp_path: Path) -> None:
+    """Sensor-quota and late dead letters of acme go to its sink; globex's, undecodable records
+    and unknown tenants to the flow's; together exactly the dead letters of a run
+    without routing."""
+    template = f"file://{tmp_path}/dead-{{tenant}}.jsonl"
+    quota = "{max_sensors: 1}"
+    reg = _registry(
+        tmp_path / "t.yaml",
+        f"tenants:\n  acme: {{quota: {quota}, dead_letters: '{template}'}}\n  globex: {{}}\n",
+    )
+    plain = _registry(
+        tmp_path / "p.yaml", f"tenants:\n  acme: {{quota: {quota}}}\n  globex: {{}}\n"
+    )
+    rows = []
+    for i in range(200):
+        for t in ("acme", "globex"):
+            rows.append(_rec(t, "p", START_MS + i * 500))
+            if i % 50 == 49:  # 90 s behind the sensor's clock: late
+                rows.append(_rec(t, "p", START_MS + i * 500 - 90_000))
+        if i % 70 == 0:
+            rows += [b"not json", _rec("evil", "p", START_MS), _rec("acme", "q", START_MS)]
+    flow = {"AD_WINDOW": "tumbling", "AD_WINDOW_SIZE": "10s"}
+    alerts, ours = _run(rows, reg, batch=11, **flow)
+    routed = [json.loads(x) for x in (tmp_path / "dead-acme.jsonl").read_text().splitlines()]
+    ref_alerts, ref_dead = _run(rows, plain, batch=11, **flow)
+    assert alerts == ref_alerts
+    by_id = {d["dlq_id"]: d for d in ref_dead}
+    assert sorted(d["dlq_id"] for d in routed + ours) == sorted(by_id)
+    assert {d["reason"] for d in routed} == {"sensor_quota", "late"}
+    assert {d["reason"] for d in ours} == {"late", "undecodable", "unknown_tenant"}
+    assert all(by_id[d["dlq_id"]] == d for d in routed + ours)

@@ -88,7 +88,8 @@ def _start_registry(path: Path, brokers: str, routed: str) -> str:
     path.write_text(
         "tenants:\n"
         "  acme: {quota: {rate: 1.0, burst: 40, max_sensors: 12},\n"
-        f"         alerts: 'kafka://{brokers}/{routed}-{{tenant}}?partitions=2'}}\n"
+        f"         alerts: 'kafka://{brokers}/{routed}-{{tenant}}?partitions=2',\n"
+        f"         dead_letters: 'kafka://{brokers}/{routed}-dlq-{{tenant}}'}}\n"
         "  shared: {}\n"
     )
     return str(path)
@@ -119,12 +120,17 @@ def test_quota_dead_letters_and_alerts_survive_sigkill_exactly(
     )
     ref = read_committed(kafka_brokers, ref_alerts), read_committed(kafka_brokers, ref_dlq)
     ref_acme = read_committed(kafka_brokers, f"{ref_routed}-acme")
+    ref_acme_dlq = read_committed(kafka_brokers, f"{ref_routed}-dlq-acme")
+    assert ref_acme_dlq and {d["reason"] for d in ref_acme_dlq} <= {
+        "quota_exceeded",
+        "sensor_quota",
+    }
     # acme's alerts before the switch went to its own topic, after it to the flow's
     assert ref_acme and {a["tenant_id"] for a in ref_acme} == {"acme"}
     assert max(a["window_end"] for a in ref_acme) <= min(
         a["window_end"] for a in ref[0] if a["tenant_id"] == "acme"
     )
-    reasons = Counter(d["reason"] for d in ref[1])
+    reasons = Counter(d["reason"] for d in ref[1] + ref_acme_dlq)
     # every kind of refusal happened, before and after the registry switch
     assert reasons["quota_exceeded"] > 100 and reasons["sensor_quota"] > 100, reasons
     assert reasons["unknown_tenant"] == 4 * (STEPS // 2), reasons  # globex before the switch
@@ -146,3 +152,4 @@ def test_quota_dead_letters_and_alerts_survive_sigkill_exactly(
     assert_same_output(ref[0], read_committed(kafka_brokers, alerts), "alert_id")
     assert_same_output(ref[1], read_committed(kafka_brokers, dlq), "dlq_id")
     assert_same_output(ref_acme, read_committed(kafka_brokers, f"{routed}-acme"), "alert_id")
+    assert_same_output(ref_acme_dlq, read_committed(kafka_brokers, f"{routed}-dlq-acme"), "dlq_id")
