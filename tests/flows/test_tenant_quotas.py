@@ -374,3 +374,46 @@ def test_a_tenants_dead_letters_go_to_its_own_sink(tmp_path: Path) -> None:
     assert {d["reason"] for d in routed} == {"sensor_quota", "late"}
     assert {d["reason"] for d in ours} == {"late", "undecodable", "unknown_tenant"}
     assert all(by_id[d["dlq_id"]] == d for d in routed + ours)
+
+
+def test_quotas_with_key_groups_by_partition(tmp_path: Path) -> None:
+    """As the Kafka source emits batches (MessageBatch naming the partition's group):
+    the same dead letters and alerts with key groups by partition as by sensor."""
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from connectors.base import MessageBatch
+    from flows.detector import build_flow
+
+    reg = _registry(tmp_path / "t.yaml", "tenants: {acme: {quota: {rate: 2, max_sensors: 3}}}\n")
+    rows = [_rec("acme", f"s{i % 5}", START_MS + (i // 4) * 1000) for i in range(400)]
+    outs = []
+    for key_by in ("sensor", "partition"):
+        alerts: list = []
+        dead: list = []
+        raws = [RawRecord(r, "t", "0", str(i)) for i, r in enumerate(rows)]
+        batches = [MessageBatch([r.value for r in b], b, "t", "t#0~7") for b in _chunks(raws, 9)]
+        env = {
+            "AD_WINDOW": "none",
+            "AD_DETECTOR": "mad",
+            "AD_EMIT": "all",
+            "AD_KEY_BY": key_by,
+            "AD_SOURCE": "kafka://127.0.0.1:9/t",  # not read: the testing source replaces it
+            "AD_TENANTS": str(reg),
+            "AD_QUOTA_PARTITIONS": "1",
+        }
+        run_main(
+            build_flow(
+                load_settings(env),
+                source=TestingSource(batches),
+                sink=TestingSink(alerts),
+                dlq=TestingSink(dead),
+            )
+        )
+        outs.append((sorted(r.value for _k, r in alerts), [r.value for _k, r in dead]))
+    assert outs[0] == outs[1]
+    reasons = {json.loads(v)["reason"] for v in outs[0][1]}
+    assert reasons == {"quota_exceeded", "sensor_quota"}
+
+
+def _chunks(items: list, n: int) -> list[list]:
+    return [items[i : i + n] for i in range(0, len(items), n)]
