@@ -53,14 +53,18 @@ def _decode_step(settings: Settings, registry: Registry | None = None) -> Any:
     )
     groups = settings.key_groups
     by_partition = settings.key_by == "partition"
+    auto = settings.key_by == "auto"
     cache: dict[str, str] = {}
+    locality = _Locality()
 
     def decode(batch: list[RawRecord] | MessageBatch) -> Iterable[tuple[str, Any]]:
         """One input batch -> (key group, SubBatch of columns) items + dead letters."""
-        parts, bad = decoder.decode_grouped(batch, groups, cache, by_partition)
+        parts, bad = decoder.decode_grouped(batch, groups, cache, by_partition, auto)
         if len(batch):
             if type(batch) is MessageBatch:
                 src, last = batch.source, batch.items[-1]
+                if auto and batch.homes is not None:
+                    locality.count(len(batch) - len(bad), decoder)
             else:
                 src, last = batch[0].source, batch[-1]  # type: ignore[index]  # a list here
             metrics.RECORDS_IN.labels(src).inc(len(batch))
@@ -73,6 +77,49 @@ def _decode_step(settings: Settings, registry: Registry | None = None) -> Any:
         return out
 
     return decode
+
+
+class _Locality:
+    """Counts where readings arrive with ``AD_KEY_BY=auto`` (``ad_key_locality_readings_total``)
+    and says once, with the reason, when many cross to another worker.
+    """
+
+    def __init__(self) -> None:
+        self._home = metrics.KEY_LOCALITY.labels("home", "keyed")
+        self._seen = 0
+        self._away = 0
+        self._warned = False
+
+    def count(self, readings: int, decoder: Decoder) -> None:
+        """Count one batch's ``readings``, of which ``decoder.away`` arrived away."""
+        away = decoder.away
+        self._home.inc(readings - away)
+        self._seen += readings
+        if not away or decoder.away_sample is None:
+            return
+        raw, sensor = decoder.away_sample
+        if raw.key is None:
+            why = "unkeyed"
+        elif raw.key != sensor.encode():
+            why = "other_key"
+        else:
+            why = "other_partition"
+        metrics.KEY_LOCALITY.labels("away", why).inc(away)
+        self._away += away
+        if not self._warned and self._seen >= 10_000 and self._away * 10 >= self._seen:
+            self._warned = True
+            log.warning(
+                "%d of %d readings so far arrived away from their sensor's home "
+                "partition (e.g. %s/%s: %s) and cross between workers; output is "
+                "the same, but for locality key Kafka records by sensor_id with "
+                "the partitioner named by the source URL's ?partitioner= (murmur2, "
+                "Kafka's default; crc32, librdkafka's)",
+                self._away,
+                self._seen,
+                raw.source,
+                raw.partition,
+                why,
+            )
 
 
 _warned_unkeyed = False
