@@ -271,7 +271,12 @@ class KafkaSource(FixedPartitionedSource[MessageBatch, tuple[int, str]]):
     With ``tail=False`` each partition stops at the end offset it had when the
     partition was built; ``max_rate`` (``?max_rate=`` records/s per partition) paces
     reads, e.g. for a backfill that must not flood the sinks. Reads ``read_committed``
-    (records of aborted transactions are never seen).
+    (records of aborted transactions are never seen). ``linger_s``: a poll smaller than
+    half a batch is held (up to that long) for the next polls to join it; held records
+    are not yet emitted, so the offset a snapshot saves is before them and a resumed
+    partition reads them again. ``partitioner`` (the producers', see
+    :mod:`connectors.kafka_keys`) places each sensor's home: every batch carries the
+    source's :class:`~connectors.kafka_keys.Homes`, computed from the first topic.
     """
 
     def __init__(
