@@ -65,6 +65,7 @@ def producer(brokers: str, **extra: Any) -> Producer:
         "batch.num.messages": 10000,
         "queue.buffering.max.messages": 500000,
         "enable.idempotence": True,
+        "partitioner": "murmur2_random",  # Kafka's default (the Java client's)
     }
     conf.update(extra)
     return Producer(conf)

@@ -1,6 +1,6 @@
 """Throughput, latency, recovery and state-scale benchmark, side by side with the ceiling.
 
-    python -m benchmarks.throughput --repeat 3     # full size (about 15-20 minutes)
+    python -m benchmarks.throughput --repeat 3     # full size (about 30 minutes)
     python -m benchmarks.throughput --quick        # small sizes, a minute or two
 
 Needs the local Kafka (``bash stack/stack.sh up kafka``; ``AD_STACK_KAFKA_PORT``,
@@ -9,10 +9,14 @@ default 19092). Everything runs in one invocation so the ratios hold on a noisy 
 1. ceiling   raw confluent-kafka consume -> produce of every record (no processing)
 2. baseline  naive per-item Bytewax pipeline (Bytewax KafkaSource -> json.loads -> key
              -> stateful_map -> filter -> Bytewax KafkaSink), at-least-once
-3. flow      the detector flow (flows.detector), exactly-once sink, 1 and 2 workers
-             (and the ``mad`` detector with ``--mad``)
-4. latency   at a fraction (default 50%) of the 1-worker flow's throughput: produce time
-             of the record that closes a window -> its output visible read_committed
+3. flow      the detector flow (flows.detector), exactly-once sink, 1 and 2 workers,
+             and the default deployment (``adctl run``'s: one process per core,
+             ``AD_KEY_BY=auto``) (and the ``mad`` detector with ``--mad``); at each size
+             of ``--records`` (after the first only the ceiling, today's 1-worker
+             default and the default deployment); CPU seconds per million records
+4. latency   the default deployment at fractions (``--latency-loads``) of its own
+             throughput: produce time of the record that closes a window -> its output
+             visible read_committed; p50/p99 against load in a PNG next to the JSON
 5. recovery  the flow holding ``--recovery-keys`` keys is SIGKILLed and restarted: time
              from restart until it has caught up (output of a record produced at restart
              visible)
@@ -34,6 +38,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -50,7 +55,7 @@ import orjson
 import psutil
 
 from benchmarks import bench_kafka as bk
-from control.launch import FlowLaunch, clean_env
+from control.launch import FlowLaunch, clean_env, cores
 from control.supervisor import init_recovery as _init_recovery
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -297,21 +302,31 @@ class Bench:
         the machine hits every run alike); a row is the median round, ``runs`` all.
         """
         a = self.a
-        src = self.topic("in", a.partitions)
-        t = time.perf_counter()
-        n = bk.produce_all(self.brokers, src, bk.dataset(a.records, a.sensors, a.interval_ms))
-        self.log(
-            f"produced {n} records over {a.sensors} sensors, {a.partitions} partitions "
-            f"in {time.perf_counter() - t:.1f} s"
-        )
+        srcs = []
+        for size in a.records:
+            src = self.topic("in", a.partitions)
+            t = time.perf_counter()
+            n = bk.produce_all(self.brokers, src, bk.dataset(size, a.sensors, a.interval_ms))
+            self.log(
+                f"produced {n} records over {a.sensors} sensors, {a.partitions} partitions "
+                f"in {time.perf_counter() - t:.1f} s"
+            )
+            srcs.append((size, src))
         samples: dict[str, list[dict[str, Any]]] = {}
         for rnd in range(a.repeat):
-            for name, run in self._throughput_runs(src):
-                r = run()
-                if r["records"] != a.records:
-                    raise RuntimeError(f"{name} read {r['records']} records, not {a.records}")
-                samples.setdefault(name, []).append(r)
-                self.log(f"round {rnd + 1}/{a.repeat} {name}: {r['events_per_s']:,.0f} events/s")
+            for i, (size, src) in enumerate(srcs):
+                suffix = "" if i == 0 else f"@{size / 1e6:g}M"
+                for name, run in self._throughput_runs(src, first=i == 0):
+                    r = run()
+                    if r["records"] != size:
+                        raise RuntimeError(f"{name} read {r['records']} records, not {size}")
+                    r["cpu_s_per_m"] = r["cpu_s"] / size * 1e6 if r.get("cpu_s") else None
+                    samples.setdefault(name + suffix, []).append(r)
+                    self.log(
+                        f"round {rnd + 1}/{a.repeat} {name}{suffix}: "
+                        f"{r['events_per_s']:,.0f} events/s, "
+                        f"{_f(r['cpu_s_per_m'], '{:.2f}')} CPU s per M"
+                    )
         rows = self.results.setdefault("throughput", {})
         for name, runs in samples.items():
             ranked = sorted(runs, key=lambda r: r["events_per_s"])
@@ -319,13 +334,16 @@ class Bench:
             row["runs_events_per_s"] = [r["events_per_s"] for r in runs]
             rows[name] = row
 
-    def _throughput_runs(self, src: str) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
+    def _throughput_runs(
+        self, src: str, first: bool = True
+    ) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
         a = self.a
-        timeout = max(120.0, a.records / 5000)
+        timeout = max(120.0, max(a.records) / 5000)
         runs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
 
         def ceiling() -> dict[str, Any]:
             out = self.topic("ceiling-out", 4)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             proc = subprocess.run(
                 [
                     PY,
@@ -344,8 +362,10 @@ class Bench:
                 timeout=timeout,
                 check=True,
             )
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             r["events_per_s"] = r["records"] / r["seconds"]
+            r["cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
             return r
 
         def baseline() -> dict[str, Any]:
@@ -365,6 +385,8 @@ class Bench:
 
         def flow(det: str, workers: int, procs: int, key_by: str, name: str) -> dict[str, Any]:
             env, _alerts = self.flow_env(src, tail=False, AD_DETECTOR=det, AD_KEY_BY=key_by)
+            if key_by == "auto":  # the default deployment: nothing set
+                env.pop("AD_KEY_BY")
             rec = init_recovery(self.work / f"rec-{name}-{uuid.uuid4().hex[:6]}")
             prof = a.profile_flow if (workers, det) == (1, a.detector) else ""
             if prof and key_by != "sensor":
@@ -388,7 +410,7 @@ class Bench:
 
         if "ceiling" in a.sections:
             runs.append(("ceiling", ceiling))
-        if "baseline" in a.sections:
+        if "baseline" in a.sections and first:
             runs.append(("baseline", baseline))
         if "flow" in a.sections:
             # (detector, workers per process, processes, key groups by); 2 workers as 2
@@ -396,6 +418,8 @@ class Bench:
             # one GIL. Key groups by sensor (the default) send about half the records
             # between 2 processes; by partition (AD_KEY_BY=partition: the input is keyed
             # by sensor) each group stays on the worker that reads its partition.
+            # The default deployment (adctl run, the container, k8s): one process per
+            # core, AD_KEY_BY=auto (each sensor's state at its home partition).
             d = a.detector
             variants = [
                 (d, 1, 1, "sensor"),
@@ -406,9 +430,14 @@ class Bench:
             ]
             if a.mad and a.detector != "mad":
                 variants.append(("mad", 1, 1, "sensor"))
+            if not first:
+                variants = [(d, 1, 1, "sensor")]
+            variants.append((d, 1, a.default_processes, "auto"))
             for det, workers, procs, key_by in variants:
                 name = (
-                    f"flow_{det}_w{workers}"
+                    "flow_default"
+                    if key_by == "auto"
+                    else f"flow_{det}_w{workers}"
                     + (f"x{procs}p" if procs > 1 else "")
                     + ("_bypart" if key_by == "partition" else "")
                 )
@@ -419,14 +448,21 @@ class Bench:
 
     # 4 ---------------------------------------------------------------------------------
     def latency(self) -> None:
+        """The default deployment (``--latency-processes``, ``--key-by``) at each load of
+        ``--latency-loads`` (fractions of its own throughput in the flow section, or of
+        ``--latency-max-rate``), or at ``--latency-rate``; p50/p99 against load plotted.
+        """
         a = self.a
-        flow_rate = (
-            self.results.get("throughput", {}).get(f"flow_{a.detector}_w1", {}).get("events_per_s")
-        )
-        rate = a.latency_rate or (a.latency_load * flow_rate if flow_rate else 20000.0)
+        tp = self.results.get("throughput", {})
+        flow_rate = a.latency_max_rate or tp.get("flow_default", {}).get("events_per_s")
+        if a.latency_rate:
+            rates = [a.latency_rate]
+        else:
+            rates = [f * (flow_rate or 20000.0) for f in a.latency_loads]
         out: list[dict[str, Any]] = []
         for snap in a.latency_snapshots:
-            out.append(self._latency_run(rate, snap, flow_rate))
+            for rate in rates:
+                out.append(self._latency_run(rate, snap, flow_rate))
         self.results["latency"] = out
 
     def _latency_run(self, rate: float, snapshot_s: int, flow_rate: float | None) -> dict:
@@ -452,17 +488,21 @@ class Bench:
                 payloads.append((bk.sensor_id(i).encode(), bk.reading(i, k, a.interval_ms, phase)))
             k += 1
         env, alerts = self.flow_env(src, tail=True, AD_EMIT="all")
+        if a.key_by == "auto":
+            env.pop("AD_KEY_BY")
         watcher = bk.Watcher(self.brokers, alerts)
         watcher.start()
         rec = init_recovery(self.work / f"rec-lat-{uuid.uuid4().hex[:6]}")
+        tag = f"{snapshot_s}-{rate:.0f}"
         flow = Flow(
             "benchmarks.bench_flows:detector_flow()",
             env,
             1,
             rec,
             snapshot_s,
-            self.work / f"latency-s{snapshot_s}.log",
-            self.work / f"lat-{snapshot_s}.marks",
+            self.work / f"latency-s{tag}.log",
+            self.work / f"lat-{tag}.marks",
+            processes=a.latency_processes,
         )
         times = [0.0] * len(payloads)
         try:
@@ -481,7 +521,11 @@ class Bench:
             bk.paced_produce(self.brokers, src, payloads, rate, times)
             achieved = len(payloads) / (time.time() - t0)
             time.sleep(2 * snapshot_s + 2.0)
-            cpu = psutil.Process(flow.pid).cpu_times()
+            cpu_s = 0.0
+            for proc in flow.procs:
+                with contextlib.suppress(psutil.Error):
+                    t = psutil.Process(proc.pid).cpu_times()
+                    cpu_s += t.user + t.system
         finally:
             flow.kill()
             watcher.stop.set()
@@ -515,7 +559,9 @@ class Bench:
             "p99_ms": q(0.99),
             "max_ms": lat[-1] * 1000 if lat else None,
             "target_ms": snapshot_s * 1000 + 250,
-            "flow_cpu_s": cpu.user + cpu.system,
+            "flow_cpu_s": cpu_s,
+            "processes": a.latency_processes,
+            "key_by": a.key_by,
             "window_closes_per_s": expected / dur,
         }
         self.log(
@@ -745,8 +791,8 @@ def table(res: dict[str, Any]) -> str:
     if tp:
         lines += [
             "| run | events/s (median) | vs ceiling | vs baseline | seconds | CPU s | "
-            "peak RSS MiB | every round, k events/s |",
-            "|---|---:|---:|---:|---:|---:|---:|---|",
+            "CPU s per M | peak RSS MiB | every round, k events/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for name, r in tp.items():
             eps = r["events_per_s"]
@@ -754,20 +800,21 @@ def table(res: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {eps:,.0f} | {_f(eps / ceiling if ceiling else None, '{:.2f}')} | "
                 f"{_f(eps / base if base else None, '{:.2f}')} | {r['seconds']:.2f} | "
-                f"{_f(r.get('cpu_s'), '{:.1f}')} | "
+                f"{_f(r.get('cpu_s'), '{:.1f}')} | {_f(r.get('cpu_s_per_m'), '{:.2f}')} | "
                 f"{_f(r.get('peak_rss_bytes', 0) / 2**20 if r.get('peak_rss_bytes') else None)} "
                 f"| {rounds} |"
             )
     if res.get("latency"):
         lines += [
             "",
-            "| latency: snapshot s | load events/s (vs flow max) | samples | p50 ms | "
-            "p90 ms | p99 ms | max ms | target p99 ms |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| latency: processes, key by | snapshot s | load events/s (vs flow max) | "
+            "samples | p50 ms | p90 ms | p99 ms | max ms | target p99 ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in res["latency"]:
             lines.append(
-                f"| {r['snapshot_s']} | {r['achieved_rate']:,.0f} "
+                f"| {r.get('processes', 1)}, {r.get('key_by', '-')} | "
+                f"{r['snapshot_s']} | {r['achieved_rate']:,.0f} "
                 f"({_f(r['load_vs_flow_max'], '{:.0%}')}) | {r['samples']}/{r['expected']} | "
                 f"{_f(r['p50_ms'])} | {_f(r['p90_ms'])} | {_f(r['p99_ms'])} | "
                 f"{_f(r['max_ms'])} | {r['target_ms']} |"
@@ -809,6 +856,39 @@ def table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot_latency(rows: list[dict[str, Any]], path: Path) -> Path:
+    """p50 and p99 alert latency against load (one line per snapshot interval)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for snap in sorted({r["snapshot_s"] for r in rows}):
+        pts = sorted(
+            (r for r in rows if r["snapshot_s"] == snap and r["p99_ms"] is not None),
+            key=lambda r: r["achieved_rate"],
+        )
+        xs = [r["achieved_rate"] / 1000 for r in pts]
+        ax.plot(xs, [r["p50_ms"] for r in pts], "o-", label=f"p50, snapshot {snap} s")
+        ax.plot(xs, [r["p99_ms"] for r in pts], "s--", label=f"p99, snapshot {snap} s")
+        ax.axhline(snap * 1000 + 250, color="grey", lw=0.8, ls=":")
+        ax.annotate(f"target p99 {snap * 1000 + 250} ms", (xs[0] if xs else 0, snap * 1000 + 270))
+    first = rows[0] if rows else {}
+    ax.set_xlabel("load, thousand events/s")
+    ax.set_ylabel("event produced -> alert committed, ms")
+    ax.set_title(
+        f"alert latency against load: {first.get('processes', 1)} process(es), "
+        f"AD_KEY_BY={first.get('key_by', '-')}"
+    )
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     port = os.environ.get("AD_STACK_KAFKA_PORT", "19092")
     p = argparse.ArgumentParser(
@@ -817,7 +897,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--brokers", default=f"127.0.0.1:{port}")
-    p.add_argument("--records", type=int, default=1_000_000)
+    p.add_argument(
+        "--records",
+        default="1000000,5000000",
+        help="input sizes (comma-separated); every row at the first, a few at the others",
+    )
     p.add_argument("--sensors", type=int, default=10_000)
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument(
@@ -842,19 +926,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also measure the mad detector",
     )
     p.add_argument(
-        "--latency-load",
+        "--latency-loads",
+        default="0.25,0.5,0.75",
+        help="latency loads as fractions of the default deployment's throughput",
+    )
+    p.add_argument(
+        "--latency-max-rate",
         type=float,
-        default=0.5,
-        help="latency load as a fraction of the 1-worker flow's throughput",
+        default=0.0,
+        help="the throughput the loads are fractions of (default: the flow section's)",
     )
     p.add_argument("--latency-rate", type=float, default=0.0, help="absolute rate (overrides)")
+    p.add_argument(
+        "--latency-processes",
+        type=int,
+        default=cores(),
+        help="processes of the latency flow (default: one per core, as deployed)",
+    )
+    p.add_argument(
+        "--default-processes",
+        type=int,
+        default=cores(),
+        help="processes of the flow_default row (default: one per core, as deployed)",
+    )
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--latency-warmup", type=float, default=3.0)
     p.add_argument(
         "--key-by",
-        default="sensor",
-        choices=("sensor", "partition"),
-        help="AD_KEY_BY of the latency and recovery flows (the throughput section runs both)",
+        default="auto",
+        choices=("auto", "sensor", "partition"),
+        help="AD_KEY_BY of the latency and recovery flows (the throughput section runs each)",
     )
     p.add_argument("--latency-snapshots", default="1", help="snapshot intervals, e.g. 1,2")
     p.add_argument("--recovery-keys", type=int, default=1_000_000)
@@ -898,7 +999,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             if not any(g == flag or g.startswith(flag + "=") for g in given):
                 setattr(a, attr, value)
 
-        dflt("--records", "records", 50_000)
+        dflt("--records", "records", "50000")
         dflt("--sensors", "sensors", 1_000)
         dflt("--recovery-keys", "recovery_keys", 20_000)
         dflt("--state-keys", "state_keys", "1000,10000")
@@ -910,6 +1011,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown sections {sorted(bad)}")
     a.state_keys = [int(x) for x in str(a.state_keys).split(",") if x]
     a.latency_snapshots = [int(x) for x in str(a.latency_snapshots).split(",") if x]
+    a.latency_loads = [float(x) for x in str(a.latency_loads).split(",") if x]
+    a.records = [int(x) for x in str(a.records).split(",") if x]
     return a
 
 
@@ -944,6 +1047,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else (ROOT / "benchmarks" / "results" / f"throughput-{time.strftime('%Y%m%d-%H%M%S')}.json")
     )
     out.parent.mkdir(parents=True, exist_ok=True)
+    if res.get("latency"):
+        res["latency_plot"] = str(plot_latency(res["latency"], out.with_suffix(".png")))
     out.write_text(json.dumps(res, indent=2) + "\n")
     print()
     print(res["table"])

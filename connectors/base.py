@@ -84,18 +84,25 @@ class MessageBatch:
     a model switch's origin, a hop to another process). Iterating yields RawRecords, so
     it reads like a ``list[RawRecord]``. ``group`` names the key group of the batch's
     input partition (:func:`connectors.placement.partition_group`), where the source
-    knows it.
+    knows it; ``homes`` (a :class:`connectors.kafka_keys.Homes`) gives each sensor's home
+    key group, where the source knows its producers' partitioning.
     """
 
-    __slots__ = ("values", "items", "source", "group")
+    __slots__ = ("values", "items", "source", "group", "homes")
 
     def __init__(
-        self, values: list[bytes | None], items: list[Any], source: str, group: str | None = None
+        self,
+        values: list[bytes | None],
+        items: list[Any],
+        source: str,
+        group: str | None = None,
+        homes: Any = None,
     ) -> None:
         self.values = values
         self.items = items
         self.source = source
         self.group = group
+        self.homes = homes
 
     def __len__(self) -> int:
         return len(self.items)

@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     rate, loops = url.float("rate", 2000.0), url.int("loops", 0)
     hours = url.float("hours", 168.0)
     ensure_topic(url.hostport, url.names[0], url.int("partitions", 4, minimum=1))
-    producer = Producer({**client_config(url.hostport), "linger.ms": 20})
+    producer = Producer(
+        {**client_config(url.hostport), "linger.ms": 20, "partitioner": "murmur2_random"}
+    )
     week_ms = int(hours * 3600 * 1000)
     loop = 0
     while loops == 0 or loop < loops:

@@ -51,6 +51,7 @@ from connectors.base import (
     SourceURL,
     register_message_type,
 )
+from connectors.kafka_keys import PARTITIONERS, Homes
 
 __all__ = [
     "KafkaSource",
@@ -135,6 +136,8 @@ class _KafkaSourcePartition(StatefulSourcePartition[MessageBatch, tuple[int, str
         batch_size: int,
         group: str,
         max_rate: float = 0.0,
+        homes: Homes | None = None,
+        linger_s: float = 0.0,
     ) -> None:
         self._consumer = Consumer(conf)
         low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, part), timeout=30)
@@ -156,9 +159,15 @@ class _KafkaSourcePartition(StatefulSourcePartition[MessageBatch, tuple[int, str
         # tail=False: the end of the data available now; stop once it has been read
         self._stop_at: int | None = None if tail else high
         self._lag = INPUT_LAG.labels(f"{topic}/{part}")
+        self._homes = homes
+        self._linger = linger_s
+        self._held: list[Message] = []  # a small poll held back by the linger
+        self._held_at = 0.0
 
     def next_batch(self) -> list[MessageBatch]:
-        msgs = self._consumer.consume(self._batch, 0.0)
+        msgs = self._consumer.consume(self._batch - len(self._held), 0.0)
+        if self._linger:
+            msgs = self._lingered(msgs)
         out = [m for m in msgs if m.error() is None]
         if len(out) == len(msgs):  # the common case: no error or end-of-partition event
             if out:
@@ -168,7 +177,8 @@ class _KafkaSourcePartition(StatefulSourcePartition[MessageBatch, tuple[int, str
         if self._stop_at is not None and not out and self._offset >= self._stop_at:
             raise StopIteration
         if not out:
-            self._awake = datetime.now(UTC) + _IDLE
+            wait = _IDLE if not self._held else timedelta(seconds=self._linger / 4)
+            self._awake = datetime.now(UTC) + wait
         elif self._rate:  # throttled (backfills that must not flood the sinks)
             self._awake = datetime.now(UTC) + timedelta(seconds=len(out) / self._rate)
         else:
@@ -179,7 +189,32 @@ class _KafkaSourcePartition(StatefulSourcePartition[MessageBatch, tuple[int, str
             )
             if high is not None and high >= 0:
                 self._lag.set(max(0, high - self._offset))
-            return [MessageBatch([m.value() for m in out], out, self._source, self._group)]
+            values = [m.value() for m in out]
+            return [MessageBatch(values, out, self._source, self._group, self._homes)]
+        return []
+
+    def _lingered(self, msgs: list[Message]) -> list[Message]:
+        """``msgs`` held back while the batch is small and the oldest record held has
+        waited less than the linger: a live stream's small polls become fewer, larger
+        batches (each batch has a fixed cost in every step downstream). Never blocks:
+        a held batch is released by a later call (``next_awake`` asks for one in time).
+        """
+        held = self._held
+        if held:
+            held.extend(msgs)
+            msgs = held
+        elif not msgs:
+            return msgs
+        else:
+            self._held_at = time.monotonic()
+        if len(msgs) >= self._batch // 2 or time.monotonic() - self._held_at >= self._linger:
+            self._held = []
+            return msgs
+        if msgs is not held:
+            self._held = list(msgs)
+        if self._stop_at is not None and (msgs[-1].offset() or 0) + 1 >= self._stop_at:
+            self._held = []  # the end of a bounded read: nothing more will come
+            return msgs
         return []
 
     def _with_errors(self, msgs: list[Message]) -> list[Message]:
@@ -236,7 +271,12 @@ class KafkaSource(FixedPartitionedSource[MessageBatch, tuple[int, str]]):
     With ``tail=False`` each partition stops at the end offset it had when the
     partition was built; ``max_rate`` (``?max_rate=`` records/s per partition) paces
     reads, e.g. for a backfill that must not flood the sinks. Reads ``read_committed``
-    (records of aborted transactions are never seen).
+    (records of aborted transactions are never seen). ``linger_s``: a poll smaller than
+    half a batch is held (up to that long) for the next polls to join it; held records
+    are not yet emitted, so the offset a snapshot saves is before them and a resumed
+    partition reads them again. ``partitioner`` (the producers', see
+    :mod:`connectors.kafka_keys`) places each sensor's home: every batch carries the
+    source's :class:`~connectors.kafka_keys.Homes`, computed from the first topic.
     """
 
     def __init__(
@@ -249,6 +289,8 @@ class KafkaSource(FixedPartitionedSource[MessageBatch, tuple[int, str]]):
         batch_size: int = 2000,
         max_rate: float = 0.0,
         extra: dict[str, str] | None = None,
+        partitioner: str = "murmur2",
+        linger_s: float = 0.0,
     ) -> None:
         if not topics:
             raise ValueError("KafkaSource needs at least one topic, e.g. kafka://host:9092/sensors")
@@ -260,6 +302,11 @@ class KafkaSource(FixedPartitionedSource[MessageBatch, tuple[int, str]]):
         self._rate = max_rate
         self._extra = dict(extra or {})
         self._parts: list[str] | None = None
+        if partitioner not in PARTITIONERS:
+            Homes(topics[0], 0, [], partitioner)  # raises the one-line error
+        self._partitioner = partitioner
+        self._homes: Homes | None = None
+        self._linger = linger_s
 
     def list_parts(self) -> list[str]:
         """One partition per ``topic#partition`` of the configured topics."""
@@ -274,11 +321,22 @@ class KafkaSource(FixedPartitionedSource[MessageBatch, tuple[int, str]]):
     ) -> _KafkaSourcePartition:
         """A consumer of one topic partition, resumed at the saved offset."""
         topic, part = for_part.rsplit("#", 1)
-        group = ""
-        if not isinstance(resume_state, tuple):  # name the group once, from today's rank
-            if self._parts is None:
-                self._parts = self.list_parts()
-            group = placement.partition_group(for_part, placement.part_rank(for_part, self._parts))
+        if self._parts is None:
+            self._parts = self.list_parts()
+        group = placement.partition_group(for_part, placement.part_rank(for_part, self._parts))
+        if isinstance(resume_state, tuple) and resume_state[1] != group:
+            log.warning(
+                "kafka source %s: the input's partitions or topics changed since the "
+                "state was made (its key group %s is now named %s): with AD_KEY_BY=auto "
+                "sensors whose home partition moved start a new state",
+                for_part,
+                resume_state[1],
+                group,
+            )
+        if self._homes is None:
+            first = self._topics[0]
+            n = sum(1 for p in self._parts if p.rsplit("#", 1)[0] == first)
+            self._homes = Homes(first, n, self._parts, self._partitioner)
         conf = client_config(
             self._brokers,
             {
@@ -306,6 +364,8 @@ class KafkaSource(FixedPartitionedSource[MessageBatch, tuple[int, str]]):
             self._batch,
             group,
             self._rate,
+            self._homes,
+            self._linger,
         )
 
 
@@ -529,6 +589,8 @@ def source_from_url(url: SourceURL, ctx: ConnectorContext) -> KafkaSource:
         batch_size=url.int("batch", 2000, minimum=1),
         max_rate=url.float("max_rate", 0.0),
         extra=dict(ctx.kafka),
+        partitioner=url.text("partitioner", "murmur2"),
+        linger_s=url.duration("linger", "20ms"),
     )
 
 

@@ -39,7 +39,7 @@ def _env_default(env: str, default: Any, conv: Callable[[str], Any] | None) -> A
         return default
     try:
         return conv(raw) if conv else raw
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
         raise CliError(f"environment variable {env}={raw!r} is invalid: {exc}") from None
 
 

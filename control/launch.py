@@ -17,7 +17,35 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["FlowLaunch", "clean_env", "free_ports"]
+__all__ = ["FlowLaunch", "clean_env", "cores", "free_ports", "parse_processes"]
+
+
+def cores() -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup (v2) CPU quota,
+    so a container limited to 2 CPUs on a 16-core host says 2.
+    """
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = n or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+def parse_processes(text: str) -> int:
+    """A process count: a positive integer, or ``auto`` for one per core (:func:`cores`)."""
+    if text.strip().lower() == "auto":
+        return cores()
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"a process count must be at least 1 or auto (e.g. 2), got {text!r}")
+    return n
 
 
 def free_ports(n: int) -> list[int]:

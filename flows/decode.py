@@ -365,6 +365,10 @@ class Decoder:
         self.default_tenant = default_tenant or None
         #: tenant ids already seen valid (a set lookup instead of a regex per record)
         self._valid_tenants: set[str] = set()
+        #: readings of the last grouped batch away from their home partition (auto)
+        self.away = 0
+        #: one of them: (record, sensor id)
+        self.away_sample: tuple[RawRecord, str] | None = None
         self.control_key = control_key or None
         self.model_store = model_store
         #: the tenants a registry lists (``None``: no registry, every tenant is taken)
@@ -468,6 +472,7 @@ class Decoder:
         groups: int,
         cache: dict[str, str],
         by_partition: bool = False,
+        auto: bool = False,
         gate: Any = None,
     ) -> tuple[dict[str, SubBatch], list[tuple[str, OutRecord]]]:
         """Decode a batch straight into per-key-group :class:`SubBatch` columns.
@@ -476,7 +481,12 @@ class Decoder:
         memoises it): readings keep their input order within each key group, and a
         control marker is placed in every key group at its position. With
         ``by_partition`` the batch's whole partition is one key group (its
-        ``MessageBatch.group``), which gets every reading and marker. The common JSON
+        ``MessageBatch.group``), which gets every reading and marker. With ``auto``, a
+        batch whose source knows its sensors' home partitions (``MessageBatch.homes``,
+        :mod:`connectors.kafka_keys`) puts each reading in its sensor's home key group
+        (``cache`` memoises it), and every marker in every home group; readings away
+        from home are counted in ``away`` (one of them kept in ``away_sample``). The
+        common JSON
         record (the standard fields only, timestamp in epoch ms) is decoded and checked
         in C by msgspec, with no dict per record; anything else, and every record the
         fast path rejects, goes through ``decode_one`` and its exact error.
@@ -496,6 +506,9 @@ class Decoder:
         else:
             values, items = [r.value for r in batch], batch  # type: ignore[assignment]  # a list here
         fixed: str | None = None
+        homes = batch.homes if auto and type(batch) is MessageBatch else None
+        own = batch.group if homes is not None else None  # type: ignore[union-attr]  # a MessageBatch
+        away = 0
         if by_partition:
             fixed = getattr(batch, "group", None)
             if not fixed:
@@ -538,7 +551,13 @@ class Decoder:
                             continue
                         default_tenant, known = self.default_tenant, self.tenants
                         limited = gate.limited
-                    for kg in (fixed,) if fixed is not None else map(str, range(groups)):
+                    if fixed is not None:
+                        every = [fixed]  # type: list[str]
+                    elif homes is not None:
+                        every = homes.groups
+                    else:
+                        every = [str(g) for g in range(groups)]
+                    for kg in every:
                         sub = parts.get(kg)
                         if sub is None:
                             sub = parts[kg] = SubBatch(kg)
@@ -560,13 +579,20 @@ class Decoder:
                         reason, error = refused
                         bad.append(dead_letter(as_raw(raw), reason, error, self.flow_id))
                         continue
-                sid = f"{ten}\x1f{sid}"  # KEY_SEP
+                key = f"{ten}\x1f{sid}"  # KEY_SEP
+            else:
+                key = sid
             if fixed is None:
-                g = cache.get(sid)
+                g = cache.get(key)
                 if g is None:
-                    g = cache[sid] = key_group(sid, groups)
+                    g = cache[key] = key_group(key, groups) if homes is None else homes.group(sid)
+                if g != own and own is not None:
+                    if not away:
+                        self.away_sample = (as_raw(raw), sid)
+                    away += 1
             else:
                 g = fixed
+            sid = key
             c = cur.get(g)
             if c is None:
                 c = cur[g] = Columns()
@@ -581,4 +607,5 @@ class Decoder:
             c.raws.append(raw)
         if len(cache) > 1_000_000:
             cache.clear()
+        self.away = away
         return parts, bad

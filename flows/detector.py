@@ -65,13 +65,17 @@ def _batch_decoder(settings: Settings) -> Any:
     """
     groups = settings.key_groups
     by_partition = settings.key_by == "partition"
+    auto = settings.key_by == "auto"
     cache: dict[str, str] = {}
+    locality = _Locality()
 
     def decode(decoder: Decoder, batch: list[RawRecord] | MessageBatch, gate: Any) -> list:
-        parts, bad = decoder.decode_grouped(batch, groups, cache, by_partition, gate)
+        parts, bad = decoder.decode_grouped(batch, groups, cache, by_partition, auto, gate)
         if len(batch):
             if type(batch) is MessageBatch:
                 src, last = batch.source, batch.items[-1]
+                if auto and batch.homes is not None:
+                    locality.count(len(batch) - len(bad), decoder)
             else:
                 src, last = batch[0].source, batch[-1]  # type: ignore[index]  # a list here
             metrics.RECORDS_IN.labels(src).inc(len(batch))
@@ -92,6 +96,49 @@ def _batch_decoder(settings: Settings) -> Any:
         return out
 
     return decode
+
+
+class _Locality:
+    """Counts where readings arrive with ``AD_KEY_BY=auto`` (``ad_key_locality_readings_total``)
+    and says once, with the reason, when many cross to another worker.
+    """
+
+    def __init__(self) -> None:
+        self._home = metrics.KEY_LOCALITY.labels("home", "keyed")
+        self._seen = 0
+        self._away = 0
+        self._warned = False
+
+    def count(self, readings: int, decoder: Decoder) -> None:
+        """Count one batch's ``readings``, of which ``decoder.away`` arrived away."""
+        away = decoder.away
+        self._home.inc(readings - away)
+        self._seen += readings
+        if not away or decoder.away_sample is None:
+            return
+        raw, sensor = decoder.away_sample
+        if raw.key is None:
+            why = "unkeyed"
+        elif raw.key != sensor.encode():
+            why = "other_key"
+        else:
+            why = "other_partition"
+        metrics.KEY_LOCALITY.labels("away", why).inc(away)
+        self._away += away
+        if not self._warned and self._seen >= 10_000 and self._away * 10 >= self._seen:
+            self._warned = True
+            log.warning(
+                "%d of %d readings so far arrived away from their sensor's home "
+                "partition (e.g. %s/%s: %s) and cross between workers; output is "
+                "the same, but for locality key Kafka records by sensor_id with "
+                "the partitioner named by the source URL's ?partitioner= (murmur2, "
+                "Kafka's default; crc32, librdkafka's)",
+                self._away,
+                self._seen,
+                raw.source,
+                raw.partition,
+                why,
+            )
 
 
 #: dead-letter reasons counted where they are decided (flows.quotas)

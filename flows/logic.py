@@ -187,7 +187,7 @@ class KeyGroupLogic:
             self._dtags[""] = dead_letter_tags(registry, self._droutes)
         # sensors held as objects (touched since the last snapshot)
         self._warm: set[str] = {sid for sid, s in self.sensors.items() if type(s) is not bytes}
-        self._placed = settings.key_by != "partition"  # placement checked (or moot)
+        self._placed = settings.key_by == "sensor"  # placement checked (or moot)
 
     # -- Bytewax hooks -------------------------------------------------------------
     def on_batch(self, values: list[SubBatch]) -> tuple[Iterable, bool]:
@@ -335,12 +335,13 @@ class KeyGroupLogic:
             return pickle.dumps(self._manifest, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _check_placement(self) -> None:
-        """With key groups by partition, say so when this group does not run on the
-        worker reading its partition (connectors.placement): the output is the same,
+        """With key groups by (home) partition, say so when this group does not run on
+        the worker reading its partition (connectors.placement): the output is the same,
         but every record then crosses between workers.
         """
         self._placed = True
-        if not placement.is_local(self.group):  # type: ignore[arg-type]  # called once group is set
+        group = self.group or ""  # type: str
+        if "~" in group and not placement.is_local(group):  # a partition's group (not a hash)
             metrics.REMOTE_KEY_GROUPS.inc()
             log.warning(
                 "key group %s runs on another worker than the one reading its "

@@ -42,6 +42,14 @@ UNKEYED_BATCHES = Counter(
     "Input batches whose sampled record has no key, with AD_KEY_BY=partition (which "
     "assumes records keyed by sensor)",
 )
+KEY_LOCALITY = Counter(
+    "ad_key_locality_readings_total",
+    "Kafka readings with AD_KEY_BY=auto by where they arrived: `home` (their sensor's "
+    "home partition: they stay on the worker that read them) or `away` (they cross to "
+    "it), with why: `keyed`, `unkeyed`, `other_key` (a key other than the sensor id), "
+    "`other_partition` (keyed by sensor, put elsewhere: another partitioner?)",
+    ["where", "reason"],
+)
 MODEL_VERSION = Gauge(
     "ad_model_version_info", "Model version in use (value 1)", ["detector", "version"]
 )

@@ -211,13 +211,15 @@ class Settings:
         64, "key groups of the stateful step (see Design)", "64", kind="count"
     )
     key_by: str = setting(
-        "sensor",
-        "`sensor`: key groups by hash of `sensor_id` (any input); `partition` (Kafka input "
-        "keyed by sensor): one key group per input partition, run by the worker that "
-        "reads it (see Design)",
-        "partition",
+        "auto",
+        "`auto`: each sensor's state lives with its home partition, the one its "
+        "producers' partitioner gives for `key = sensor_id` (Kafka input; records there "
+        "stay on the worker that reads them, any other record crosses to it), else by "
+        "`sensor`; `sensor`: key groups by hash of `sensor_id`; `partition` (Kafka): one "
+        "key group per input partition, whatever its records (see Design)",
+        "auto",
         kind="choice",
-        choices=("sensor", "partition"),
+        choices=("auto", "sensor", "partition"),
     )
     max_record_bytes: int = setting(
         1 << 20, "larger records are dead letters `oversize`", "1048576", kind="count"

@@ -8,17 +8,46 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 
-def produce(brokers: str, topic: str, records: list[tuple[str, bytes]]) -> None:
-    """Produce keyed records (the default partitioner keeps a key in one partition)."""
-    p = Producer({"bootstrap.servers": brokers, "linger.ms": 20, "enable.idempotence": True})
-    for key, value in records:
+def produce(
+    brokers: str,
+    topic: str,
+    records: list[tuple[str | None, bytes]] | list[tuple[str, bytes]],
+    partitions: list[int] | None = None,
+    partitioner: str = "murmur2_random",
+) -> list[int]:
+    """Produce keyed records (Kafka's default partitioner, murmur2, keeps a key in one
+    partition; ``partitions`` places each record explicitly). Returns each record's
+    partition, in order.
+    """
+    p = Producer(
+        {
+            "bootstrap.servers": brokers,
+            "linger.ms": 20,
+            "enable.idempotence": True,
+            "partitioner": partitioner,
+        }
+    )
+    placed: dict[int, int] = {}
+
+    def done(i: int) -> Any:
+        def cb(err: Any, msg: Any) -> None:
+            assert err is None, err
+            placed[i] = msg.partition()
+
+        return cb
+
+    for i, (key, value) in enumerate(records):
+        kw: dict[str, Any] = {"on_delivery": done(i)}
+        if partitions is not None:
+            kw["partition"] = partitions[i]
         while True:
             try:
-                p.produce(topic, value, key.encode())
+                p.produce(topic, value, None if key is None else key.encode(), **kw)
                 break
             except BufferError:
                 p.poll(0.1)
     assert p.flush(60) == 0
+    return [placed[i] for i in range(len(records))]
 
 
 def read_committed(brokers: str, topic: str) -> list[dict[str, Any]]:

@@ -39,7 +39,10 @@ def test_compose_has_the_whole_stack() -> None:
     assert env["AD_SOURCE"].startswith("kafka://kafka:9092/")
     from flows.settings import load_settings
 
+    assert env["AD_PROCESSES"] == "auto" and "AD_WORKERS" not in env  # a process per core
     entrypoint_only = {
+        "AD_PROCESSES",
+        "AD_CLUSTER_PORT",
         "AD_WORKERS",
         "AD_SNAPSHOT_S",
         "AD_BACKUP_S",

@@ -12,7 +12,16 @@ from typing import Any
 
 from control.cli_env import CliError, flow_env, opt
 from control.commands.observe import metrics_endpoints
+from control.launch import parse_processes
 from control.progress import say
+
+
+def _processes(text: str) -> int:
+    """``--processes``: a count or ``auto`` (argparse shows the error's text)."""
+    try:
+        return parse_processes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _spec_from_args(args: argparse.Namespace) -> Any:
@@ -253,7 +262,15 @@ def register(sub: Any) -> None:
         type=int,
         help="worker threads per process",
     )
-    opt(p, "--processes", "-p", env="AD_PROCESSES", default=1, type=int, help="processes (-i/-a)")
+    opt(
+        p,
+        "--processes",
+        "-p",
+        env="AD_PROCESSES",
+        default="auto",
+        type=_processes,
+        help="Bytewax processes (-i/-a); auto: one per core this machine or container has",
+    )
     opt(p, "--module", env="AD_FLOW_MODULE", default="flows.detector", help="flow module")
     opt(p, "--env-file", env="AD_ENV_FILE", help="KEY=VALUE file of flow settings")
     opt(p, "--config", env="AD_CONFIG", help="YAML settings file for the flow")
@@ -326,8 +343,8 @@ def register(sub: Any) -> None:
         "--processes",
         "-p",
         env="AD_PROCESSES",
-        type=int,
-        help="processes (default: unchanged locally, 1 on k8s)",
+        type=_processes,
+        help="processes, or auto: one per core (default: unchanged locally, 1 on k8s)",
     )
     _common_scale(p)
     p.set_defaults(func=cmd_scale)

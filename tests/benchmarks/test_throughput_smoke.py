@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from benchmarks.throughput import main
+from control.launch import cores
 
 RECORDS = 20_000
 
@@ -53,16 +54,22 @@ def test_throughput_benchmark_runs_at_a_tiny_size(kafka_brokers: str, tmp_path: 
         "flow_ensemble_w1x2p",
         "flow_ensemble_w1_bypart",
         "flow_ensemble_w1x2p_bypart",
+        "flow_default",
     }
     for name, row in tp.items():
         assert row["records"] == RECORDS, name  # every record was read, by every run
         assert row["seconds"] > 0 and row["events_per_s"] > 0, name
+        assert row["cpu_s_per_m"] > 0, name
     assert tp["flow_ensemble_w1x2p"]["processes"] == 2
     assert tp["flow_ensemble_w1x2p_bypart"]["key_by"] == "partition"
+    assert tp["flow_default"]["key_by"] == "auto" and tp["flow_default"]["processes"] == cores()
 
-    (lat,) = res["latency"]
-    assert lat["snapshot_s"] == 1 and lat["target_ms"] == 1250
-    assert lat["expected"] > 0 and lat["samples"] > 0 and lat["p99_ms"] >= lat["p50_ms"] > 0
+    assert len(res["latency"]) == 3  # the default deployment at 3 loads
+    for lat in res["latency"]:
+        assert lat["snapshot_s"] == 1 and lat["target_ms"] == 1250
+        assert lat["expected"] > 0 and lat["samples"] > 0 and lat["p99_ms"] >= lat["p50_ms"] > 0
+        assert lat["processes"] == cores() and lat["key_by"] == "auto"
+    assert Path(res["latency_plot"]).stat().st_size > 1000  # the PNG
 
     rec = res["recovery"]
     assert rec["keys"] == 2000 and rec["recovery_s"] > 0 and rec["rss_bytes"] > 0

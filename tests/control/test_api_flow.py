@@ -43,7 +43,13 @@ def test_scale_through_the_api_is_exact(
         with server.client(operator) as c:
             r = c.post(
                 "/v1/flows/acme-main/run",
-                json={"tenant": "acme", "workers": 1, "snapshot_interval": 1, "env": settings},
+                json={
+                    "tenant": "acme",
+                    "workers": 1,
+                    "processes": 1,
+                    "snapshot_interval": 1,
+                    "env": settings,
+                },
             )
             assert r.status_code == 200, r.text
             assert r.json()["workers"] == 1 and r.json()["state"] == "running"

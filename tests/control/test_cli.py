@@ -192,3 +192,33 @@ def test_run_shows_the_flows_own_error(tmp_path: Path) -> None:
     )
     assert res.returncode == 1
     assert "exited with 2: no input file matches '/nowhere/*.jsonl'" in res.stderr
+
+
+def test_run_starts_one_process_per_core_by_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from control import launch
+
+    monkeypatch.delenv("AD_PROCESSES", raising=False)
+    assert cli.build_parser().parse_args(["run"]).processes == launch.cores() >= 1
+    assert cli.build_parser().parse_args(["run", "-p", "3"]).processes == 3
+    monkeypatch.setenv("AD_PROCESSES", "auto")
+    assert cli.build_parser().parse_args(["run"]).processes == launch.cores()
+    res = _adctl("--state-dir", str(tmp_path), "run", "-p", "0")
+    assert res.returncode == 2 and "at least 1 or auto" in res.stderr
+
+
+def test_cores_follow_a_cgroup_cpu_quota(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from control import launch
+
+    real = launch.Path
+
+    def fake(p: str) -> Path:
+        return tmp_path / "cpu.max" if p == "/sys/fs/cgroup/cpu.max" else real(p)
+
+    monkeypatch.setattr(launch, "Path", fake)
+    monkeypatch.setattr(launch.os, "sched_getaffinity", lambda _pid: set(range(16)))
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert launch.cores() == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert launch.cores() == 16

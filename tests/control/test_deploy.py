@@ -93,6 +93,11 @@ def test_statefulset_wiring() -> None:
     )
     assert set(cfg["data"]) <= known
     assert {e for e in env if e.startswith("AD_")} <= known
+    # the default: one single-worker process per core, two cores
+    values = {e["name"]: e.get("value") for e in container["env"]}
+    assert spec["replicas"] == int(values["FLOW_PROCESSES"]) == 2
+    assert values["BYTEWAX_WORKERS_PER_PROCESS"] == "1"
+    assert container["resources"]["requests"]["cpu"] == "1"
 
 
 def test_kubectl_applies_the_scale_patch_offline(tmp_path: Path) -> None:

@@ -131,7 +131,20 @@ def test_retrain_push_switches_a_running_flow(
         AD_MODEL_STORE=redis_store,
     )
     env_args = [a for k, v in settings.items() for a in ("-e", f"{k}={v}")]
-    _ok(_adctl("--state-dir", str(state), "run", "-w", "1", "--snapshot-interval", "1", *env_args))
+    _ok(
+        _adctl(
+            "--state-dir",
+            str(state),
+            "run",
+            "-w",
+            "1",
+            "-p",
+            "1",
+            "--snapshot-interval",
+            "1",
+            *env_args,
+        )
+    )
     try:
         _wait_count(kafka_brokers, alerts, len(first), state_dir=state)
         # retrain on the history so far (the input topic itself) and push it live
@@ -251,7 +264,20 @@ def test_scale_1_2_1_mid_stream_is_exact(
     settings = _flow_settings(kafka_brokers, src, alerts, dlq, tail=True)
     env_args = [a for k, v in settings.items() for a in ("-e", f"{k}={v}")]
     produce_json(kafka_brokers, src, parts[0])
-    _ok(_adctl("--state-dir", str(state), "run", "-w", "1", "--snapshot-interval", "1", *env_args))
+    _ok(
+        _adctl(
+            "--state-dir",
+            str(state),
+            "run",
+            "-w",
+            "1",
+            "-p",
+            "1",
+            "--snapshot-interval",
+            "1",
+            *env_args,
+        )
+    )
     try:
         _wait_count(kafka_brokers, alerts, len(parts[0]), state_dir=state)
         _ok(_adctl("--state-dir", str(state), "scale", "--workers", "2", "--timeout", "30"))

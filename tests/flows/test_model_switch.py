@@ -9,6 +9,7 @@ import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from connectors.base import MessageBatch, RawRecord
+from connectors.kafka_keys import Homes
 from control.markers import encode_marker
 from flows.settings import load_settings
 from state import model_store
@@ -32,6 +33,11 @@ def _run(records: list[bytes], key_by: str, store: str) -> list[dict]:
     if key_by == "partition":  # as the Kafka source emits them (the source is not read)
         env["AD_SOURCE"] = "kafka://127.0.0.1:9/t"
         batches = [MessageBatch([b[0].value], b, "t", "t#0~7") for b in batches]
+    elif key_by == "auto":  # read from partition 0 of 3; "a" and "b" live in 1 and 2
+        homes = Homes("t", 3, ["t#0", "t#1", "t#2"], "murmur2")
+        assert homes.group("a") == homes.groups[1] and homes.group("b") == homes.groups[2]
+        env["AD_SOURCE"] = "kafka://127.0.0.1:9/t"
+        batches = [MessageBatch([b[0].value], b, "t", homes.groups[0], homes) for b in batches]
     run_main(
         build_flow(
             load_settings(env),
@@ -43,7 +49,7 @@ def _run(records: list[bytes], key_by: str, store: str) -> list[dict]:
     return [json.loads(r.value) for _k, r in alerts]
 
 
-@pytest.mark.parametrize("key_by", ["sensor", "partition"])
+@pytest.mark.parametrize("key_by", ["sensor", "partition", "auto"])
 def test_switch_applies_at_the_marker_with_per_key_models(tmp_path: Path, key_by: str) -> None:
     base = {"detector": "mad", "params": {"window": 16, "min_periods": 4, "z_scale": 4.0}}
     model = {

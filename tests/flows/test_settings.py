@@ -49,7 +49,7 @@ def test_env_overrides_yaml(tmp_path: Path) -> None:
             {"AD_WINDOW": "sliding", "AD_WINDOW_SIZE": "10s", "AD_WINDOW_SLIDE": "20s"},
             "window_slide",
         ),
-        ({"AD_KEY_BY": "tenant"}, "AD_KEY_BY=partition"),
+        ({"AD_KEY_BY": "tenant"}, "AD_KEY_BY=auto"),
         ({"AD_DOGSTATSD": "agent"}, "AD_DOGSTATSD=127.0.0.1:8125"),
         ({"AD_CONTROL_KEY": "short"}, "at least 16"),
         ({"AD_KEY_BY": "partition", "AD_SOURCE": "redis://127.0.0.1:6379/s"}, "kafka://"),

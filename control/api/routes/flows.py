@@ -13,6 +13,7 @@ from control.api.auth import Principal
 from control.api.context import Api, caller
 from control.api.resources import FlowRef, allowed_env, find_flow, list_flows, new_flow
 from control.api.resources import tenant_store as store_of
+from control.launch import cores
 
 router = APIRouter(prefix="/v1/flows", tags=["flows"])
 
@@ -28,7 +29,9 @@ class RunRequest(BaseModel):
 
     tenant: str = Field(pattern=OWNER, examples=["acme"])
     workers: int = Field(1, ge=1, le=64)
-    processes: int = Field(1, ge=1, le=16)
+    processes: int | None = Field(
+        None, ge=1, le=16, description="Bytewax processes; left out: one per core"
+    )
     snapshot_interval: int = Field(5, ge=1, le=3600)
     env: dict[str, str] = Field(default_factory=dict, examples=[{"AD_WINDOW": "none"}])
 
@@ -108,7 +111,7 @@ def flow_run(
     spec = FlowSpec(
         module=api.cfg.module,
         workers=body.workers,
-        processes=body.processes,
+        processes=body.processes or cores(),
         snapshot_interval=body.snapshot_interval,
         env=env,
     )
