@@ -110,6 +110,12 @@ class MessageBatch:
     def __iter__(self) -> Iterator[RawRecord]:
         return map(as_raw, self.items)
 
+    def __reduce__(self) -> tuple:
+        # between processes (a stateful step keyed by partition on another worker) the
+        # client's messages travel as RawRecords
+        items = [as_raw(i) for i in self.items]
+        return (MessageBatch, (self.values, items, self.source, self.group, self.homes))
+
 
 @dataclass(slots=True)
 class OutRecord:

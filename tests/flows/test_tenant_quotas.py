@@ -417,3 +417,27 @@ def test_quotas_with_key_groups_by_partition(tmp_path: Path) -> None:
 
 def _chunks(items: list, n: int) -> list[list]:
     return [items[i : i + n] for i in range(0, len(items), n)]
+
+
+class _Msg:
+    """A client message type that does not pickle (as confluent_kafka's)."""
+
+    def __init__(self, value: bytes) -> None:
+        self.v = value
+
+    def __reduce__(self) -> tuple:
+        raise TypeError("not picklable")
+
+
+def test_a_message_batch_crosses_processes_as_raw_records() -> None:
+    """The partition-keyed decode step may run on another process than the source: a
+    MessageBatch then pickles its messages as RawRecords."""
+    import pickle
+
+    from connectors.base import MessageBatch, as_raw, register_message_type
+
+    register_message_type(_Msg, lambda m: RawRecord(m.v, "t", "3", "7"))
+    batch = MessageBatch([b"x"], [_Msg(b"x")], "t", "t#3~1")
+    back = pickle.loads(pickle.dumps(batch))
+    assert type(back) is MessageBatch and back.group == "t#3~1" and back.values == [b"x"]
+    assert [as_raw(i) for i in back.items] == [RawRecord(b"x", "t", "3", "7")]
