@@ -107,49 +107,71 @@ def _env(brokers: str, src: str, alerts: str, dlq: str, extra: dict[str, str]) -
     )
 
 
-def test_quota_dead_letters_and_alerts_survive_sigkill_exactly(
-    kafka_brokers: str, kafka_topic: Any, quota_input: tuple[str, dict[str, str]], tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def quota_reference(
+    kafka_brokers: str,
+    quota_input: tuple[str, dict[str, str]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[list[dict], ...]:
+    """The crash-free run: (alerts, dead letters, acme's routed alerts, acme's routed
+    dead letters), with the checks that every refusal kind and the switch happened."""
+    from connectors.kafka import ensure_topic
+
     src, extra = quota_input
-    ref_alerts, ref_dlq, ref_routed = kafka_topic(4), kafka_topic(2), f"r{uuid.uuid4().hex[:8]}"
-    reg = _start_registry(tmp_path / "ref.yaml", kafka_brokers, ref_routed)
+    tmp = tmp_path_factory.mktemp("quota-ref")
+    ref_alerts, ref_dlq = f"qa-{uuid.uuid4().hex[:8]}", f"qd-{uuid.uuid4().hex[:8]}"
+    ensure_topic(kafka_brokers, ref_alerts, 4)
+    ref_routed = f"r{uuid.uuid4().hex[:8]}"
+    reg = _start_registry(tmp / "ref.yaml", kafka_brokers, ref_routed)
     run_to_completion(
         _env(kafka_brokers, src, ref_alerts, ref_dlq, {**extra, "AD_TENANTS": reg}),
-        init_recovery(tmp_path / "ref"),
-        log=tmp_path / "ref.log",
+        init_recovery(tmp / "ref"),
+        log=tmp / "ref.log",
     )
-    ref = read_committed(kafka_brokers, ref_alerts), read_committed(kafka_brokers, ref_dlq)
-    ref_acme = read_committed(kafka_brokers, f"{ref_routed}-acme")
-    ref_acme_dlq = read_committed(kafka_brokers, f"{ref_routed}-dlq-acme")
-    assert ref_acme_dlq and {d["reason"] for d in ref_acme_dlq} <= {
-        "quota_exceeded",
-        "sensor_quota",
-    }
+    alerts, dead = read_committed(kafka_brokers, ref_alerts), read_committed(kafka_brokers, ref_dlq)
+    acme = read_committed(kafka_brokers, f"{ref_routed}-acme")
+    acme_dead = read_committed(kafka_brokers, f"{ref_routed}-dlq-acme")
+    assert acme_dead and {d["reason"] for d in acme_dead} <= {"quota_exceeded", "sensor_quota"}
     # acme's alerts before the switch went to its own topic, after it to the flow's
-    assert ref_acme and {a["tenant_id"] for a in ref_acme} == {"acme"}
-    assert max(a["window_end"] for a in ref_acme) <= min(
-        a["window_end"] for a in ref[0] if a["tenant_id"] == "acme"
+    assert acme and {a["tenant_id"] for a in acme} == {"acme"}
+    assert max(a["window_end"] for a in acme) <= min(
+        a["window_end"] for a in alerts if a["tenant_id"] == "acme"
     )
-    reasons = Counter(d["reason"] for d in ref[1] + ref_acme_dlq)
+    reasons = Counter(d["reason"] for d in dead + acme_dead)
     # every kind of refusal happened, before and after the registry switch
     assert reasons["quota_exceeded"] > 100 and reasons["sensor_quota"] > 100, reasons
     assert reasons["unknown_tenant"] == 4 * (STEPS // 2), reasons  # globex before the switch
-    assert {a["tenant_id"] for a in ref[0]} >= {"acme", "globex"}
+    assert {a["tenant_id"] for a in alerts} >= {"acme", "globex"}
     assert set(reasons) <= {"quota_exceeded", "sensor_quota", "unknown_tenant"}
+    return alerts, dead, acme, acme_dead
 
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_quota_dead_letters_and_alerts_survive_sigkill_exactly(
+    kafka_brokers: str,
+    kafka_topic: Any,
+    quota_input: tuple[str, dict[str, str]],
+    quota_reference: tuple[list[dict], ...],
+    tmp_path: Path,
+    processes: int,
+) -> None:
+    """1 process, or 2 processes (-i/-a) killed together; each run 3 times."""
+    src, extra = quota_input
+    ref_alerts, ref_dead, ref_acme, ref_acme_dead = quota_reference
     alerts, dlq, routed = kafka_topic(4), kafka_topic(2), f"r{uuid.uuid4().hex[:8]}"
     reg = _start_registry(tmp_path / "crash.yaml", kafka_brokers, routed)
     kills = crash_run(
         _env(kafka_brokers, src, alerts, dlq, {**extra, "AD_TENANTS": reg}),
         init_recovery(tmp_path / "rec"),
         kills=3,
+        processes=processes,
         log=tmp_path / "flow.log",
-        seed=3,
-        min_s=1.0,
-        max_s=3.0,
+        seed=3 + processes,
+        min_s=1.0 + 0.5 * processes,
+        max_s=3.0 + 0.5 * processes,
     )
     assert kills >= 3, f"only {kills} kills hit a running flow"
-    assert_same_output(ref[0], read_committed(kafka_brokers, alerts), "alert_id")
-    assert_same_output(ref[1], read_committed(kafka_brokers, dlq), "dlq_id")
+    assert_same_output(ref_alerts, read_committed(kafka_brokers, alerts), "alert_id")
+    assert_same_output(ref_dead, read_committed(kafka_brokers, dlq), "dlq_id")
     assert_same_output(ref_acme, read_committed(kafka_brokers, f"{routed}-acme"), "alert_id")
-    assert_same_output(ref_acme_dlq, read_committed(kafka_brokers, f"{routed}-dlq-acme"), "dlq_id")
+    assert_same_output(ref_acme_dead, read_committed(kafka_brokers, f"{routed}-dlq-acme"), "dlq_id")
