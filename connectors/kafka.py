@@ -237,6 +237,15 @@ class KafkaSource(FixedPartitionedSource[MessageBatch, tuple[int, str]]):
     partition was built; ``max_rate`` (``?max_rate=`` records/s per partition) paces
     reads, e.g. for a backfill that must not flood the sinks. Reads ``read_committed``
     (records of aborted transactions are never seen).
+
+    Args:
+        brokers: the bootstrap servers (``host:port``).
+        topics: the topics to read.
+        tail: keep reading new records (``False``: stop at the end offsets of the start).
+        start: where a partition without resume state starts: ``earliest`` or ``latest``.
+        batch_size: the most records per emitted batch.
+        max_rate: records per second per partition (``0``: unpaced).
+        extra: librdkafka settings for the consumer (``AD_KAFKA_*``).
     """
 
     def __init__(
@@ -462,6 +471,13 @@ class ExactlyOnceKafkaSink(FixedPartitionedSink[OutRecord, int]):
     last record committed before that snapshot (an ``int``); on resume the partition
     reads the committed records after it and skips replayed records with those ids.
     Each record carries its id in the ``ad-id`` header and its key as the Kafka key.
+
+    Args:
+        brokers: the bootstrap servers (``host:port``).
+        topic: the topic written (created with ``partitions`` partitions if missing).
+        flow_id: the flow's identity: the prefix of the transactional ids.
+        partitions: the topic's partition count when the sink creates it.
+        extra: librdkafka settings for the producer (``AD_KAFKA_*``).
     """
 
     def __init__(

@@ -65,7 +65,13 @@ class Decision:
 
 
 class AutoscalePolicy:
-    """Feed samples in time order with :meth:`observe`; apply changed decisions."""
+    """Feed samples in time order with :meth:`observe`; apply changed decisions.
+
+    Args:
+        config: the policy (validated here).
+        workers: the current worker count (clamped to the policy's bounds).
+        last_change: when the worker count last changed (sample time), if known.
+    """
 
     def __init__(self, config: PolicyConfig, workers: int, last_change: float | None = None):
         config.validate()
