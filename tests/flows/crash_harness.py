@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from tests.flowrun import (
     run_to_completion,
     with_bad_records,
 )
+from tests.pubsub_util import pull_all
 
 #: An output of the flow: (the name in the sink URL, the name to read it back by).
 Out = tuple[str, str]
@@ -540,23 +540,7 @@ class PubSubAdapter(Adapter):
 
     def drain(self, sub: str, quiet: float = 3.0) -> list[Any]:
         """Pull and ack until ``quiet`` seconds pass without a message."""
-        from google.api_core import exceptions as gexc
-
-        path = self.path("subscriptions", sub)
-        out: list[Any] = []
-        last = time.monotonic()
-        while time.monotonic() - last < quiet:
-            try:
-                resp = self.sub.pull(subscription=path, max_messages=1000, timeout=2.0)
-            except gexc.DeadlineExceeded:
-                continue
-            if resp.received_messages:
-                out += [m.message for m in resp.received_messages]
-                self.sub.acknowledge(
-                    subscription=path, ack_ids=[m.ack_id for m in resp.received_messages]
-                )
-                last = time.monotonic()
-        return out
+        return pull_all(self.sub, self.path("subscriptions", sub), quiet, 1000, 2.0)
 
     def compare(self, ref: tuple[list[dict], list[dict]], alerts: Out, dlq: Out) -> None:
         dups = assert_all_there(ref[0], self.read(alerts), "alert_id")
