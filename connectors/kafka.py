@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 
 
 def _message_to_raw(m: Message) -> RawRecord:
-    """A consumed message as the RawRecord the source used to build for it."""
+    """A consumed message as a RawRecord (made only when one is needed, see MessageBatch)."""
     topic: str = m.topic()  # type: ignore[assignment]  # set on every consumed record
     return tuple.__new__(
         RawRecord, (m.value(), "kafka:" + topic, str(m.partition()), str(m.offset()), m.key())
