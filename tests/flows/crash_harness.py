@@ -143,7 +143,6 @@ class CrashCase:
 
     adapter: Adapter
     src: Any
-    records: int
     bad: int
     reference: tuple[list[dict], list[dict]]
 
@@ -207,7 +206,7 @@ class CrashCases:
             assert len(out) == a.sensors * ((a.per_sensor - 1) * 10 // 60 + 1)
             assert len(dead) == bad
             assert sum(1 for r in out if r["is_anomaly"]) >= a.min_anomalies
-            self.cases[name] = CrashCase(a, src, len(records), bad, (out, dead))
+            self.cases[name] = CrashCase(a, src, bad, (out, dead))
         return self.cases[name]
 
     def cleanup(self) -> None:
