@@ -63,7 +63,12 @@ class _TimedPart(StatefulSourcePartition):
 
 
 class TimedSource(FixedPartitionedSource):
-    """Pass-through around a ``FixedPartitionedSource`` that writes timing marks."""
+    """Pass-through around a ``FixedPartitionedSource`` that writes timing marks.
+
+    Args:
+        inner: the source timed.
+        size: how many records an emitted item holds.
+    """
 
     def __init__(self, inner: FixedPartitionedSource, size: Callable[[Any], int]) -> None:
         self._inner = inner

@@ -164,6 +164,10 @@ def ceiling(brokers: str, src: str, dst: str, batch: int) -> dict[str, Any]:
 class Watcher(threading.Thread):
     """Reads ``topic`` read_committed from the beginning and timestamps every record
     when it becomes visible: ``seen`` is a list of (wall time, parsed JSON body).
+
+    Args:
+        brokers: the bootstrap servers (``host:port``).
+        topic: the topic watched.
     """
 
     def __init__(self, brokers: str, topic: str) -> None:

@@ -79,6 +79,17 @@ class Flow:
 
     After ``wait``: ``ended`` (last exit), ``cpu_s`` (user+sys of all processes) and
     ``peak_rss`` (sum of each process's peak RSS).
+
+    Args:
+        target: what ``bytewax.run`` runs (a module, or ``module:factory()``).
+        env: the flow's environment.
+        workers: workers per process.
+        recovery: the recovery store (``None``: none).
+        snapshot_s: seconds between snapshots.
+        log: the file the processes' output is appended to.
+        marks: the file the timing marks go to (``BENCH_MARKS``).
+        processes: how many processes.
+        profile: a py-spy output file (empty: no profiling).
     """
 
     def __init__(
@@ -259,7 +270,11 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, poll: float = 
 
 # -- the sections ----------------------------------------------------------------------
 class Bench:
-    """One throughput benchmark run: its topics, work directory and flow processes."""
+    """One throughput benchmark run: its topics, work directory and flow processes.
+
+    Args:
+        args: the command line's options.
+    """
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.a = args

@@ -15,6 +15,8 @@ from operator import itemgetter
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from schemas.values import parse_bool, parse_duration
+
 __all__ = [
     "RawRecord",
     "MessageBatch",
@@ -84,8 +86,15 @@ class MessageBatch:
     a model switch's origin, a hop to another process). Iterating yields RawRecords, so
     it reads like a ``list[RawRecord]``. ``group`` names the key group of the batch's
     input partition (:func:`connectors.placement.partition_group`), where the source
-    knows it; ``homes`` (a :class:`connectors.kafka_keys.Homes`) gives each sensor's home
-    key group, where the source knows its producers' partitioning.
+    knows it.
+
+    Args:
+        values: the records' values (``None`` for a record without one).
+        items: the client's message objects, in the same order.
+        source: the records' ``RawRecord.source`` (``kafka:<topic>``, …).
+        group: the key group of the batch's input partition, where the source knows it.
+        homes: each sensor's home key group (a :class:`connectors.kafka_keys.Homes`),
+            where the source knows its producers' partitioning.
     """
 
     __slots__ = ("values", "items", "source", "group", "homes")
@@ -256,32 +265,3 @@ def parse_url(raw: str) -> SourceURL:
         if not path:
             raise ValueError(f"file URL {raw!r} has no path; e.g. file:///tmp/alerts.jsonl")
     return SourceURL(raw, parts.scheme, parts.hostname or "", port, path, params)
-
-
-def parse_bool(text: str | None, default: bool = False) -> bool:
-    """Parse a boolean parameter (1/true/yes/on, 0/false/no/off); empty means ``default``."""
-    if text is None or text == "":
-        return default
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {text!r} (use true or false)")
-
-
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str | float | int) -> float:
-    """Parse ``"250ms"``, ``"5s"``, ``"10m"``, ``"1h"``, ``"2d"`` or a number of seconds."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    t = text.strip().lower()
-    for unit in ("ms", "s", "m", "h", "d"):
-        if t.endswith(unit) and t[: -len(unit)].replace(".", "", 1).isdigit():
-            return float(t[: -len(unit)]) * _UNITS[unit]
-    try:
-        return float(t)
-    except ValueError:
-        raise ValueError(f"not a duration: {text!r}; e.g. 500ms, 30s, 5m, 1h") from None

@@ -114,7 +114,16 @@ class _DemoPartition(StatefulSourcePartition[list[RawRecord], int]):
 
 
 class DemoSource(FixedPartitionedSource[list[RawRecord], int]):
-    """The demo stream in ``parts`` partitions. Resume state: index of the next record."""
+    """The demo stream in ``parts`` partitions. Resume state: index of the next record.
+
+    Args:
+        sensors: how many sensors the stream has.
+        hours: how many hours of readings each sensor gets.
+        step_s: seconds between two readings of a sensor.
+        seed: the seed of the noise and of the injected anomalies.
+        parts: how many partitions the stream is split into.
+        batch: records per emitted batch.
+    """
 
     def __init__(
         self,

@@ -307,7 +307,11 @@ class _StreamPartition(StatelessSinkPartition[Any]):
 
 
 class StreamSink(DynamicSink[Any]):
-    """Print ``(key, OutRecord)`` values as lines on stdout or stderr (at-least-once)."""
+    """Print ``(key, OutRecord)`` values as lines on stdout or stderr (at-least-once).
+
+    Args:
+        name: ``stdout`` or ``stderr``.
+    """
 
     def __init__(self, name: str) -> None:
         self._name = name

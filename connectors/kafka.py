@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 
 
 def _message_to_raw(m: Message) -> RawRecord:
-    """A consumed message as the RawRecord the source used to build for it."""
+    """A consumed message as a RawRecord (made only when one is needed, see MessageBatch)."""
     topic: str = m.topic()  # type: ignore[assignment]  # set on every consumed record
     return tuple.__new__(
         RawRecord, (m.value(), "kafka:" + topic, str(m.partition()), str(m.offset()), m.key())
@@ -271,12 +271,23 @@ class KafkaSource(FixedPartitionedSource[MessageBatch, tuple[int, str]]):
     With ``tail=False`` each partition stops at the end offset it had when the
     partition was built; ``max_rate`` (``?max_rate=`` records/s per partition) paces
     reads, e.g. for a backfill that must not flood the sinks. Reads ``read_committed``
-    (records of aborted transactions are never seen). ``linger_s``: a poll smaller than
-    half a batch is held (up to that long) for the next polls to join it; held records
-    are not yet emitted, so the offset a snapshot saves is before them and a resumed
-    partition reads them again. ``partitioner`` (the producers', see
-    :mod:`connectors.kafka_keys`) places each sensor's home: every batch carries the
-    source's :class:`~connectors.kafka_keys.Homes`, computed from the first topic.
+    (records of aborted transactions are never seen). A poll smaller than half a batch
+    is held (up to ``linger_s``) for the next polls to join it; held records are not yet
+    emitted, so the offset a snapshot saves is before them and a resumed partition
+    reads them again. Every batch carries the source's
+    :class:`~connectors.kafka_keys.Homes` (each sensor's home key group, computed from
+    the first topic with the producers' ``partitioner``).
+
+    Args:
+        brokers: the bootstrap servers (``host:port``).
+        topics: the topics to read.
+        tail: keep reading new records (``False``: stop at the end offsets of the start).
+        start: where a partition without resume state starts: ``earliest`` or ``latest``.
+        batch_size: the most records per emitted batch.
+        max_rate: records per second per partition (``0``: unpaced).
+        extra: librdkafka settings for the consumer (``AD_KAFKA_*``).
+        partitioner: the producers' partitioner (:data:`connectors.kafka_keys.PARTITIONERS`).
+        linger_s: the longest a small poll is held for more (``0``: never).
     """
 
     def __init__(
@@ -522,6 +533,13 @@ class ExactlyOnceKafkaSink(FixedPartitionedSink[OutRecord, int]):
     last record committed before that snapshot (an ``int``); on resume the partition
     reads the committed records after it and skips replayed records with those ids.
     Each record carries its id in the ``ad-id`` header and its key as the Kafka key.
+
+    Args:
+        brokers: the bootstrap servers (``host:port``).
+        topic: the topic written (created with ``partitions`` partitions if missing).
+        flow_id: the flow's identity: the prefix of the transactional ids.
+        partitions: the topic's partition count when the sink creates it.
+        extra: librdkafka settings for the producer (``AD_KAFKA_*``).
     """
 
     def __init__(

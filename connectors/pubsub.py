@@ -342,6 +342,19 @@ class PubSubSource(FixedPartitionedSource[list[RawRecord], PubSubState]):
 
     ``RawRecord.offset`` is the message id, ``key`` the ordering key. Resume state:
     ``{"pending": [message keys], "acked": {message key: time}}`` (see module docstring).
+
+    Args:
+        project: the Google Cloud project.
+        subscription: the subscription read.
+        emulator: ``host:port`` of a Pub/Sub emulator (``None``: ``PUBSUB_EMULATOR_HOST`` or
+            the real service).
+        batch: the most messages per pull.
+        ack_lag: a group of messages is acked in the ``ack_lag``-th snapshot after the one
+            that recorded it (at least 1).
+        dedup: seconds acked message keys are kept to drop redeliveries.
+        lease: the ack deadline the source keeps extending, in seconds.
+        idle_exit: end of data after this many seconds without a message (``None``: never).
+        max_outstanding: the most pulled messages held before pulling pauses.
     """
 
     def __init__(
@@ -445,6 +458,15 @@ class PubSubSink(FixedPartitionedSink[OutRecord, None]):
     """Publish records to a topic; attribute ``alert_id``, ordering key = record key.
 
     At-least-once. Resume state: none.
+
+    Args:
+        project: the Google Cloud project.
+        topic: the topic published to.
+        flow_id: the flow's identity (the ``flow_id`` attribute of each message).
+        emulator: ``host:port`` of a Pub/Sub emulator (``None``: ``PUBSUB_EMULATOR_HOST`` or
+            the real service).
+        partitions: how many Bytewax partitions publish.
+        retry_for: seconds to keep retrying a failed publish before the flow fails.
     """
 
     def __init__(

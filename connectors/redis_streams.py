@@ -149,6 +149,18 @@ class RedisStreamSource(FixedPartitionedSource[list[RawRecord], str]):
 
     With ``tail=False`` each partition stops at the last ID present when it is built.
     Entries trimmed away (``MAXLEN``) before they were read are skipped silently.
+
+    Args:
+        host: the Redis host.
+        port: the Redis port.
+        streams: the streams read, one partition each.
+        tail: keep reading new entries (``False``: stop at the last ID present at the start).
+        start: where a stream without resume state starts: ``0`` or ``$``.
+        count: the most entries per ``XREAD``.
+        field: the entry field that holds the record's value.
+        poll: seconds to wait before reading again after an empty read.
+        db: the Redis database number.
+        password: the Redis password, if any.
     """
 
     def __init__(
@@ -271,6 +283,18 @@ class RedisStreamSink(FixedPartitionedSink[OutRecord, None]):
     default 7 days); the hash tag keeps it in the stream's Redis Cluster slot.
 
     Resume state: none (``None``); dedup happens in Redis, not in the snapshot.
+
+    Args:
+        host: the Redis host.
+        port: the Redis port.
+        stream: the stream appended to.
+        flow_id: the flow's identity (part of the dedup key).
+        maxlen: the stream is trimmed to this many entries (``MAXLEN``; ``0``: never).
+        dedup_ttl: seconds a dedup key lives.
+        partitions: how many Bytewax partitions write.
+        db: the Redis database number.
+        password: the Redis password, if any.
+        retry_for: seconds to keep retrying a failed write before the flow fails.
     """
 
     def __init__(

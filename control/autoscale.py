@@ -65,7 +65,13 @@ class Decision:
 
 
 class AutoscalePolicy:
-    """Feed samples in time order with :meth:`observe`; apply changed decisions."""
+    """Feed samples in time order with :meth:`observe`; apply changed decisions.
+
+    Args:
+        config: the policy (validated here).
+        workers: the current worker count (clamped to the policy's bounds).
+        last_change: when the worker count last changed (sample time), if known.
+    """
 
     def __init__(self, config: PolicyConfig, workers: int, last_change: float | None = None):
         config.validate()
@@ -91,19 +97,15 @@ class AutoscalePolicy:
             bits.append(f"cpu {s.cpu:.0%}")
         return f"load {load:.0%} ({', '.join(bits)})"
 
+    def _hold(self, s: Sample, load: float | None, why: str) -> Decision:
+        return Decision(s.t, "hold", self.workers, self.workers, load, why)
+
     def observe(self, s: Sample) -> Decision:
         """Record ``s`` and decide; a changing decision resets the window and cooldown."""
         cfg = self.cfg
         load = self.load(s)
         if load is None:
-            return Decision(
-                s.t,
-                "hold",
-                self.workers,
-                self.workers,
-                None,
-                "no lag or CPU reading this time; holding",
-            )
+            return self._hold(s, None, "no lag or CPU reading this time; holding")
         self.window.append((s.t, load))
         while self.window and self.window[0][0] < s.t - cfg.sustain_s:
             self.window.popleft()
@@ -119,7 +121,7 @@ class AutoscalePolicy:
                 if cfg.down_threshold < load < cfg.up_threshold
                 else f"not sustained for {cfg.sustain_s:g}s yet"
             )
-            return Decision(s.t, "hold", self.workers, self.workers, load, f"{desc}: {why}")
+            return self._hold(s, load, f"{desc}: {why}")
         action = "up" if high else "down"
         target = (
             min(cfg.max_workers, self.workers + cfg.step)
@@ -130,24 +132,16 @@ class AutoscalePolicy:
         side = "above" if high else "below"
         if target == self.workers:
             bound = "max" if high else "min"
-            return Decision(
-                s.t,
-                "hold",
-                self.workers,
-                self.workers,
+            return self._hold(
+                s,
                 load,
                 f"{desc} {side} {threshold:.0%} for {span:.0f}s but already at "
                 f"{bound} workers ({self.workers})",
             )
         if self.last_change is not None and s.t - self.last_change < cfg.cooldown_s:
             left = cfg.cooldown_s - (s.t - self.last_change)
-            return Decision(
-                s.t,
-                "hold",
-                self.workers,
-                self.workers,
-                load,
-                f"{desc} {side} {threshold:.0%} for {span:.0f}s; cooldown {left:.0f}s left",
+            return self._hold(
+                s, load, f"{desc} {side} {threshold:.0%} for {span:.0f}s; cooldown {left:.0f}s left"
             )
         decision = Decision(
             s.t,

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flows.settings import declared_default, flow_env_names
+from schemas.values import parse_bool
 
 __all__ = ["ADCTL_ENV", "CliError", "add_field_options", "flow_env", "opt"]
 
@@ -25,12 +26,13 @@ class CliError(Exception):
 
 
 def parse_flag(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
+    """A flag's ``AD_*`` default: ``parse_bool`` with surrounding blanks ignored and a
+    set-but-empty variable false.
+    """
+    try:
+        return parse_bool(text.strip(), False)
+    except ValueError:
+        raise ValueError(f"not a boolean: {text!r}") from None
 
 
 def _env_default(env: str, default: Any, conv: Callable[[str], Any] | None) -> Any:

@@ -233,7 +233,11 @@ def detect_partition(task: DetectTask) -> PartResult:
 
 
 class ResultCache:
-    """Partition results on disk, one file per cache key (written atomically)."""
+    """Partition results on disk, one file per cache key (written atomically).
+
+    Args:
+        directory: where the result files go.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory

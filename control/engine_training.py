@@ -14,7 +14,7 @@ from typing import Any
 
 from control.engines import Engine
 from control.history import Series
-from control.training import TrainingError, _batches, fit_batch, resolve_fit
+from control.training import _batches, check_training, fit_batch
 
 __all__ = ["train_on_engine"]
 
@@ -31,14 +31,7 @@ def train_on_engine(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Fit one model per key on a started ``engine``; ``{key: model}``, keys sorted."""
-    if not series:
-        raise TrainingError("no history to train on (no records matched)")
-    if gpu:
-        from detectors.xp import cupy_available
-
-        if not cupy_available():
-            raise TrainingError("--gpu needs CuPy and a CUDA device on this machine")
-    resolve_fit(fit_spec)  # fail fast here, not on every worker
+    check_training(series, fit_spec, gpu)
     batches = _batches(series, engine.workers() * tasks_per_worker)
     fn = partial(fit_batch, detector, params or None, fit_spec=fit_spec, gpu=gpu)
     results: dict[str, dict[str, Any]] = {}

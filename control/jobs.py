@@ -76,7 +76,11 @@ class JobRecord:
 
 
 class JobStore:
-    """Job records, one JSON file each under ``<dir>/jobs/``."""
+    """Job records, one JSON file each under ``<dir>/jobs/``.
+
+    Args:
+        directory: the state directory (records go to its ``jobs/``).
+    """
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory / "jobs"

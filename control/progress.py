@@ -18,6 +18,11 @@ class Progress:
     """Call with ``(done, total)``: a tqdm bar on a terminal, else a line a second with
     the rate and the time left (or nothing, ``mode`` none); ``unit`` names what is
     counted (``key``, ``record``).
+
+    Args:
+        mode: ``auto`` (a bar on a terminal, else lines), ``bar``, ``plain`` or ``none``.
+        desc: what is being done, shown before the counts.
+        unit: what is counted.
     """
 
     def __init__(self, mode: str, desc: str, unit: str = "key") -> None:

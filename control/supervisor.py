@@ -166,7 +166,11 @@ class ProcState:
 
 
 class Supervisor:
-    """Start/stop/rescale the flow's processes under ``state_dir``."""
+    """Start/stop/rescale the flow's processes under ``state_dir``.
+
+    Args:
+        state_dir: the directory of the flow's spec, pids and logs.
+    """
 
     def __init__(self, state_dir: str | Path = ".adctl") -> None:
         self.dir = Path(state_dir).resolve()

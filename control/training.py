@@ -144,6 +144,20 @@ def assemble_model(
     }
 
 
+def check_training(series: dict[str, Series], fit_spec: str | None, gpu: bool) -> None:
+    """Fail fast, here rather than on every worker: no history, ``gpu`` without a CUDA
+    device, or a ``fit_spec`` that does not resolve (``TrainingError``).
+    """
+    if not series:
+        raise TrainingError("no history to train on (no records matched)")
+    if gpu:
+        from detectors.xp import cupy_available
+
+        if not cupy_available():
+            raise TrainingError("--gpu needs CuPy and a CUDA device on this machine")
+    resolve_fit(fit_spec)
+
+
 def _batches(
     series: dict[str, Series], n_tasks: int
 ) -> list[list[tuple[str, np.ndarray, np.ndarray]]]:
@@ -172,14 +186,7 @@ def train_on_dask(
     """
     from distributed import Client, LocalCluster, as_completed
 
-    if not series:
-        raise TrainingError("no history to train on (no records matched)")
-    if gpu:
-        from detectors.xp import cupy_available
-
-        if not cupy_available():
-            raise TrainingError("--gpu needs CuPy and a CUDA device on this machine")
-    resolve_fit(fit_spec)  # fail fast here, not on every worker
+    check_training(series, fit_spec, gpu)
     cluster = None
     try:
         if scheduler:

@@ -114,6 +114,9 @@ class BaseDetector:
     ``params`` overrides ``defaults``; unknown keys raise ``ValueError`` so typos in
     ``AD_DETECTOR_PARAMS`` fail loudly. A model dict is ``{"detector": name,
     "version": str, "params": {...}}`` (JSON-serialisable), as returned by ``fit``.
+
+    Args:
+        params: overrides of ``defaults`` (``None``: the defaults).
     """
 
     name: ClassVar[str] = "base"

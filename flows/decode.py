@@ -66,7 +66,12 @@ class RegistryUnavailable(RuntimeError):
 
 
 class BadRecord(Exception):
-    """A record that goes to the dead-letter sink with ``reason``."""
+    """A record that goes to the dead-letter sink with ``reason``.
+
+    Args:
+        reason: the dead-letter reason (``undecodable``, ``missing_field``, …).
+        error: what is wrong, for the dead letter's ``error``.
+    """
 
     def __init__(self, reason: str, error: str) -> None:
         super().__init__(error)
@@ -343,7 +348,22 @@ def _load_json(name: str) -> Any:
 
 
 class Decoder:
-    """Decode + validate batches; counts nothing itself (the flow does metrics)."""
+    """Decode + validate batches; counts nothing itself (the flow does metrics).
+
+    Args:
+        fmt: the input format: ``json``, ``avro``, ``protobuf`` or ``csv``.
+        schema: the reader schema file (Avro, Protobuf; empty: the default).
+        registry: a Confluent schema registry URL for writer schemas (empty: ``schemas/``).
+        max_bytes: larger records are dead letters ``oversize``.
+        flow_id: the flow's identity.
+        timestamp_unit: the unit of numeric timestamps (``auto``, ``s``, ``ms``, ``us``, ``ns``).
+        earliest: records dated before this (epoch milliseconds) are ``bad_timestamp``.
+        csv_mapping: CSV column names by standard field (and ``columns``: a header line).
+        default_tenant: the tenant of records without a ``tenant_id`` (empty: none).
+        control_key: the key that signs control markers (``None``: every marker is refused).
+        model_store: the model store a marker's model must come from.
+        tenants: the tenant ids a registry lists (``None``: every tenant is taken).
+    """
 
     def __init__(
         self,

@@ -98,7 +98,15 @@ def _split_extra(extra: Any) -> tuple[dict[str, tuple[str, str]], list]:
 
 
 class KeyGroupLogic:
-    """``StatefulBatchLogic`` for one key group (subclassed in flows.detector)."""
+    """``StatefulBatchLogic`` for one key group (subclassed in flows.detector).
+
+    Args:
+        settings: the flow's settings (window, detector, threshold, …).
+        models: the detector instances by model version, shared by the key groups.
+        resume: the key group's snapshot, or ``None`` for a fresh start.
+        snapshot_dir: where incremental snapshots go (``None``: whole key groups inline).
+        registry: the tenant registry (per-tenant thresholds), if any.
+    """
 
     #: take the specialised tumbling-window loop when it applies (tests compare both)
     lean = True

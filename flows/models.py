@@ -23,6 +23,11 @@ class Models:
     An artifact may hold per-key models (``keys[sensor_id]``, from ``adctl retrain``):
     a sensor with one gets a detector of its own (LRU-cached), the others the
     artifact's pooled top-level model.
+
+    Args:
+        name: the configured detector.
+        params: its configured parameters.
+        per_key_cache: the most per-key detectors kept (least recently used dropped).
     """
 
     def __init__(self, name: str, params: dict[str, Any], per_key_cache: int = 50_000) -> None:

@@ -40,7 +40,16 @@ REASONS = {
 
 
 class Reading:
-    """One valid sensor reading. ``ts`` is event time in epoch milliseconds (int)."""
+    """One valid sensor reading. ``ts`` is event time in epoch milliseconds (int).
+
+    Args:
+        sensor_id: the sensor.
+        ts: event time in epoch milliseconds.
+        value: the reading.
+        tenant_id: the tenant, if any.
+        extra: further numeric fields of the record, if any.
+        raw: the input record it was decoded from.
+    """
 
     __slots__ = ("sensor_id", "ts", "value", "tenant_id", "extra", "raw")
 
@@ -65,6 +74,10 @@ class Control:
     """A control marker read from an input partition (e.g. a model switch).
 
     It applies to the sensors of ``raw.source``/``raw.partition`` from its position on.
+
+    Args:
+        body: the verified marker's content.
+        raw: the input record it was read from.
     """
 
     __slots__ = ("body", "raw")
@@ -129,6 +142,10 @@ def _rebuild_columns(sids: list, ts: list, vals: list, tenants: list, *raw_cols:
 class SubBatch(list):
     """One key group's share of an input batch: :class:`Columns` parts, split where a
     :class:`Control` marker stands (markers reach every key group, in position).
+
+    Args:
+        group: the key group.
+        parts: the columns and control markers, in input order.
     """
 
     __slots__ = ("group",)

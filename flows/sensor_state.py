@@ -53,6 +53,11 @@ class Sensor:
 
     ``det`` is the live detector state, a :class:`PackedState`, or ``None`` for the
     model's initial state (created when the sensor's first window is scored).
+
+    Args:
+        det_state: the detector state (live, packed, or ``None`` for the model's initial one).
+        model: the model ``(detector, version)`` the sensor is scored with.
+        tenant: the sensor's tenant, if any.
     """
 
     __slots__ = ("win", "det", "model", "tenant", "held")

@@ -31,9 +31,10 @@ from typing import Any
 import yaml
 
 from connectors import keeps_order
-from connectors.base import ConnectorContext, SourceURL, parse_bool, parse_duration, parse_url
+from connectors.base import ConnectorContext, SourceURL, parse_url
 from schemas.markers import MIN_KEY_BYTES
 from schemas.timestamps import UNITS, parse_time_setting
+from schemas.values import parse_bool, parse_duration
 from state.recovery import is_fresh_run, process_index, recovery_dir
 
 __all__ = [

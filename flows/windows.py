@@ -54,7 +54,13 @@ class WindowSpec:
 
 
 class Closed:
-    """A closed window's aggregate, ready to be scored."""
+    """A closed window's aggregate, ready to be scored.
+
+    Args:
+        start: the window's start (epoch milliseconds).
+        end: its end (epoch milliseconds, exclusive).
+        agg: its aggregate features.
+    """
 
     __slots__ = ("start", "end", "count", "mean", "min", "max", "last")
 

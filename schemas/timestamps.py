@@ -30,7 +30,12 @@ LATEST_MS = 7_258_118_400_000  # 2200-01-01T00:00:00Z
 
 
 class TimestampError(ValueError):
-    """An unusable timestamp; ``reason`` is ``bad_type`` or ``bad_timestamp``."""
+    """An unusable timestamp; ``reason`` is ``bad_type`` or ``bad_timestamp``.
+
+    Args:
+        reason: ``bad_type`` or ``bad_timestamp``.
+        message: what is wrong with the timestamp.
+    """
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)

@@ -45,6 +45,8 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from schemas.values import parse_duration
+
 __all__ = [
     "Quota",
     "Registry",
@@ -65,7 +67,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 WINDOWS = ("tumbling", "sliding", "session", "none")
 ARTIFACT_NAME = "ad-tenants"  # the "detector" name of registries in the model store
 ARTIFACT_KIND = "tenant-registry"
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _EXAMPLES = {
     "default_tenant": "default_tenant: shared",
     "tenants": "tenants: {acme: {threshold: 0.9}}",
@@ -230,20 +231,11 @@ def tenant_url(template: str, tenant_id: str) -> str:
 
 def _duration(where: str, key: str, value: Any) -> float:
     out: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        out = float(value)
-    elif isinstance(value, str):
-        text = value.strip().lower()
-        for unit in ("ms", "s", "m", "h", "d"):
-            num = text[: -len(unit)]
-            if text.endswith(unit) and num.replace(".", "", 1).isdigit():
-                out = float(num) * _UNITS[unit]
-                break
-        else:
-            try:
-                out = float(text)
-            except ValueError:
-                out = None
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            out = parse_duration(value)
+        except ValueError:
+            out = None
     if out is None:
         raise _err(where, key, f"not a duration: {value!r}")
     if not out > 0 or out == float("inf"):

@@ -224,6 +224,13 @@ class KinesisSink(FixedPartitionedSink[OutRecord, SinkState]):
     A put left unanswered (timeout, dropped connection) is followed by the same read-back
     before resending, so it does not duplicate either. Limit: records of one key can be
     reordered when only some entries of a put fail (as with any Kinesis producer).
+
+    Args:
+        stream: the stream written.
+        endpoint: the Kinesis endpoint URL (``None``: AWS's for ``region``).
+        region: the AWS region.
+        partitions: how many Bytewax partitions write to the stream.
+        retry_for: seconds to keep retrying failed puts before the flow fails.
     """
 
     def __init__(

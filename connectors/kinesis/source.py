@@ -234,6 +234,20 @@ class KinesisSource(FixedPartitionedSource[list[RawRecord], ShardState]):
     Resume state per shard: ``{"seq": str | None, "at": float | None, "done": bool}`` (see
     the module docstring). ``RawRecord.partition`` is the shard id, ``offset`` the sequence
     number, ``key`` the partition key.
+
+    Args:
+        stream: the stream read.
+        endpoint: the Kinesis endpoint URL (``None``: AWS's for ``region``).
+        region: the AWS region.
+        start: where a shard without resume state starts: ``TRIM_HORIZON``, ``LATEST`` or
+            ``AT_TIMESTAMP`` (with ``at``).
+        at: epoch seconds for ``AT_TIMESTAMP``.
+        tail: keep reading new records (``False``: stop at the end of the data present at
+            the start).
+        batch: the most records per ``GetRecords`` request.
+        poll: seconds to wait after an empty read.
+        parent_wait: seconds a child shard waits for a parent shard built in another
+            process after the parent closed.
     """
 
     def __init__(

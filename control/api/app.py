@@ -37,6 +37,12 @@ class AuditTrail:
     """ASGI middleware: authenticate ``/v1`` requests before anything else looks at them
     (no valid token: 401, whatever the body), audit mutating calls and denials, and count
     requests for the metrics.
+
+    Args:
+        app: the wrapped ASGI application.
+        api: the API's shared context (authenticator, audit log).
+        requests: the request counter of the metrics.
+        routes: the application's routes (to name the route of a request).
     """
 
     def __init__(self, app: ASGIApp, api: Api, requests: Counter, routes: list[BaseRoute]) -> None:

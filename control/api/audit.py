@@ -49,7 +49,11 @@ def _last_line(fh: Any) -> bytes:
 
 
 class AuditLog:
-    """Append events to a hash-chained JSON-lines file."""
+    """Append events to a hash-chained JSON-lines file.
+
+    Args:
+        path: the JSON-lines file (created on the first event).
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

@@ -90,7 +90,12 @@ _ASYM = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
 
 
 class Authenticator:
-    """Turns a bearer token into a :class:`Principal`, or raises :class:`AuthError`."""
+    """Turns a bearer token into a :class:`Principal`, or raises :class:`AuthError`.
+
+    Args:
+        jwt_config: how JWTs are verified (``None``: the defaults).
+        keys: the API keys store (``None``: no API keys).
+    """
 
     def __init__(self, jwt_config: JwtConfig | None, keys: KeyStore | None) -> None:
         self.cfg = jwt_config or JwtConfig()

@@ -23,7 +23,13 @@ __all__ = ["Api", "caller"]
 
 
 class Api:
-    """What every route needs: configuration, authenticator, audit log, keys, locks."""
+    """What every route needs: configuration, authenticator, audit log, keys, locks.
+
+    Args:
+        cfg: the API's configuration.
+        base_env: the environment flows started through the API get, before their settings.
+        flow_keys: the ``AD_*`` names a flow's settings may use.
+    """
 
     def __init__(self, cfg: ApiConfig, base_env: dict[str, str], flow_keys: set[str]) -> None:
         self.cfg = cfg

@@ -88,7 +88,11 @@ class ApiKey:
 
 
 class KeyStore:
-    """The keys file: create, list, revoke and verify keys."""
+    """The keys file: create, list, revoke and verify keys.
+
+    Args:
+        path: the keys file.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

@@ -21,7 +21,13 @@ class EngineError(RuntimeError):
 
 
 class Tasks:
-    """One submitted job: the engine's handles of its tasks, in item order."""
+    """One submitted job: the engine's handles of its tasks, in item order.
+
+    Args:
+        handles: the engine's handles of the tasks, in item order.
+        n: how many tasks.
+        priority: the job's priority, as the engine reads it.
+    """
 
     def __init__(self, handles: Any, n: int, priority: int = 0) -> None:
         self.handles = handles
@@ -42,7 +48,13 @@ def barrier(*_results: Any) -> None:
 
 
 class Engine(ABC):
-    """A batch engine: ``with make_engine(...) as eng: eng.submit(...)``."""
+    """A batch engine: ``with make_engine(...) as eng: eng.submit(...)``.
+
+    Args:
+        workers: worker slots of an embedded cluster.
+        address: a running cluster's address (``None``: start an embedded one).
+        retries: how often a failed task is retried.
+    """
 
     name = "engine"
 

@@ -16,7 +16,13 @@ __all__ = ["DaskEngine"]
 
 
 class DaskEngine(Engine):
-    """Dask futures on a LocalCluster or a scheduler (``address``)."""
+    """Dask futures on a LocalCluster or a scheduler (``address``).
+
+    Args:
+        workers: worker processes of the LocalCluster.
+        address: a running scheduler (``tcp://host:8786``; ``None``: a LocalCluster).
+        retries: how often a failed task is retried.
+    """
 
     name = "dask"
 

@@ -38,7 +38,13 @@ def _check_reachable(address: str) -> None:
 
 
 class RayEngine(Engine):
-    """Ray tasks on a local runtime or a cluster (``address``)."""
+    """Ray tasks on a local runtime or a cluster (``address``).
+
+    Args:
+        workers: CPUs of the local runtime.
+        address: a running cluster's address (``None``: a local runtime).
+        retries: how often a failed task is retried.
+    """
 
     name = "ray"
 

@@ -36,7 +36,13 @@ def _local_master(master: str, workers: int, retries: int) -> str:
 
 
 class SparkEngine(Engine):
-    """Spark ``applyInPandas`` jobs on ``local[N]`` or a master (``address``)."""
+    """Spark ``applyInPandas`` jobs on ``local[N]`` or a master (``address``).
+
+    Args:
+        workers: cores of ``local[N]``.
+        address: a Spark master (``None``: ``local[workers]``).
+        retries: how often a failed task is retried.
+    """
 
     name = "spark"
 

@@ -22,6 +22,7 @@ from connectors.pubsub import (
     subscriber_client,
 )
 from tests.connectors._services import start_private
+from tests.pubsub_util import pull_all as _pull_all
 
 SETTINGS = ConnectorContext(flow_id="test-flow")
 PROJECT = "ad-test"
@@ -234,21 +235,7 @@ def alerts(n: int, start: int = 0) -> list[OutRecord]:
 
 
 def pull_all(ps: PS, sub: str, quiet: float = 2.0) -> list[Any]:
-    path = f"projects/{PROJECT}/subscriptions/{sub}"
-    out: list[Any] = []
-    last = time.monotonic()
-    while time.monotonic() - last < quiet:
-        try:
-            resp = ps.sub.pull(subscription=path, max_messages=500, timeout=1.0)
-        except gexc.DeadlineExceeded:
-            continue
-        if resp.received_messages:
-            out += [m.message for m in resp.received_messages]
-            ps.sub.acknowledge(
-                subscription=path, ack_ids=[m.ack_id for m in resp.received_messages]
-            )
-            last = time.monotonic()
-    return out
+    return _pull_all(ps.sub, f"projects/{PROJECT}/subscriptions/{sub}", quiet)
 
 
 def test_sink_publishes_with_attributes_and_ordering_key(ps, make_sub):

@@ -68,6 +68,24 @@ def _ok(res: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[st
     return res
 
 
+def _run_flow(state: Path, env_args: list[str]) -> None:
+    """``adctl run``: one single-worker process, 1 s snapshots."""
+    _ok(
+        _adctl(
+            "--state-dir",
+            str(state),
+            "run",
+            "-w",
+            "1",
+            "-p",
+            "1",
+            "--snapshot-interval",
+            "1",
+            *env_args,
+        )
+    )
+
+
 def _wait_count(
     brokers: str, topic: str, n: int, timeout: float = 120, state_dir: Path | None = None
 ) -> list[dict[str, Any]]:
@@ -131,20 +149,7 @@ def test_retrain_push_switches_a_running_flow(
         AD_MODEL_STORE=redis_store,
     )
     env_args = [a for k, v in settings.items() for a in ("-e", f"{k}={v}")]
-    _ok(
-        _adctl(
-            "--state-dir",
-            str(state),
-            "run",
-            "-w",
-            "1",
-            "-p",
-            "1",
-            "--snapshot-interval",
-            "1",
-            *env_args,
-        )
-    )
+    _run_flow(state, env_args)
     try:
         _wait_count(kafka_brokers, alerts, len(first), state_dir=state)
         # retrain on the history so far (the input topic itself) and push it live
@@ -264,20 +269,7 @@ def test_scale_1_2_1_mid_stream_is_exact(
     settings = _flow_settings(kafka_brokers, src, alerts, dlq, tail=True)
     env_args = [a for k, v in settings.items() for a in ("-e", f"{k}={v}")]
     produce_json(kafka_brokers, src, parts[0])
-    _ok(
-        _adctl(
-            "--state-dir",
-            str(state),
-            "run",
-            "-w",
-            "1",
-            "-p",
-            "1",
-            "--snapshot-interval",
-            "1",
-            *env_args,
-        )
-    )
+    _run_flow(state, env_args)
     try:
         _wait_count(kafka_brokers, alerts, len(parts[0]), state_dir=state)
         _ok(_adctl("--state-dir", str(state), "scale", "--workers", "2", "--timeout", "30"))

@@ -1,7 +1,10 @@
-"""Exactly-once over real Kafka: SIGKILL at random points, broker restart, bad input.
+"""Exactly-once over real Kafka: cluster mode, rescaling, broker restart, a stale
+checkpoint, bad input, a poison pill.
 
 The committed output (read_committed) of a crashed-and-restarted run must equal a
-crash-free reference run: same ids, same bodies, no duplicates, no loss.
+crash-free reference run: same ids, same bodies, no duplicates, no loss. The plain
+SIGKILL test (1 and 2 workers) is the parametrised one in ``test_crash.py``; the input
+and the reference come from the shared harness (``crash_harness.py``).
 """
 
 from __future__ import annotations
@@ -22,106 +25,35 @@ from tests.flowrun import (
     START_MS,
     FlowProcs,
     assert_same_output,
-    crash_env,
     crash_run,
     flow_env,
     init_recovery,
     make_readings,
     run_to_completion,
 )
+from tests.flows.crash_harness import CrashCase, CrashCases, Out
 from tests.kafka_util import produce, read_committed
 
 pytestmark = pytest.mark.slow
 
 
-def _env(brokers: str, src: str, alerts: str, dlq: str, **extra: str) -> dict[str, str]:
-    # paced (~8k records/s in all) so every random kill lands in a running flow
-    return crash_env(
-        f"kafka://{brokers}/{src}?tail=false&batch=250&max_rate=2000",
-        f"kafka://{brokers}/{alerts}",
-        f"kafka://{brokers}/{dlq}?partitions=2",
-        f"flow-{uuid.uuid4().hex[:8]}",
-        AD_DETECTOR="mad",
-        AD_THRESHOLD="0.8",
-        **extra,
-    )
-
-
 @pytest.fixture(scope="module")
-def crash_input(kafka_brokers: str) -> tuple[str, int, int]:
-    """>=100k readings over 4 partitions, ~1% bad; returns (topic, records, bad)."""
-    from connectors.kafka import ensure_topic
-
-    topic = f"crash-in-{uuid.uuid4().hex[:8]}"
-    ensure_topic(kafka_brokers, topic, 4)
-    records = make_readings(sensors=50, per_sensor=2000, bad_every=100)
-    produce(kafka_brokers, topic, records)
-    bad = sum(1 for _k, v in records if not v.startswith(b'{"sensor_id": "sensor-'))
-    return topic, len(records), bad
+def case(crash_cases: CrashCases, request: pytest.FixtureRequest) -> CrashCase:
+    """The shared Kafka input (>=100k readings over 4 partitions, ~1% bad) and the
+    crash-free run's committed alerts and dead letters (see crash_harness)."""
+    return crash_cases.get("kafka", request)
 
 
-@pytest.fixture(scope="module")
-def reference(
-    kafka_brokers: str, crash_input: tuple[str, int, int], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[list[dict], list[dict]]:
-    """The crash-free run's committed alerts and dead letters."""
-    from connectors.kafka import ensure_topic
-
-    src, _n, bad = crash_input
-    alerts, dlq = f"ref-alerts-{uuid.uuid4().hex[:6]}", f"ref-dlq-{uuid.uuid4().hex[:6]}"
-    ensure_topic(kafka_brokers, alerts, 4)
-    tmp = tmp_path_factory.mktemp("ref")
-    run_to_completion(
-        _env(kafka_brokers, src, alerts, dlq), init_recovery(tmp / "rec"), log=tmp / "flow.log"
-    )
-    out, dead = read_committed(kafka_brokers, alerts), read_committed(kafka_brokers, dlq)
-    # 50 sensors x 2000 readings, 10 s apart, in 60 s windows
-    assert len(out) == 50 * (2000 * 10 // 60 + 1)
-    assert len(dead) == bad
-    assert sum(1 for r in out if r["is_anomaly"]) >= 5  # the injected anomalies show
-    return out, dead
+def _outputs(case: CrashCase, **extra: str) -> tuple[dict[str, str], Out, Out]:
+    """New alert (4 partitions) and dead-letter (2) topics, and the run's environment."""
+    a = case.adapter
+    alerts, dlq = a.output("alerts"), a.output("dlq")
+    return a.env(case.src, "crash", alerts, dlq, **extra), alerts, dlq
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_sigkill_restarts_give_exactly_the_reference_output(
-    kafka_brokers: str,
-    kafka_topic: Any,
-    crash_input: tuple[str, int, int],
-    reference: tuple[list[dict], list[dict]],
-    tmp_path: Path,
-    workers: int,
-) -> None:
-    src, n, _bad = crash_input
-    assert n >= 100_000
-    alerts, dlq = kafka_topic(4), kafka_topic(2)
-    env = _env(kafka_brokers, src, alerts, dlq)
-    kills = crash_run(
-        env,
-        init_recovery(tmp_path / "rec"),
-        kills=5,
-        workers=workers,
-        log=tmp_path / "flow.log",
-        seed=workers,
-        min_s=1.0,
-        max_s=3.5,
-    )
-    assert kills >= 5, f"only {kills} kills hit a running flow"
-    ref_alerts, ref_dead = reference
-    assert_same_output(ref_alerts, read_committed(kafka_brokers, alerts), "alert_id")
-    assert_same_output(ref_dead, read_committed(kafka_brokers, dlq), "dlq_id")
-
-
-def test_two_processes_with_crashes(
-    kafka_brokers: str,
-    kafka_topic: Any,
-    crash_input: tuple[str, int, int],
-    reference: tuple[list[dict], list[dict]],
-    tmp_path: Path,
-) -> None:
+def test_two_processes_with_crashes(case: CrashCase, tmp_path: Path) -> None:
     """-i/-a cluster mode: 2 processes x 1 worker, killed together 3 times."""
-    src, _n, _bad = crash_input
-    alerts, dlq = kafka_topic(4), kafka_topic(2)
-    env = _env(kafka_brokers, src, alerts, dlq)
+    env, alerts, dlq = _outputs(case)
     kills = crash_run(
         env,
         init_recovery(tmp_path / "rec"),
@@ -133,23 +65,14 @@ def test_two_processes_with_crashes(
         max_s=3.5,
     )
     assert kills >= 3
-    assert_same_output(reference[0], read_committed(kafka_brokers, alerts), "alert_id")
-    assert_same_output(reference[1], read_committed(kafka_brokers, dlq), "dlq_id")
+    case.adapter.compare(case.reference, alerts, dlq)
 
 
-def test_key_groups_by_partition_crashed_and_rescaled(
-    kafka_brokers: str,
-    kafka_topic: Any,
-    crash_input: tuple[str, int, int],
-    reference: tuple[list[dict], list[dict]],
-    tmp_path: Path,
-) -> None:
+def test_key_groups_by_partition_crashed_and_rescaled(case: CrashCase, tmp_path: Path) -> None:
     """AD_KEY_BY=partition (the input is keyed by sensor): 2 processes killed, then
     rescaled to 1 process x 3 workers and killed again: exactly the output of key
     groups by sensor, and every key group ran where its partition was read."""
-    src, _n, _bad = crash_input
-    alerts, dlq = kafka_topic(4), kafka_topic(2)
-    env = _env(kafka_brokers, src, alerts, dlq, AD_KEY_BY="partition")
+    env, alerts, dlq = _outputs(case, AD_KEY_BY="partition")
     rec, log = init_recovery(tmp_path / "rec"), tmp_path / "flow.log"
     procs = FlowProcs(env, rec, workers=1, processes=2, log=log)
     time.sleep(3.0)
@@ -157,11 +80,10 @@ def test_key_groups_by_partition_crashed_and_rescaled(
     procs.kill()
     kills = crash_run(env, rec, kills=2, workers=3, log=log, seed=11, min_s=1.5, max_s=3.0)
     assert kills >= 2
-    assert_same_output(reference[0], read_committed(kafka_brokers, alerts), "alert_id")
-    assert_same_output(reference[1], read_committed(kafka_brokers, dlq), "dlq_id")
+    case.adapter.compare(case.reference, alerts, dlq)
     text = log.read_text()
     assert "runs on another worker" not in text
-    assert list((rec / "ad-state").glob(f"kg-{src}#*~*")), "no key group per partition"
+    assert list((rec / "ad-state").glob(f"kg-{case.src}#*~*")), "no key group per partition"
 
 
 def _stack(*args: str) -> None:
@@ -170,18 +92,8 @@ def _stack(*args: str) -> None:
     )
 
 
-def test_broker_restart_mid_run_keeps_output_exact(
-    kafka_brokers: str,
-    kafka_topic: Any,
-    crash_input: tuple[str, int, int],
-    reference: tuple[list[dict], list[dict]],
-    tmp_path: Path,
-) -> None:
-    import time
-
-    src, _n, _bad = crash_input
-    alerts, dlq = kafka_topic(4), kafka_topic(2)
-    env = _env(kafka_brokers, src, alerts, dlq)
+def test_broker_restart_mid_run_keeps_output_exact(case: CrashCase, tmp_path: Path) -> None:
+    env, alerts, dlq = _outputs(case)
     rec = init_recovery(tmp_path / "rec")
     log = tmp_path / "flow.log"
     procs = FlowProcs(env, rec, workers=1, log=log)
@@ -196,8 +108,7 @@ def test_broker_restart_mid_run_keeps_output_exact(
         restarts += 1
         run_to_completion(env, rec, log=log)
         codes = [0]
-    assert_same_output(reference[0], read_committed(kafka_brokers, alerts), "alert_id")
-    assert_same_output(reference[1], read_committed(kafka_brokers, dlq), "dlq_id")
+    case.adapter.compare(case.reference, alerts, dlq)
 
 
 def test_every_bad_record_class_reaches_the_dead_letter_topic(
@@ -269,20 +180,13 @@ def _backup_recovery(rec: Path, dest: Path) -> None:
 
 
 def test_resume_from_a_stale_checkpoint_skips_output_committed_after_it(
-    kafka_brokers: str,
-    kafka_topic: Any,
-    crash_input: tuple[str, int, int],
-    reference: tuple[list[dict], list[dict]],
-    tmp_path: Path,
+    case: CrashCase, tmp_path: Path
 ) -> None:
     """Crash right after the sink committed but before Bytewax stored the snapshot,
     at its worst: everything after an old checkpoint was committed, and is replayed."""
     import shutil
-    import time
 
-    src, _n, _bad = crash_input
-    alerts, dlq = kafka_topic(4), kafka_topic(2)
-    env = _env(kafka_brokers, src, alerts, dlq)
+    env, alerts, dlq = _outputs(case)
     rec = init_recovery(tmp_path / "rec")
     log = tmp_path / "flow.log"
     procs = FlowProcs(env, rec, workers=1, log=log)
@@ -293,18 +197,20 @@ def test_resume_from_a_stale_checkpoint_skips_output_committed_after_it(
     assert procs.running()
     _backup_recovery(rec, tmp_path / "old")
     assert procs.wait(300) == [0]
-    first = read_committed(kafka_brokers, alerts)
+    first = case.adapter.read(alerts)
     shutil.rmtree(rec)
     (tmp_path / "old").rename(rec)
     run_to_completion(env, rec, log=log)  # replays everything after the old checkpoint
-    after = read_committed(kafka_brokers, alerts)
-    assert len(after) == len(first)
-    assert_same_output(reference[0], after, "alert_id")
-    assert_same_output(reference[1], read_committed(kafka_brokers, dlq), "dlq_id")
+    assert len(case.adapter.read(alerts)) == len(first)
+    case.adapter.compare(case.reference, alerts, dlq)
 
 
 def test_a_poison_pill_mid_topic_is_passed_and_replays_the_same(
-    kafka_brokers: str, kafka_topic: Any, tmp_path: Path
+    crash_cases: CrashCases,
+    request: pytest.FixtureRequest,
+    kafka_brokers: str,
+    kafka_topic: Any,
+    tmp_path: Path,
 ) -> None:
     """A record that once crashed the decoder (1,100 levels of nesting) sits in the middle
     of a topic: the flow, killed and restarted around it from its recovery store, passes
@@ -316,10 +222,11 @@ def test_a_poison_pill_mid_topic_is_passed_and_replays_the_same(
     clean, poisoned = kafka_topic(2), kafka_topic(2)
     produce(kafka_brokers, clean, readings)
     produce(kafka_brokers, poisoned, [*readings[:half], ("sensor-000", POISON), *readings[half:]])
+    kafka = crash_cases.adapter("kafka", request)
     outs = {}
     for name, src in (("clean", clean), ("poisoned", poisoned)):
         alerts, dlq = kafka_topic(2), kafka_topic(1)
-        env = _env(kafka_brokers, src, alerts, dlq)
+        env = kafka.env(src, "crash", (alerts, alerts), (dlq, dlq))
         rec = init_recovery(tmp_path / f"rec-{name}")
         log = tmp_path / f"{name}.log"
         if name == "poisoned":

@@ -15,8 +15,28 @@ from flows.settings import load_settings
 from tests.flowrun import START_MS
 
 
-def _run(key: bytes | None) -> list:
+def _flow(batches: list, key_by: str) -> list:
+    """The flow over ``batches`` from a Kafka source (not read): every reading's output."""
     alerts: list = []
+    env = {
+        "AD_WINDOW": "none",
+        "AD_EMIT": "all",
+        "AD_DETECTOR": "mad",
+        "AD_KEY_BY": key_by,
+        "AD_SOURCE": "kafka://127.0.0.1:9/t",
+    }
+    run_main(
+        detector.build_flow(
+            load_settings(env),
+            source=TestingSource(batches),
+            sink=TestingSink(alerts),
+            dlq=TestingSink([]),
+        )
+    )
+    return alerts
+
+
+def _run(key: bytes | None) -> list:
     batches = []
     for b in range(3):
         raws = [
@@ -36,21 +56,7 @@ def _run(key: bytes | None) -> list:
             for i in range(10)
         ]
         batches.append(MessageBatch([r.value for r in raws], raws, "kafka:t", "t#0~7"))
-    env = {
-        "AD_WINDOW": "none",
-        "AD_EMIT": "all",
-        "AD_DETECTOR": "mad",
-        "AD_KEY_BY": "partition",
-        "AD_SOURCE": "kafka://127.0.0.1:9/t",
-    }
-    run_main(
-        detector.build_flow(
-            load_settings(env),
-            source=TestingSource(batches),
-            sink=TestingSink(alerts),
-            dlq=TestingSink([]),
-        )
-    )
+    alerts = _flow(batches, "partition")
     return alerts
 
 
@@ -88,22 +94,7 @@ def _auto_batches(homes: Homes, keys: str) -> list[MessageBatch]:
 
 
 def _run_auto(batches: list, key_by: str) -> list[dict]:
-    alerts: list = []
-    env = {
-        "AD_WINDOW": "none",
-        "AD_EMIT": "all",
-        "AD_DETECTOR": "mad",
-        "AD_KEY_BY": key_by,
-        "AD_SOURCE": "kafka://127.0.0.1:9/t",
-    }
-    run_main(
-        detector.build_flow(
-            load_settings(env),
-            source=TestingSource(batches),
-            sink=TestingSink(alerts),
-            dlq=TestingSink([]),
-        )
-    )
+    alerts = _flow(batches, key_by)
     return sorted((json.loads(r.value) for _k, r in alerts), key=lambda a: a["alert_id"])
 
 
