@@ -63,6 +63,19 @@ def find_flow(cfg: ApiConfig, name: str) -> FlowRef | None:
     return FlowRef(name, d, owner.read_text().strip())
 
 
+def flow_source(flow: FlowRef) -> str:
+    """The input URL of ``flow`` (its last run's ``AD_SOURCE``), where markers go."""
+    from fastapi import HTTPException
+
+    from control.supervisor import Supervisor
+
+    spec = Supervisor(flow.dir).load_spec()
+    source = spec.env.get("AD_SOURCE") if spec else None
+    if not source:
+        raise HTTPException(409, f"flow {flow.name} has no AD_SOURCE to write markers into")
+    return source
+
+
 def new_flow(cfg: ApiConfig, name: str, tenant: str) -> FlowRef:
     """Create the flow ``name`` owned by ``tenant`` (``"*"``: shared by all tenants)."""
     if not _valid_name(name):

@@ -408,3 +408,51 @@ def test_a_shared_flow_shows_each_tenant_only_its_own_series(world: World) -> No
         assert names == [f"{OWN}-flow", "shared-flow"]
         assert c.get(f"/v1/tenants/{OWN}/flows/{OTHER}-flow").status_code == 404
         assert c.get(f"/v1/tenants/{OTHER}/flows/shared-flow").status_code == 404
+
+
+def test_the_registry_reaches_a_shared_flow_at_a_position_of_its_input(world: World) -> None:
+    """A shared flow run with ``tenants`` applies the registry as stored at its start;
+    ``POST /v1/flows/{name}/registry`` (an admin of every tenant) stores the current one
+    and writes a signed marker into the flow's input, which the flow applies there."""
+    from schemas.markers import decode_marker
+    from tests.conftest import CONTROL_KEY
+
+    w = world
+    kept = {t: (w.tmp / f"alerts.{t}.jsonl").read_bytes() for t in TENANTS}  # routed sinks
+    src = w.tmp / "reg-in.jsonl"
+    write_readings(src, sensors=2, per_sensor=20)
+    try:
+        with w.server.client(w.root_token) as c:
+            body = {"tenant": "*", "env": w.flow_env("reg"), "tenants": True}
+            assert c.post("/v1/flows/reg-flow/run", json=body).status_code == 200
+            w.wait_stopped("reg-flow")
+            r = c.post(f"/v1/flows/{OWN}-flow/run", json={**body, "tenant": OWN})
+            assert r.status_code == 409 and "only a shared flow" in r.json()["detail"]
+            r = c.post(f"/v1/flows/{OWN}-flow/registry")  # not a shared flow
+            assert r.status_code == 409
+        for token, status in (
+            (w.issuer.token("a1", "admin", [OWN]), 404),  # the registry is every tenant's
+            (w.issuer.token("o1", "operator", "*"), 403),
+            (w.issuer.token("v1", "viewer", "*"), 403),
+        ):
+            with w.server.client(token) as c:
+                assert c.post("/v1/flows/reg-flow/registry").status_code == status
+        assert src.read_bytes().count(b"#ADCTL") == 0  # nothing was written by them
+        with w.server.client(w.root_token) as c:
+            r = c.post("/v1/flows/reg-flow/registry")
+            assert r.status_code == 200, r.text
+            pushed = r.json()
+            assert pushed["digest"] == load_registry(w.tmp / "tenants.yaml").digest
+            assert pushed["markers"] and set(pushed["tenants"]) >= set(TENANTS)
+            marker = src.read_bytes().splitlines()[-1]
+            body_ = decode_marker(marker, CONTROL_KEY.encode())
+            assert body_ is not None and body_["type"] == "tenants"
+            assert body_["registry_ref"] == pushed["registry_ref"]
+            # the flow resumes, reads the marker and takes the registry: no dead letter
+            assert c.post("/v1/flows/reg-flow/run", json=body).status_code == 200
+            w.wait_stopped("reg-flow")
+        dlq = w.tmp / "reg-dlq.jsonl"
+        assert b"bad_control" not in (dlq.read_bytes() if dlq.exists() else b"")
+    finally:
+        for t, data in kept.items():
+            (w.tmp / f"alerts.{t}.jsonl").write_bytes(data)

@@ -11,7 +11,14 @@ from pydantic import BaseModel, Field
 from control import ops
 from control.api.auth import Principal
 from control.api.context import Api, caller
-from control.api.resources import FlowRef, allowed_env, find_flow, list_flows, new_flow
+from control.api.resources import (
+    FlowRef,
+    allowed_env,
+    find_flow,
+    flow_source,
+    list_flows,
+    new_flow,
+)
 from control.api.resources import tenant_store as store_of
 from control.launch import cores
 
@@ -22,6 +29,7 @@ FLOWS_READ = caller("flows.read")
 FLOWS_RUN = caller("flows.run")
 FLOWS_SCALE = caller("flows.scale")
 FLOWS_STOP = caller("flows.stop")
+TENANTS_WRITE = caller("tenants.write")
 
 
 class RunRequest(BaseModel):
@@ -34,6 +42,12 @@ class RunRequest(BaseModel):
     )
     snapshot_interval: int = Field(5, ge=1, le=3600)
     env: dict[str, str] = Field(default_factory=dict, examples=[{"AD_WINDOW": "none"}])
+    tenants: bool = Field(
+        False,
+        description="a shared flow only: apply the tenant registry, as stored (an "
+        "immutable version) at this start; later versions reach it with "
+        "POST /v1/flows/{name}/registry",
+    )
 
 
 class StopRequest(BaseModel):
@@ -108,6 +122,11 @@ def flow_run(
     if api.cfg.model_store:
         store = api.cfg.model_store
         env["AD_MODEL_STORE"] = store if owner == "*" else store_of(store, owner)
+    if body.tenants:  # the registry as stored now: an immutable version
+        from state.tenants import load_registry, store_registry
+
+        store, path = _registry_of(api, owner)
+        env["AD_TENANTS"] = store_registry(store, load_registry(path))
     spec = FlowSpec(
         module=api.cfg.module,
         workers=body.workers,
@@ -142,6 +161,43 @@ def flow_scale(
     with api.lock(name):
         spec = ops.scale_flow(flow.dir, body.workers, body.processes, body.timeout, api.base_env)
     return {"name": name, "workers": spec.workers, "processes": spec.processes}
+
+
+def _registry_of(api: Api, owner: str) -> tuple[str, str]:
+    """(model store, registry path) for a shared flow's tenant registry, or 409."""
+    if owner != "*":
+        raise HTTPException(409, "only a shared flow (tenant '*') applies the tenant registry")
+    if not api.cfg.registry or not api.cfg.model_store:
+        raise HTTPException(
+            409, "the tenant registry needs adctl serve --registry and --model-store"
+        )
+    return api.cfg.model_store, api.cfg.registry
+
+
+@router.post(
+    "/{name}/registry",
+    summary="apply the tenant registry to a shared flow (`adctl tenants push`)",
+)
+def flow_registry_push(
+    request: Request, name: str, who: Principal = TENANTS_WRITE
+) -> dict[str, Any]:
+    """Store the registry (``adctl serve --registry``) in the model store and write a
+    signed registry marker into every partition of a shared flow's input: the flow
+    applies it at that position, so a replay applies it at the same record (admin of
+    every tenant: the registry is every tenant's).
+    """
+    from control.supervisor import Supervisor
+
+    flow = _flow(request, who, "tenants.write", name)
+    api = _api(request)
+    store, path = _registry_of(api, flow.tenant)
+    spec = Supervisor(flow.dir).load_spec()
+    if spec is None or "AD_TENANTS" not in spec.env:
+        raise HTTPException(
+            409, f"flow {name} runs without the tenant registry (run it with tenants)"
+        )
+    source = flow_source(flow)
+    return {"name": name, **ops.push_registry(store, path, source)}
 
 
 tenant_router = APIRouter(prefix="/v1/tenants/{tenant}/flows", tags=["flows"])

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from control import ops
 from control.api.auth import Principal
 from control.api.context import Api, caller
-from control.api.resources import find_flow, tenant_store
+from control.api.resources import find_flow, flow_source, tenant_store
 
 router = APIRouter(prefix="/v1/tenants/{tenant}/models", tags=["models"])
 MODELS_PUSH = caller("models.push")
@@ -48,16 +48,10 @@ def _store(request: Request, who: Principal, action: str, tenant: str) -> tuple[
 
 
 def _source(api: Api, tenant: str, name: str) -> str:
-    from control.supervisor import Supervisor
-
     flow = find_flow(api.cfg, name)
     if flow is None or flow.tenant != tenant:
         raise HTTPException(404, f"flow {name} not found")
-    spec = Supervisor(flow.dir).load_spec()
-    source = spec.env.get("AD_SOURCE") if spec else None
-    if not source:
-        raise HTTPException(409, f"flow {name} has no AD_SOURCE to write markers into")
-    return source
+    return flow_source(flow)
 
 
 @router.get("/{detector}", summary="stored versions of a detector (`adctl models`)")
