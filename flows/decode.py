@@ -543,15 +543,17 @@ class Decoder:
                     o = fast(data)
                 except Exception:  # noqa: BLE001, S110 - the general path reports it
                     pass
+            if o is not None:  # each field read once (attribute reads are not free here)
+                sid, t, v, ten = o.sensor_id, o.timestamp, o.value, o.tenant_id
             if (
                 o is not None
-                and o.sensor_id
-                and lo <= o.timestamp < hi
-                and o.value - o.value == 0.0
-                and KEY_SEP not in o.sensor_id
-                and (o.tenant_id is None or o.tenant_id in valid or self._new_tenant(o.tenant_id))
+                and sid
+                and lo <= t < hi
+                and v - v == 0.0
+                and KEY_SEP not in sid
+                and (ten is None or ten in valid or self._new_tenant(ten))
             ):
-                sid, t, v, ten = o.sensor_id, o.timestamp, o.value, o.tenant_id
+                pass
             else:  # everything the fast path does not take: the general path
                 raw = as_raw(raw)
                 try:
@@ -606,7 +608,7 @@ class Decoder:
                 g = cache.get(key)
                 if g is None:
                     g = cache[key] = key_group(key, groups) if homes is None else homes.group(sid)
-                if g != own and own is not None:
+                if own is not None and g != own:
                     if not away:
                         self.away_sample = (as_raw(raw), sid)
                     away += 1
