@@ -40,14 +40,21 @@ def _adctl(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     )
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+def _subparser(parser: cli.argparse.ArgumentParser, name: str) -> cli.argparse.ArgumentParser:
+    sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
+    return sub.choices[name]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "tenants push"])
 def test_every_subcommand_has_help_naming_its_env_vars(command: str) -> None:
     parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
-    text = " ".join(sub.choices[command].format_help().split())
+    for name in command.split():
+        parser = _subparser(parser, name)
+    sub_parser = parser
+    text = " ".join(sub_parser.format_help().split())
     assert "[env: AD_" in text
     # every option except --help/--dry-run/--json/--watch/--kill/--sensor/-e has an env var
-    for action in sub.choices[command]._actions:
+    for action in sub_parser._actions:
         if action.option_strings and action.dest not in (
             "help",
             "dry_run",
