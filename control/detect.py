@@ -65,6 +65,8 @@ class RowRef(int):
 
 
 register_message_type(RowRef, lambda r: RawRecord(None, "adctl-detect", "history", str(int(r))))
+#: the origin (source/partition) of every RowRef, where a model switch applies
+ORIGIN = "adctl-detect/history"
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Partition:
     ts: np.ndarray  # int64 epoch ms
     vals: np.ndarray  # float64
     tenants: np.ndarray  # object: str | None
+    rows: np.ndarray  # int64: each reading's index into the history's raw records
     digest: str = ""
 
     def __len__(self) -> int:
@@ -91,6 +94,9 @@ class DetectTask:
     settings: Settings
     key: str
     fail_once: str | None = None  # fault injection: fail the first attempt (tests)
+    #: (version, model ref): score with this stored model, as the flow does after a
+    #: model switch at the start of its input
+    model: tuple[str, str] | None = None
 
 
 @dataclass
@@ -143,16 +149,18 @@ def config_digest(settings: Settings) -> str:
     return hashlib.sha256(canonical_json(spec).encode()).hexdigest()
 
 
-def split_partitions(r: Readings, partitions: int) -> list[Partition]:
+def split_partitions(r: Readings, partitions: int, by_time: bool = False) -> list[Partition]:
     """Readings split by ``key_group(sensor)`` into ``partitions``, each sorted by sensor
-    and event time, with a content digest. Empty partitions are left out.
+    (stable: each sensor's readings keep their input order, as the flow sees them; with
+    ``by_time``, sorted by event time instead), with a content digest. Empty partitions
+    are left out.
     """
     names, codes = r.names, r.codes
     group_of_name = np.fromiter(
         (int(key_group(n, partitions)) for n in names.tolist()), dtype=np.int32, count=len(names)
     )
     group = group_of_name[codes]
-    order = np.lexsort((r.ts, codes, group))
+    order = np.lexsort((r.ts, codes, group)) if by_time else np.lexsort((codes, group))
     group_sorted = group[order]
     bounds = np.searchsorted(group_sorted, np.arange(partitions + 1))
     out = []
@@ -169,6 +177,7 @@ def split_partitions(r: Readings, partitions: int) -> list[Partition]:
             np.ascontiguousarray(r.ts[sel]),
             np.ascontiguousarray(r.vals[sel]),
             r.tenants[sel],
+            np.ascontiguousarray(r.rows[sel]) if len(r.rows) else np.full(len(sel), -1),
         )
         part.digest = _part_digest(part)
         out.append(part)
@@ -181,6 +190,7 @@ def _part_digest(p: Partition) -> str:
     h.update(p.codes.tobytes())
     h.update(p.ts.tobytes())
     h.update(p.vals.tobytes())
+    h.update(p.rows.tobytes())  # where each reading's dead letter points
     if any(t is not None for t in p.tenants):
         h.update("\x1f".join("" if t is None else t for t in p.tenants).encode())
     return h.hexdigest()
@@ -205,6 +215,9 @@ def detect_partition(task: DetectTask) -> PartResult:
     _inject_failure(task.fail_once)
     part, s = task.part, task.settings
     logic = KeyGroupLogic(s, Models(s.detector, s.detector_params), None)
+    if task.model is not None:
+        # a model switch at the start of the input: every sensor starts on this model
+        logic.switches[ORIGIN] = task.model
     group = str(part.index)
     names = np.asarray(part.names, dtype=object)
     alerts: list[tuple[str, str, bytes]] = []
@@ -225,7 +238,7 @@ def detect_partition(task: DetectTask) -> PartResult:
         c.ts = part.ts[lo:hi].tolist()
         c.vals = part.vals[lo:hi].tolist()
         c.tenants = part.tenants[lo:hi].tolist()
-        c.raws = list(map(RowRef, range(lo, hi)))
+        c.raws = list(map(RowRef, part.rows[lo:hi].tolist()))
         collect(logic.on_batch([SubBatch(group, [c])])[0])
     collect(logic.on_eof()[0])
     alerts.sort(key=lambda a: a[0])  # stable: each sensor's windows stay in order
@@ -264,4 +277,12 @@ class ResultCache:
 
 
 def cache_key(part: Partition, config: str) -> str:
+    """The result-cache key of ``part`` under the settings digest ``config``."""
     return hashlib.sha256(f"{part.digest}:{config}".encode()).hexdigest()
+
+
+def model_digest(ref: str) -> str:
+    """Content hash of the stored model ``ref`` (part of the cache key with ``--model``)."""
+    from state.model_store import canonical_json, fetch
+
+    return hashlib.sha256(canonical_json(fetch(ref)).encode()).hexdigest()

@@ -30,6 +30,7 @@ from control.detect import (
     cache_key,
     config_digest,
     detect_partition,
+    model_digest,
     split_partitions,
 )
 from control.engines import Engine, Tasks
@@ -115,6 +116,11 @@ class Job:
     use_cache: bool = True
     fail_once: str | None = None
     fit_spec: str | None = None
+    #: detect: score with this stored model, ``(version, model ref)`` (``--model``)
+    model: tuple[str, str] | None = None
+    #: detect: sort each sensor's readings by event time first (else input order, as
+    #: the flow sees them: readings behind the watermark are dead letters ``late``)
+    by_time: bool = False
     on_done: Callable[[Job, Any], str] | None = None
     result: Any = None
     record: JobRecord | None = None
@@ -189,14 +195,16 @@ def run_jobs(
         after = [handles[d] for d in job.depends_on]
         if job.kind == "detect":
             config = config_digest(job.settings)
+            if job.model is not None:
+                config = f"{config}:{job.model[0]}:{model_digest(job.model[1])}"
             items, hits = [], []
-            for part in split_partitions(job.readings, job.partitions):
+            for part in split_partitions(job.readings, job.partitions, job.by_time):
                 key = cache_key(part, config)
                 hit = cache.get(key) if job.use_cache else None
                 if hit is not None:
                     hits.append(hit)
                 else:
-                    items.append(DetectTask(part, job.settings, key, job.fail_once))
+                    items.append(DetectTask(part, job.settings, key, job.fail_once, job.model))
             rec.tasks, rec.cached = len(items) + len(hits), len(hits)
             total += sum(len(t.part) for t in items)
             handles[job.name] = engine.submit(

@@ -53,6 +53,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         push_input=args.input if args.push else None,
         announce=_announce(args),
         log=say,
+        default_tenant=os.environ.get("AD_DEFAULT_TENANT") or None,
     )
     print(json.dumps(result, sort_keys=True))
     return 0

@@ -92,10 +92,110 @@ def _detect(
 ) -> tuple[list[Alert], Any]:
     emit = kw.pop("emit", "alerts")
     s = detect_settings(_settings(history, AD_EMIT=emit, **(env or {})))
-    readings = read_readings([str(history)], default_tenant=s.default_tenant)
+    readings = read_readings([str(history)], default_tenant=s.default_tenant, settings=s)
     job = Job("detect", "detect", readings, s, partitions=8, **kw)
     (ran,) = run_jobs(engine, [job], JobStore(state), ResultCache(state / "cache"))
     return sorted(alerts_of(ran.result)), ran.record
+
+
+def _stream_with_dlq(history: Path, **env: str) -> tuple[list[Alert], list[bytes]]:
+    """The streaming flow's alerts and dead-letter bodies on ``history``."""
+    out: list[Any] = []
+    dlq: list[Any] = []
+    run_main(
+        detector.build_flow(_settings(history, **env), sink=TestingSink(out), dlq=TestingSink(dlq))
+    )
+    return sorted((sid, rec.id, rec.value) for sid, rec in out), sorted(r.value for _k, r in dlq)
+
+
+@pytest.fixture(scope="module")
+def messy_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Readings with records the flow refuses: undecodable, a missing field, a wrong
+    type, a timestamp before 2000, a reading behind its sensor's watermark (late) and
+    one two days ahead (future), among good ones."""
+    path = tmp_path_factory.mktemp("messy") / "readings.jsonl"
+    lines = [v for _k, v in write_readings(None, sensors=4, per_sensor=200, spike_every=61)]
+    at = lambda i: START_MS + i * 10_000  # noqa: E731 - a local shorthand
+    inserts = {
+        10: [b"not json at all"],
+        20: [b'{"sensor_id": "sensor-001", "value": 3.0}'],
+        30: [json.dumps({"sensor_id": "sensor-002", "timestamp": at(30), "value": "x"}).encode()],
+        40: [json.dumps({"sensor_id": "sensor-003", "timestamp": 5, "value": 1.0}).encode()],
+        # behind sensor-001's watermark by 10 minutes: late
+        400: [json.dumps({"sensor_id": "sensor-001", "timestamp": at(40), "value": 99.0}).encode()],
+        # two days ahead of sensor-002's clock, never confirmed: future
+        500: [
+            json.dumps(
+                {"sensor_id": "sensor-002", "timestamp": at(125) + 2 * 86_400_000, "value": 1.0}
+            ).encode()
+        ],
+    }
+    out = []
+    for i, line in enumerate(lines):
+        out.extend(inserts.get(i, []))
+        out.append(line)
+    path.write_bytes(b"\n".join(out) + b"\n")
+    return path
+
+
+def test_detect_dead_letters_equal_the_flows(
+    engine: Engine, messy_history: Path, tmp_path: Path
+) -> None:
+    from control.detect_output import dead_letters_of
+
+    expected_alerts, expected_dlq = _stream_with_dlq(messy_history, AD_EMIT="all")
+    reasons = sorted(orjson.loads(b)["reason"] for b in expected_dlq)
+    assert reasons == [
+        "bad_timestamp",
+        "bad_type",
+        "future",
+        "late",
+        "missing_field",
+        "undecodable",
+    ]
+    s = detect_settings(_settings(messy_history, AD_EMIT="all"))
+    readings = read_readings([str(messy_history)], settings=s)
+    job = Job("detect", "detect", readings, s, partitions=8, use_cache=False)
+    (ran,) = run_jobs(engine, [job], JobStore(tmp_path), ResultCache(tmp_path / "cache"))
+    assert sorted(alerts_of(ran.result)) == expected_alerts
+    dead = dead_letters_of(readings, ran.result, s.flow_id)
+    assert sorted(rec.value for _k, rec in dead) == expected_dlq  # byte-identical bodies
+    assert all(k == f"{orjson.loads(r.value)['source']}/0" for k, r in dead)
+
+
+@pytest.fixture(scope="module")
+def stored_model(history: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A per-key MAD model of ``history`` (keys by tenant and sensor) in a file store."""
+    from state import model_store
+
+    store = f"file://{tmp_path_factory.mktemp('models')}"
+    series = load_series([str(history)])
+    batch = [(k, s.timestamps, s.values) for k, s in series.items()]
+    per_key = dict(fit_batch("mad", {"window": 12, "min_periods": 4}, batch))
+    model = assemble_model("mad", "v7", per_key, {"sources": ["test"]})
+    return store, model_store.put(store, "mad", "v7", model)
+
+
+def test_detect_with_a_stored_model_equals_the_flow_after_a_switch(
+    engine: Engine, history: Path, stored_model: tuple[str, str], tmp_path: Path
+) -> None:
+    from control.markers import encode_marker
+
+    store, ref = stored_model
+    # the flow: a signed switch to the model at the start of its input
+    switched = tmp_path / "switched.jsonl"
+    marker = encode_marker("mad", "v7", ref, CONTROL_KEY.encode())
+    switched.write_bytes(marker + b"\n" + history.read_bytes())
+    env = {"AD_MODEL_STORE": store, "AD_CONTROL_KEY": CONTROL_KEY}
+    expected, dlq = _stream_with_dlq(switched, AD_EMIT="all", **env)
+    assert dlq == [] and len(expected) > 100
+    assert {orjson.loads(b)["model_version"] for _k, _a, b in expected} == {"v7"}
+    assert expected != _stream(history, AD_EMIT="all")  # the model changes the scores
+    batch, rec = _detect(engine, history, tmp_path, env, emit="all", model=("v7", ref))
+    assert batch == expected and rec.computed == rec.tasks
+    # the model is part of the cache key: without it, the built-in detector's output
+    plain, rec2 = _detect(engine, history, tmp_path, env, emit="all")
+    assert rec2.cached == 0 and plain == _stream(history, AD_EMIT="all")
 
 
 @pytest.mark.parametrize("emit", ["alerts", "all"])
