@@ -326,10 +326,13 @@ def test_a_dependency_chain_runs_in_order(engine: Engine, history: Path, tmp_pat
     assert listed == {"urgent": "done", "first": "done", "second": "done", "retrain": "done"}
 
 
-def _adctl(state: Path, *args: str) -> subprocess.CompletedProcess:
+def _adctl(
+    state: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("AD_")}
     env["AD_CONTROL_KEY"] = CONTROL_KEY  # shared by adctl and flows
-    env.update(FLOW_ENV, AD_STATE_DIR=str(state), AD_PROGRESS="plain")
+    env.update(FLOW_ENV, AD_STATE_DIR=str(state), AD_PROGRESS="plain", **extra)
     return subprocess.run(
         [sys.executable, "-m", "control", *args],
         cwd=ROOT,
@@ -588,3 +591,91 @@ def iso_month(ts_ms: int) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m")
+
+
+def test_adctl_detect_model_and_dead_letters(
+    messy_history: Path, stored_model: tuple[str, str], tmp_path: Path
+) -> None:
+    """``adctl detect --model v7 --dead-letters``: the alerts of the flow switched to the
+    model at its input's start, and the flow's dead letters, byte for byte."""
+    from control.markers import encode_marker
+
+    store, ref = stored_model
+    switched = tmp_path / "switched.jsonl"
+    marker = encode_marker("mad", "v7", ref, CONTROL_KEY.encode())
+    switched.write_bytes(marker + b"\n" + messy_history.read_bytes())
+    env = {"AD_MODEL_STORE": store, "AD_CONTROL_KEY": CONTROL_KEY}
+    expected, _ = _stream_with_dlq(switched, AD_EMIT="all", **env)
+    _, expected_dlq = _stream_with_dlq(messy_history)  # the marker shifts line numbers
+    assert expected and {orjson.loads(b)["model_version"] for _k, _a, b in expected} == {"v7"}
+    out, dead = tmp_path / "alerts.jsonl", tmp_path / "dead.jsonl"
+    res = _adctl(
+        tmp_path,
+        "detect",
+        "--from",
+        str(messy_history),
+        "--out",
+        str(out),
+        "--emit",
+        "all",
+        "--model",
+        "v7",
+        "--model-store",
+        store,
+        "--dead-letters",
+        str(dead),
+        "--workers",
+        "1",
+        "--partitions",
+        "4",
+    )
+    assert res.returncode == 0, res.stderr
+    assert sorted(out.read_bytes().splitlines()) == sorted(b for _k, _a, b in expected)
+    assert sorted(dead.read_bytes().splitlines()) == expected_dlq
+    line = json.loads(res.stdout.splitlines()[-1])
+    assert line["dead_letters"] == str(dead) and line["rejected"] == 2  # late, future
+    bad = _adctl(
+        tmp_path, "detect", "--from", str(messy_history), "--out", str(out), "--model", "v9",
+        "--model-store", store,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--model v9" in bad.stderr
+
+
+def test_adctl_retrain_keys_models_by_tenant_and_sensor(
+    tenant_history: Path, tmp_path: Path
+) -> None:
+    """Two tenants' sensors of the same id get separate models, under the flow's state
+    keys; a record without a tenant is keyed by ``AD_DEFAULT_TENANT``."""
+    store = tmp_path / "models"
+    env = {"AD_DEFAULT_TENANT": "shared"}
+    res = _adctl(
+        tmp_path,
+        "retrain",
+        "--from",
+        str(tenant_history),
+        "--detector",
+        "mad",
+        "--model-store",
+        f"file://{store}",
+        "--version",
+        "v1",
+        "--no-announce",
+        "--progress",
+        "none",
+        "--dask-workers",
+        "1",
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    keys = json.loads((store / "mad" / "v1.json").read_text())["model"]["keys"]
+    expected = {f"{t}\x1fsensor-{s:03d}" for t in ("a", "b") for s in (0, 1)}
+    assert set(keys) == expected | {"shared\x1fsensor-002"}
+    assert keys["a\x1fsensor-000"] != keys["b\x1fsensor-000"]  # trained apart
+    # the flow finds each tenant's own model by its state key
+    from flows.models import Models
+
+    models = Models("mad", {})
+    ref = f"file://{store}/mad/v1.json"
+    for key in expected:
+        det = models.get("v1", ref, key)
+        assert det is models.get("v1", ref, key) and det is not models.get("v1", ref, "x")
