@@ -679,3 +679,54 @@ def test_adctl_retrain_keys_models_by_tenant_and_sensor(
     for key in expected:
         det = models.get("v1", ref, key)
         assert det is models.get("v1", ref, key) and det is not models.get("v1", ref, "x")
+
+
+def test_columnar_windows_equal_the_flows_record_path() -> None:
+    """The columnar path of clean sensors (numpy windows, the flow's scoring) gives the
+    bodies of the record-by-record path: windows of many readings (sums added in
+    order), equal timestamps, a one-reading sensor, tenants, the ensemble's
+    explanations, and a sensor that goes back in time (left to the record path)."""
+    import numpy as np
+
+    from control.detect import DetectTask, clean_sensors, detect_partition, split_partitions
+    from control.history_columns import Readings
+
+    rng = np.random.default_rng(3)
+    names, ts, vals, tenants = [], [], [], []
+    n = 20_000
+    for k in range(6):
+        t = START_MS + np.cumsum(rng.integers(0, 4_000, n))  # 0..4 s apart, ties
+        v = 10.0 + np.sin(np.arange(n) / 200.0 + k) + rng.normal(0, 0.1, n)
+        v[rng.random(n) < 0.002] += 7.0
+        v[15_000 + 100 * k : 15_300 + 100 * k] += 4.0  # a level shift
+        if k == 5:  # goes back 10 minutes once: late readings, the record path
+            t[4_000:] -= 600_000
+        names += [f"s{k}"] * n
+        ts.append(t)
+        vals.append(v)
+        tenants += [None if k % 2 else "t1"] * n
+    names.append("lonely")
+    ts.append(np.array([START_MS + 5]))
+    vals.append(np.array([1.5]))
+    tenants.append(None)
+    keys = [sensor_key(n, t) for n, t in zip(names, tenants, strict=True)]
+    uniq = sorted(set(keys))
+    r = Readings(
+        np.array(uniq, dtype=object),
+        np.array([uniq.index(k) for k in keys], dtype=np.int32),
+        np.concatenate(ts).astype(np.int64),
+        np.concatenate(vals),
+        np.array(tenants, dtype=object),
+        rows=np.arange(len(keys), dtype=np.int64),
+    )
+    s = detect_settings(
+        load_settings({"AD_WINDOW_SIZE": "1m", "AD_EMIT": "all", "AD_THRESHOLD": "0.2"})
+    )
+    (part,) = split_partitions(r, 1)
+    assert clean_sensors(part, 86_400_000).tolist().count(False) == 1
+    fast = detect_partition(DetectTask(part, s, "k"))
+    slow = detect_partition(DetectTask(part, s, "k", columnar=False))
+    assert len(fast.alerts) > 1_000 and fast.alerts == slow.alerts
+    assert sorted(fast.dead_letters) == sorted(slow.dead_letters) and fast.dead_letters
+    bodies = [orjson.loads(b) for _k, _a, b in fast.alerts]
+    assert any("explain" in b for b in bodies) and max(b["features"]["count"] for b in bodies) > 20
