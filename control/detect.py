@@ -172,11 +172,14 @@ def split_partitions(r: Readings, partitions: int, by_time: bool = False) -> lis
         if lo == hi:
             continue
         sel = order[lo:hi]
-        uniq, local = np.unique(codes[sel], return_inverse=True)
+        cs = codes[sel]  # ascending: the sort above keeps sensors together, in order
+        change = np.flatnonzero(cs[1:] != cs[:-1]) + 1
+        local = np.zeros(len(cs), dtype=np.int32)
+        local[change] = 1
         part = Partition(
             p,
-            names[uniq].tolist(),
-            local.astype(np.int32).ravel(),
+            names[cs[np.concatenate(([0], change))]].tolist(),
+            np.cumsum(local, dtype=np.int32),
             np.ascontiguousarray(r.ts[sel]),
             np.ascontiguousarray(r.vals[sel]),
             r.tenants[sel],
@@ -194,7 +197,7 @@ def _part_digest(p: Partition) -> str:
     h.update(p.ts.tobytes())
     h.update(p.vals.tobytes())
     h.update(p.rows.tobytes())  # where each reading's dead letter points
-    if any(t is not None for t in p.tenants):
+    if np.not_equal(p.tenants, None).any():
         h.update("\x1f".join("" if t is None else t for t in p.tenants).encode())
     return h.hexdigest()
 

@@ -161,6 +161,11 @@ def test_detect_dead_letters_equal_the_flows(
     dead = dead_letters_of(readings, ran.result, s.flow_id)
     assert sorted(rec.value for _k, rec in dead) == expected_dlq  # byte-identical bodies
     assert all(k == f"{orjson.loads(r.value)['source']}/0" for k, r in dead)
+    # --sort-by-time: the late reading is sorted into place and used
+    job = Job("sorted", "detect", readings, s, partitions=8, use_cache=False, by_time=True)
+    (ran,) = run_jobs(engine, [job], JobStore(tmp_path), ResultCache(tmp_path / "cache"))
+    assert [orjson.loads(b)["reason"] for r in ran.result for b in r.dead_letters] == ["future"]
+    assert len(alerts_of(ran.result)) == len(expected_alerts)
 
 
 @pytest.fixture(scope="module")
