@@ -254,9 +254,12 @@ def tumbling_windows(
 
 def _fast_windows(logic: Any, part: Partition, clean: np.ndarray, names: np.ndarray) -> list:
     """The clean sensors' windows (see :func:`clean_sensors`) computed as columns and
-    scored through the flow's own ``KeyGroupLogic`` scoring and alert code, all sensors
-    in one ``score_batch`` call per model; returns the logic's output.
+    scored with one ``score_batch`` call per model, as ``KeyGroupLogic._score`` scores
+    a batch of closed windows; the windows to emit (scores at or above the threshold, or
+    all with ``--emit all``) go through the flow's own alert code (``_emit``: bodies,
+    ids, explanations). Returns the logic's output.
     """
+    from detectors.base import state_before_batch
     from flows.windows import Closed
 
     sel = clean[part.codes]
@@ -264,32 +267,46 @@ def _fast_windows(logic: Any, part: Partition, clean: np.ndarray, names: np.ndar
     rows, tenants = part.rows[sel], part.tenants[sel]
     size = logic.spec.size
     first, start, count, total, vmin, vmax, last = tumbling_windows(codes, ts, vals, size)
+    means = total / count  # the flow's agg[1] / agg[0]
+    ends = (start + size) / 1000.0  # the flow's w.end / 1000.0
     win_code = codes[first]
     cut = np.flatnonzero(win_code[1:] != win_code[:-1]) + 1
     bounds = np.concatenate(([0], cut, [len(first)])).tolist()
-    starts, counts, totals = start.tolist(), count.astype(np.float64).tolist(), total.tolist()
-    mins, maxs, lasts = vmin.tolist(), vmax.tolist(), last.tolist()
-    firsts = first.tolist()
-    pending: dict[str, list[Any]] = {}
+    by_det: dict[int, tuple[Any, list[tuple[str, Any, int, int]]]] = {}
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        i0 = firsts[lo]
+        i0 = int(first[lo])
         sid = names[codes[i0]]
         # the flow's sensor, created by its first reading (origin: model switches)
-        logic._new_sensor(sid, RowRef(int(rows[i0])), tenants[i0])  # noqa: SLF001
-        pending[sid] = [
-            Closed(s, s + size, [n, t, a, b, z])
-            for s, n, t, a, b, z in zip(
-                starts[lo:hi],
-                counts[lo:hi],
-                totals[lo:hi],
-                mins[lo:hi],
-                maxs[lo:hi],
-                lasts[lo:hi],
-                strict=True,
-            )
-        ]
+        sensor = logic._new_sensor(sid, RowRef(int(rows[i0])), tenants[i0])  # noqa: SLF001
+        det = logic.models.get(*sensor.model, sid)
+        by_det.setdefault(id(det), (det, []))[1].append((sid, sensor, lo, hi))
     out: list[Any] = []
-    logic._score(pending, out)  # noqa: SLF001 - the flow's scoring and alert bodies
+    emit_all, thresholds = logic.emit_all, logic._thresholds  # noqa: SLF001
+    for det, group in by_det.values():
+        new_states, scores = det.score_batch(
+            [None] * len(group),
+            [means[lo:hi] for _s, _x, lo, hi in group],
+            [ends[lo:hi] for _s, _x, lo, hi in group],
+        )
+        for (sid, sensor, lo, hi), state, sc in zip(group, new_states, scores, strict=True):
+            sensor.det = state
+            threshold = thresholds.get(sensor.tenant, logic.threshold)
+            if not emit_all and not (sc >= threshold).any():
+                continue  # nothing to emit: no window objects needed
+            closed = [
+                Closed(s, s + size, [n, t, a, b, z])
+                for s, n, t, a, b, z in zip(
+                    start[lo:hi].tolist(),
+                    count[lo:hi].astype(np.float64).tolist(),
+                    total[lo:hi].tolist(),
+                    vmin[lo:hi].tolist(),
+                    vmax[lo:hi].tolist(),
+                    last[lo:hi].tolist(),
+                    strict=True,
+                )
+            ]
+            before = state_before_batch(det, None, hi - lo)
+            logic._emit(sid, sensor, det, closed, sc.tolist(), out, before)  # noqa: SLF001
     return out
 
 
