@@ -1,18 +1,20 @@
 """Batch detection: the flow's own windows, detector and alerts over history.
 
 History (``control.history_columns.Readings``) is split into ``partitions`` by sensor
-(``flows.records.key_group``: crc32 of the sensor id, the flow's own key-group hash),
-each partition's records sorted by sensor and event time (stable: equal times keep
-input order). A task runs one partition through ``flows.logic.KeyGroupLogic``, the
-very object the streaming flow's stateful step runs, then closes every window at the
-end of input (``on_eof``, as the flow does at the end of a finite source). So the
-alerts, their bodies and their ``alert_id`` are the flow's — on input whose records
-are in event-time order per sensor. (On input that is not, the flow drops records
-behind a sensor's watermark as late; batch detection sorts them into place first.)
+(``flows.records.key_group``: crc32 of the state key, the flow's own key-group hash),
+each partition's readings grouped by sensor in input order (stable), as the flow sees
+them (or sorted by event time, ``by_time``). A task runs one partition through
+``flows.logic.KeyGroupLogic``, the very object the streaming flow's stateful step runs,
+then closes every window at the end of input (``on_eof``, as the flow does at the end
+of a finite source). So the alerts, their bodies and their ``alert_id`` are the flow's,
+and so are the dead letters of readings its clock rules refuse (``late``, ``future``:
+a task names the reading by its row; the driver makes the flow's dead letter from the
+row's raw record). With tumbling windows, sensors whose readings need no clock rule
+take a columnar path to the same output (:func:`detect_partition`).
 
 Results are cached by a content hash of the partition's readings plus the detection
-settings and the detection code (:func:`config_digest`): re-running over unchanged
-history recomputes nothing.
+settings and the detection code (:func:`config_digest`), and the model with
+``--model``: re-running over unchanged history recomputes nothing.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ class JobRecord:
     cached: int = 0
     records: int = 0
     alerts: int = 0
-    rejected: int = 0  # readings too far in the future (the flow's dead letters)
+    rejected: int = 0  # readings the flow's clock rules refuse (late, future: dead letters)
     error: str = ""
     task_times: list[tuple[float, float]] = field(default_factory=list)
 
