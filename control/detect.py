@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -154,27 +155,30 @@ def config_digest(settings: Settings) -> str:
     return hashlib.sha256(canonical_json(spec).encode()).hexdigest()
 
 
-def split_partitions(r: Readings, partitions: int, by_time: bool = False) -> list[Partition]:
-    """Readings split by ``key_group(sensor)`` into ``partitions``, each sorted by sensor
-    (stable: each sensor's readings keep their input order, as the flow sees them; with
-    ``by_time``, sorted by event time instead), with a content digest. Empty partitions
+def split_partitions(r: Readings, partitions: int, by_time: bool = False) -> Iterator[Partition]:
+    """Readings split by ``key_group(sensor)`` into ``partitions``, each grouped by
+    sensor (stable: each sensor's readings keep their input order, as the flow sees
+    them; with ``by_time``, sorted by event time instead), with a content digest; one
+    partition at a time, so the first can run while the next are cut. Empty partitions
     are left out.
     """
     names, codes = r.names, r.codes
     group_of_name = np.fromiter(
-        (int(key_group(n, partitions)) for n in names.tolist()), dtype=np.int32, count=len(names)
+        (int(key_group(n, partitions)) for n in names.tolist()), dtype=np.int64, count=len(names)
     )
-    group = group_of_name[codes]
-    order = np.lexsort((r.ts, codes, group)) if by_time else np.lexsort((codes, group))
-    group_sorted = group[order]
-    bounds = np.searchsorted(group_sorted, np.arange(partitions + 1))
-    out = []
+    small = np.uint16 if partitions <= 1 << 16 else np.int64  # a radix sort for 16 bits
+    group = group_of_name.astype(small)[codes]
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(partitions + 1)).tolist()
+    rows = r.rows if len(r.rows) == len(r) else np.full(len(r), -1, dtype=np.int64)
     for p in range(partitions):
         lo, hi = bounds[p], bounds[p + 1]
         if lo == hi:
             continue
         sel = order[lo:hi]
-        cs = codes[sel]  # ascending: the sort above keeps sensors together, in order
+        cs = codes[sel]
+        sub = np.lexsort((r.ts[sel], cs)) if by_time else np.argsort(cs, kind="stable")
+        sel, cs = sel[sub], cs[sub]
         change = np.flatnonzero(cs[1:] != cs[:-1]) + 1
         local = np.zeros(len(cs), dtype=np.int32)
         local[change] = 1
@@ -182,14 +186,13 @@ def split_partitions(r: Readings, partitions: int, by_time: bool = False) -> lis
             p,
             names[cs[np.concatenate(([0], change))]].tolist(),
             np.cumsum(local, dtype=np.int32),
-            np.ascontiguousarray(r.ts[sel]),
-            np.ascontiguousarray(r.vals[sel]),
+            r.ts[sel],
+            r.vals[sel],
             r.tenants[sel],
-            np.ascontiguousarray(r.rows[sel]) if len(r.rows) else np.full(len(sel), -1),
+            rows[sel],
         )
         part.digest = _part_digest(part)
-        out.append(part)
-    return out
+        yield part
 
 
 def _part_digest(p: Partition) -> str:

@@ -42,6 +42,8 @@ from flows.settings import Settings
 __all__ = ["Job", "JobRecord", "JobStore", "run_jobs", "series_of", "timed"]
 
 Progress = Callable[[int, int], None]
+#: a detect job's partitions are submitted in about this many chunks
+SUBMIT_CHUNKS = 8
 
 
 @dataclass
@@ -197,18 +199,32 @@ def run_jobs(
             config = config_digest(job.settings)
             if job.model is not None:
                 config = f"{config}:{job.model[0]}:{model_digest(job.model[1])}"
-            items, hits = [], []
+            items: list[DetectTask] = []
+            hits: list[PartResult] = []
+            submitted: list[Tasks] = []
+            chunk: list[DetectTask] = []
+            # partitions go to the engine in a few chunks as they are cut, so the workers
+            # start while the driver still splits the history
+            step = max(1, job.partitions // SUBMIT_CHUNKS)
+            fn = partial(timed, detect_partition)
             for part in split_partitions(job.readings, job.partitions, job.by_time):
                 key = cache_key(part, config)
                 hit = cache.get(key) if job.use_cache else None
                 if hit is not None:
                     hits.append(hit)
-                else:
-                    items.append(DetectTask(part, job.settings, key, job.fail_once, job.model))
+                    continue
+                chunk.append(DetectTask(part, job.settings, key, job.fail_once, job.model))
+                if len(chunk) >= step:
+                    submitted.append(engine.submit(fn, chunk, priority=job.priority, after=after))
+                    items += chunk
+                    chunk = []
+            if chunk or not submitted:
+                submitted.append(engine.submit(fn, chunk, priority=job.priority, after=after))
+                items += chunk
             rec.tasks, rec.cached = len(items) + len(hits), len(hits)
             total += sum(len(t.part) for t in items)
-            handles[job.name] = engine.submit(
-                partial(timed, detect_partition), items, priority=job.priority, after=after
+            handles[job.name] = Tasks(
+                [h for t in submitted for h in t.handles], len(items), job.priority
             )
             pending[job.name] = (items, hits)
         elif job.kind == "retrain":

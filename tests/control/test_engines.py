@@ -727,7 +727,7 @@ def test_columnar_windows_equal_the_flows_record_path() -> None:
     s = detect_settings(
         load_settings({"AD_WINDOW_SIZE": "1m", "AD_EMIT": "all", "AD_THRESHOLD": "0.2"})
     )
-    (part,) = split_partitions(r, 1)
+    (part,) = list(split_partitions(r, 1))
     assert clean_sensors(part, 86_400_000).tolist().count(False) == 1
     fast = detect_partition(DetectTask(part, s, "k"))
     slow = detect_partition(DetectTask(part, s, "k", columnar=False))
