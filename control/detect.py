@@ -81,9 +81,18 @@ class Partition:
     codes: np.ndarray  # int32 index into names, per reading
     ts: np.ndarray  # int64 epoch ms
     vals: np.ndarray  # float64
-    tenants: np.ndarray  # object: str | None
-    rows: np.ndarray  # int64: each reading's index into the history's raw records
+    tenants: np.ndarray  # object: str | None (empty: no reading has a tenant)
+    rows: np.ndarray  # int64: each reading's index into the raw records (empty: none)
     digest: str = ""
+
+    def filled(self) -> Partition:
+        """This partition with its empty tenant and row columns filled in (None, -1)."""
+        n = len(self.ts)
+        if len(self.tenants) != n:
+            self.tenants = np.full(n, None, dtype=object)
+        if len(self.rows) != n:
+            self.rows = np.full(n, -1, dtype=np.int64)
+        return self
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -170,15 +179,20 @@ def split_partitions(r: Readings, partitions: int, by_time: bool = False) -> Ite
     group = group_of_name.astype(small)[codes]
     order = np.argsort(group, kind="stable")
     bounds = np.searchsorted(group[order], np.arange(partitions + 1)).tolist()
-    rows = r.rows if len(r.rows) == len(r) else np.full(len(r), -1, dtype=np.int64)
+    # each column moved by group in one gather, then each partition's (contiguous)
+    # slice sorted in cache; no row column without raw records, no tenant column when
+    # no reading has a tenant (the worker fills them in: less to ship)
+    codes_g, ts_g, vals_g = codes[order], r.ts[order], r.vals[order]
+    rows_g = r.rows[order] if len(r.rows) == len(r) and (r.rows >= 0).any() else None
+    tenants_g = r.tenants[order] if np.not_equal(r.tenants, None).any() else None
+    empty_rows, empty_tenants = np.empty(0, dtype=np.int64), np.empty(0, dtype=object)
     for p in range(partitions):
         lo, hi = bounds[p], bounds[p + 1]
         if lo == hi:
             continue
-        sel = order[lo:hi]
-        cs = codes[sel]
-        sub = np.lexsort((r.ts[sel], cs)) if by_time else np.argsort(cs, kind="stable")
-        sel, cs = sel[sub], cs[sub]
+        cs = codes_g[lo:hi]
+        sub = np.lexsort((ts_g[lo:hi], cs)) if by_time else np.argsort(cs, kind="stable")
+        cs = cs[sub]
         change = np.flatnonzero(cs[1:] != cs[:-1]) + 1
         local = np.zeros(len(cs), dtype=np.int32)
         local[change] = 1
@@ -186,10 +200,10 @@ def split_partitions(r: Readings, partitions: int, by_time: bool = False) -> Ite
             p,
             names[cs[np.concatenate(([0], change))]].tolist(),
             np.cumsum(local, dtype=np.int32),
-            r.ts[sel],
-            r.vals[sel],
-            r.tenants[sel],
-            rows[sel],
+            ts_g[lo:hi][sub],
+            vals_g[lo:hi][sub],
+            tenants_g[lo:hi][sub] if tenants_g is not None else empty_tenants,
+            rows_g[lo:hi][sub] if rows_g is not None else empty_rows,
         )
         part.digest = _part_digest(part)
         yield part
@@ -202,7 +216,7 @@ def _part_digest(p: Partition) -> str:
     h.update(p.ts.tobytes())
     h.update(p.vals.tobytes())
     h.update(p.rows.tobytes())  # where each reading's dead letter points
-    if np.not_equal(p.tenants, None).any():
+    if len(p.tenants):
         h.update("\x1f".join("" if t is None else t for t in p.tenants).encode())
     return h.hexdigest()
 
@@ -327,7 +341,7 @@ def detect_partition(task: DetectTask) -> PartResult:
     from flows.models import Models
 
     _inject_failure(task.fail_once)
-    part, s = task.part, task.settings
+    part, s = task.part.filled(), task.settings
     logic = KeyGroupLogic(s, Models(s.detector, s.detector_params), None)
     if task.model is not None:
         # a model switch at the start of the input: every sensor starts on this model
