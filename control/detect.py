@@ -184,7 +184,8 @@ def split_partitions(r: Readings, partitions: int, by_time: bool = False) -> Ite
     # no reading has a tenant (the worker fills them in: less to ship)
     codes_g, ts_g, vals_g = codes[order], r.ts[order], r.vals[order]
     rows_g = r.rows[order] if len(r.rows) == len(r) and (r.rows >= 0).any() else None
-    tenants_g = r.tenants[order] if np.not_equal(r.tenants, None).any() else None
+    has_tenant = np.not_equal(r.tenants, np.full(len(r), None, dtype=object)).any()
+    tenants_g = r.tenants[order] if has_tenant else None
     empty_rows, empty_tenants = np.empty(0, dtype=np.int64), np.empty(0, dtype=object)
     for p in range(partitions):
         lo, hi = bounds[p], bounds[p + 1]

@@ -233,9 +233,9 @@ def run_jobs(
                 raise ValueError(f"job {job.name!r}: no readings to train on")
             s = job.settings
             batches = _batches(series, engine.workers() * 4)
-            fn = partial(fit_batch, s.detector, s.detector_params or None, fit_spec=job.fit_spec)
+            fit = partial(fit_batch, s.detector, s.detector_params or None, fit_spec=job.fit_spec)
             handles[job.name] = engine.submit(
-                partial(timed, fn), batches, priority=job.priority, after=after
+                partial(timed, fit), batches, priority=job.priority, after=after
             )
             rec.tasks = len(batches)
             pending[job.name] = (batches, [])
