@@ -33,7 +33,7 @@ from flows.decode import BadRecord, parse_timestamp
 from flows.records import KEY_SEP, sensor_key
 from schemas.timestamps import EARLIEST_MS, LATEST_MS
 
-__all__ = ["Readings", "flow_decoder", "read_readings"]
+__all__ = ["Readings", "default_tenant_of", "flow_decoder", "read_readings"]
 
 
 @dataclass
@@ -310,6 +310,17 @@ def _rows(
         vals.append(float(v))
         tenants.append(ten)
     cols.add(sids, ts, vals, tenants)
+
+
+def default_tenant_of(tenant: str, registry: str) -> str:
+    """The tenant of records without one, as the flow decides it: ``AD_DEFAULT_TENANT``
+    (``tenant``), else the default tenant of the ``AD_TENANTS`` registry, else none.
+    """
+    if tenant or not registry:
+        return tenant
+    from state.tenants import load_registry
+
+    return load_registry(registry).default_tenant or ""
 
 
 def flow_decoder(settings: Any, fmt: str | None = None) -> Any:

@@ -158,7 +158,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from control.detect import ResultCache
     from control.detect_output import alerts_of, write_alerts
     from control.history import Fields
-    from control.history_columns import read_readings
+    from control.history_columns import default_tenant_of, read_readings
     from control.jobs import Job, JobStore, run_jobs
     from control.progress import Progress
 
@@ -178,7 +178,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         until_ms=None if until is None else round(until * 1000),
         timestamp_unit=settings.timestamp_unit,
         earliest_ms=settings.earliest_ms,
-        default_tenant=settings.default_tenant,
+        default_tenant=default_tenant_of(settings.default_tenant, settings.tenants),
         settings=settings,
     )
     st = readings.stats

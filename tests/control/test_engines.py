@@ -676,6 +676,17 @@ def test_adctl_retrain_keys_models_by_tenant_and_sensor(
     expected = {f"{t}\x1fsensor-{s:03d}" for t in ("a", "b") for s in (0, 1)}
     assert set(keys) == expected | {"shared\x1fsensor-002"}
     assert keys["a\x1fsensor-000"] != keys["b\x1fsensor-000"]  # trained apart
+    # without AD_DEFAULT_TENANT, the tenant registry's default tenant (as the flow)
+    registry = tmp_path / "tenants.yaml"
+    registry.write_text("default_tenant: plant\ntenants:\n  a: {}\n  b: {}\n  plant: {}\n")
+    res = _adctl(
+        tmp_path, "retrain", "--from", str(tenant_history), "--detector", "mad",
+        "--model-store", f"file://{store}", "--version", "v2", "--no-announce",
+        "--progress", "none", "--dask-workers", "1", env={"AD_TENANTS": str(registry)},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    keys2 = json.loads((store / "mad" / "v2.json").read_text())["model"]["keys"]
+    assert set(keys2) == expected | {"plant\x1fsensor-002"}
     # the flow finds each tenant's own model by its state key
     from flows.models import Models
 
