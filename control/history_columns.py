@@ -160,9 +160,12 @@ def _parquet(
     unit: str,
     earliest: int,
     default_tenant: str | None,
+    dead: tuple[str, Any, str] | None = None,
 ) -> None:
     """Columns of a Parquet table, checked without a Python object per row where the
     types allow (string ids, integer-millisecond or timestamp times, numeric values).
+    With ``dead`` = ``(origin, the flow's decoder, flow id)``, each refused row becomes
+    a dead letter: the row as JSON, with the reason the flow's decoder gives it.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -225,6 +228,8 @@ def _parquet(
     valid = np.array([bool(tenant_ok(x)) for x in ten_names] + [True])
     ok &= valid[ten_codes]
     stats.bad_records += int(n - ok.sum())
+    if dead is not None and not ok.all():
+        _dead_rows(table, np.flatnonzero(~ok), cols, *dead)
     if not sid_names or not ok.any():
         return
     ten_vals = [*ten_names, default_tenant]  # code -1: the default (or None)
@@ -236,6 +241,27 @@ def _parquet(
     ]
     tenants = np.array(ten_vals, dtype=object)[ten_codes[ok]]
     cols.add_coded(keys, inverse.ravel(), ts_np[ok], vals[ok], tenants)
+
+
+def _dead_rows(
+    table: Any, bad: np.ndarray, cols: _Cols, origin: str, decoder: Any, flow_id: str
+) -> None:
+    """The flow's dead letters of Parquet rows ``bad``: each row as JSON (its bytes),
+    ``origin`` as source, its 1-based row number as offset, the decoder's reason.
+    """
+    import orjson
+
+    from connectors.base import RawRecord
+    from flows.records import dead_letter
+
+    for i, row in zip(bad.tolist(), table.take(bad).to_pylist(), strict=True):
+        raw = RawRecord(orjson.dumps(row, default=str), origin, "0", str(i + 1))
+        try:
+            decoder.decode_one(raw)
+            reason, error = "bad_type", "refused by the Parquet reader's checks"
+        except BadRecord as exc:
+            reason, error = exc.reason, str(exc)
+        cols.dead.append((-1, dead_letter(raw, reason, error, flow_id)))
 
 
 def _to_ms(numbers: np.ndarray, unit: str) -> np.ndarray:
@@ -456,7 +482,14 @@ def read_readings(
             for p in paths:
                 if not Path(p).is_file():
                     raise HistoryError(f"history file not found: {p}")
-                _parquet(pq.read_table(p), fields, cols, stats, *rules)
+                dead = None
+                if settings is not None:
+                    dead = (
+                        f"parquet:{Path(p).name}",
+                        flow_decoder(settings, "json"),
+                        settings.flow_id,
+                    )
+                _parquet(pq.read_table(p), fields, cols, stats, *rules, dead=dead)
             continue
         if settings is not None and fields == Fields():
             _flow_records(src, settings, cols, stats)

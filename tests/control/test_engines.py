@@ -746,3 +746,37 @@ def test_columnar_windows_equal_the_flows_record_path() -> None:
     assert sorted(fast.dead_letters) == sorted(slow.dead_letters) and fast.dead_letters
     bodies = [orjson.loads(b) for _k, _a, b in fast.alerts]
     assert any("explain" in b for b in bodies) and max(b["features"]["count"] for b in bodies) > 20
+
+
+def test_parquet_rows_the_flow_would_refuse_are_dead_letters(tmp_path: Path) -> None:
+    """A Parquet row that fails the flow's checks is a dead letter: the row as JSON, the
+    file and row number as its origin, and the reason the flow's decoder gives it."""
+    import math
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from control.detect_output import dead_letters_of
+
+    rows = [
+        {"sensor_id": "s1", "timestamp": START_MS, "value": 1.0, "tenant_id": None},
+        {"sensor_id": "s1", "timestamp": 5, "value": 1.0, "tenant_id": None},
+        {"sensor_id": "", "timestamp": START_MS, "value": 1.0, "tenant_id": None},
+        {"sensor_id": "s2", "timestamp": START_MS, "value": math.nan, "tenant_id": None},
+        {"sensor_id": "s2", "timestamp": START_MS, "value": 2.0, "tenant_id": "no spaces!"},
+        {"sensor_id": "s2", "timestamp": START_MS + 1, "value": 2.0, "tenant_id": None},
+    ]
+    path = tmp_path / "h.parquet"
+    pq.write_table(pa.table({k: [r[k] for r in rows] for k in rows[0]}), path)
+    s = detect_settings(load_settings({}))
+    r = read_readings([str(path)], settings=s)
+    assert len(r) == 2 and r.stats.bad_records == 4
+    dead = [orjson.loads(rec.value) for _k, rec in dead_letters_of(r, [], s.flow_id)]
+    assert [(d["source"], d["offset"]) for d in dead] == [
+        ("parquet:h.parquet", str(i)) for i in (2, 3, 4, 5)
+    ]
+    assert dead[0]["reason"] == "bad_timestamp"
+    assert all(d["reason"] in {"bad_type", "missing_field", "non_finite"} for d in dead[1:])
+    import base64
+
+    assert orjson.loads(base64.b64decode(dead[0]["value_b64"]))["timestamp"] == 5
