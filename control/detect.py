@@ -112,6 +112,8 @@ class DetectTask:
     #: tumbling windows of clean sensors as columns (False: every reading through
     #: ``on_batch``; the tests compare both)
     columnar: bool = True
+    #: the tenant registry (``AD_TENANTS``): a tenant's threshold applies to its sensors
+    registry: Any = None
 
 
 @dataclass
@@ -343,7 +345,7 @@ def detect_partition(task: DetectTask) -> PartResult:
 
     _inject_failure(task.fail_once)
     part, s = task.part.filled(), task.settings
-    logic = KeyGroupLogic(s, Models(s.detector, s.detector_params), None)
+    logic = KeyGroupLogic(s, Models(s.detector, s.detector_params), None, registry=task.registry)
     if task.model is not None:
         # a model switch at the start of the input: every sensor starts on this model
         logic.switches[ORIGIN] = task.model

@@ -120,6 +120,8 @@ class Job:
     fit_spec: str | None = None
     #: detect: score with this stored model, ``(version, model ref)`` (``--model``)
     model: tuple[str, str] | None = None
+    #: detect: the tenant registry (``AD_TENANTS``; its per-tenant thresholds apply)
+    registry: Any = None
     #: detect: sort each sensor's readings by event time first (else input order, as
     #: the flow sees them: readings behind the watermark are dead letters ``late``)
     by_time: bool = False
@@ -199,6 +201,8 @@ def run_jobs(
             config = config_digest(job.settings)
             if job.model is not None:
                 config = f"{config}:{job.model[0]}:{model_digest(job.model[1])}"
+            if job.registry is not None:
+                config = f"{config}:tenants:{job.registry.digest}"
             items: list[DetectTask] = []
             hits: list[PartResult] = []
             submitted: list[Tasks] = []
@@ -213,7 +217,11 @@ def run_jobs(
                 if hit is not None:
                     hits.append(hit)
                     continue
-                chunk.append(DetectTask(part, job.settings, key, job.fail_once, job.model))
+                chunk.append(
+                    DetectTask(
+                        part, job.settings, key, job.fail_once, job.model, registry=job.registry
+                    )
+                )
                 if len(chunk) >= step:
                     submitted.append(engine.submit(fn, chunk, priority=job.priority, after=after))
                     items += chunk

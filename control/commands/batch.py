@@ -189,6 +189,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if not len(readings):
         raise CliError("no valid readings in the history (check --from and --since/--until)")
     model = _model_of(args, settings)
+    registry = None
+    if settings.tenants:  # the flow's tenant registry: per-tenant thresholds
+        from state.tenants import load_registry
+
+        registry = load_registry(settings.tenants)
     spans: list[tuple[str | None, Any]] = [(None, readings)]
     if args.split == "month":
         spans = [
@@ -213,6 +218,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             partitions=args.partitions,
             use_cache=args.cache,
             model=model,
+            registry=registry,
             by_time=args.sort_by_time,
             on_done=writer(_out_for(args.out, label)),
         )

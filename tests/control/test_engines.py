@@ -247,6 +247,33 @@ def test_detect_keeps_tenants_apart_as_the_flow_does(
     assert {orjson.loads(b)["tenant_id"] for _k, _a, b in batch} == {"a", "b", "shared"}
 
 
+def test_detect_applies_tenant_thresholds_as_the_flow_does(
+    engine: Engine, tenant_history: Path, tmp_path: Path
+) -> None:
+    """With a tenant registry (``AD_TENANTS``), a tenant's threshold applies to its
+    sensors, the registry's default tenant to records without one, as in the flow."""
+    from state.tenants import load_registry
+
+    registry = tmp_path / "tenants.yaml"
+    registry.write_text(
+        "default_tenant: shared\ntenants:\n  a: {threshold: 0.01}\n  b: {}\n  shared: {}\n"
+    )
+    env = {"AD_TENANTS": str(registry)}
+    expected = _stream(tenant_history, **env)
+    assert len({orjson.loads(b)["tenant_id"] for _k, _a, b in expected}) > 1
+    assert len([1 for k, _a, _b in expected if k.startswith("a\x1f")]) > len(
+        [1 for k, _a, _b in expected if k.startswith("b\x1f")]
+    )  # a's lower threshold
+    s = detect_settings(_settings(tenant_history, **env))
+    readings = read_readings([str(tenant_history)], settings=s)
+    job = Job(
+        "detect", "detect", readings, s, partitions=8, use_cache=False,
+        registry=load_registry(str(registry)),
+    )  # fmt: skip
+    (ran,) = run_jobs(engine, [job], JobStore(tmp_path), ResultCache(tmp_path / "cache"))
+    assert sorted(alerts_of(ran.result)) == expected
+
+
 def _digest(models: dict[str, Any]) -> str:
     model = assemble_model("mad", "v1", models, {"sources": ["test"]})
     return hashlib.sha256(canonical_json(model).encode()).hexdigest()
