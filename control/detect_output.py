@@ -19,7 +19,7 @@ from control.detect import PartResult
 from flows.records import split_key
 from flows.settings import Settings
 
-__all__ = ["OutputError", "alerts_of", "write_alerts"]
+__all__ = ["OutputError", "alerts_of", "dead_letters_of", "write_alerts", "write_dead_letters"]
 
 _FILE_SUFFIXES = (".parquet", ".jsonl", ".ndjson", ".json")
 
@@ -35,6 +35,53 @@ def alerts_of(results: Iterable[PartResult]) -> list[tuple[str, str, bytes]]:
     alerts = [a for r in results for a in r.alerts]
     alerts.sort(key=lambda a: a[0])  # stable: windows stay in order
     return alerts
+
+
+def dead_letters_of(
+    readings: Any, results: Iterable[PartResult], flow_id: str
+) -> list[tuple[str, OutRecord]]:
+    """The flow's dead letters of a detection, as ``(key, OutRecord)`` like the flow's
+    dead-letter sink gets them: the records that failed to decode or validate
+    (``readings.dead``) and the readings the flow's clock rules refused (``late``,
+    ``future``; found by the tasks, which name a reading by its row), made from each
+    reading's raw record; in input order.
+    """
+    from connectors.base import as_raw
+    from flows.records import dead_letter
+
+    out: list[tuple[int, tuple[str, OutRecord]]] = list(readings.dead)
+    raws = readings.raws
+    for res in results:
+        for body in res.dead_letters:
+            d = orjson.loads(body)
+            row = int(d["offset"]) if d.get("source") == "adctl-detect" else -1
+            if 0 <= row < len(raws):
+                out.append((row, dead_letter(as_raw(raws[row]), d["reason"], d["error"], flow_id)))
+            else:  # a reading without its raw record (Parquet): named by its row
+                key = f"{d['source']}/{d['partition']}"
+                out.append((max(row, 0), (key, OutRecord(d["dlq_id"], key, body))))
+    out.sort(key=lambda x: x[0])  # stable
+    return [item for _pos, item in out]
+
+
+def write_dead_letters(items: list[tuple[str, OutRecord]], out: str, settings: Settings) -> str:
+    """Write dead letters to ``out``: a JSON-lines file (one body per line, as the flow's
+    file sink writes them) or any sink URL of the flow; returns where, in words.
+    """
+    if "://" in out and not out.startswith("file://"):
+        _run_sink(items, out, settings, "dead-letters")
+        return out
+    path = Path(out[len("file://") :] if out.startswith("file://") else out)
+    if path.suffix.lower() not in (".jsonl", ".ndjson", ".json"):
+        raise OutputError(
+            f"cannot write dead letters to {out!r}: use a .jsonl file or a sink URL, "
+            "e.g. --dead-letters dead.jsonl or --dead-letters kafka://127.0.0.1:9092/dlq"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(b"".join(rec.value + b"\n" for _k, rec in items))
+    tmp.replace(path)
+    return str(path)
 
 
 def _parquet(alerts: list[tuple[str, str, bytes]], path: Path) -> None:
@@ -77,17 +124,22 @@ def _parquet(alerts: list[tuple[str, str, bytes]], path: Path) -> None:
 
 
 def _sink(alerts: list[tuple[str, str, bytes]], url: str, settings: Settings) -> None:
+    # as the flow's sink gets them: (state key, record keyed by the sensor id)
+    items = [(key, OutRecord(aid, split_key(key)[1], body)) for key, aid, body in alerts]
+    _run_sink(items, url, settings, "alerts")
+
+
+def _run_sink(items: list[tuple[str, OutRecord]], url: str, settings: Settings, name: str) -> None:
+    """``items`` through the flow's sink connector for ``url``, in a small dataflow."""
     from bytewax import operators as op
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSource, run_main
 
     from connectors import make_sink
 
-    flow = Dataflow("adctl-detect-out")
-    # as the flow's sink gets them: (state key, record keyed by the sensor id)
-    items = [(key, OutRecord(aid, split_key(key)[1], body)) for key, aid, body in alerts]
-    stream = op.input("alerts", flow, TestingSource(items, batch_size=1000))
-    op.output("alerts-out", stream, make_sink(url, settings.connector_context()))
+    flow = Dataflow(f"adctl-detect-{name}")
+    stream = op.input(name, flow, TestingSource(items, batch_size=1000))
+    op.output(f"{name}-out", stream, make_sink(url, settings.connector_context()))
     run_main(flow)
 
 

@@ -251,12 +251,21 @@ def load_series(
     stats: ReadStats | None = None,
     kafka_conf: dict[str, str] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    default_tenant: str | None = None,
+    by_tenant: bool = True,
 ) -> dict[str, Series]:
     """Group records into per-key series within ``[since, until)`` (event time).
 
-    Records lacking a field or with a non-numeric value count as bad and are skipped;
-    non-finite values are kept (detectors treat them as missing).
+    A key is the flow's state key (``flows.records.sensor_key``): the sensor id, or the
+    tenant and the sensor id when the record has a ``tenant_id`` (or ``default_tenant``
+    applies), so two tenants' sensors of the same id train separate models, under the
+    keys the flow looks their per-key models up by (``by_tenant=False``: by the sensor
+    id alone, as ``adctl report`` plots a sensor). Records lacking a field or with a
+    non-numeric value count as bad and are skipped; non-finite values are kept
+    (detectors treat them as missing).
     """
+    from flows.records import sensor_key
+
     stats = stats if stats is not None else ReadStats()
     ts_by: dict[str, list[float]] = {}
     vs_by: dict[str, list[float]] = {}
@@ -266,6 +275,8 @@ def load_series(
             on_progress(stats.records)
         try:
             key = str(rec[fields.key])
+            if by_tenant:
+                key = sensor_key(key, rec.get("tenant_id") or default_tenant)
             t = parse_time(rec[fields.time])
             raw = rec[fields.value]
             v = float("nan") if raw is None or raw == "" else float(raw)

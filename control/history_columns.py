@@ -19,8 +19,9 @@ from __future__ import annotations
 import fnmatch
 import glob
 import math
+import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from flows.decode import BadRecord, parse_timestamp
 from flows.records import KEY_SEP, sensor_key
 from schemas.timestamps import EARLIEST_MS, LATEST_MS
 
-__all__ = ["Readings", "read_readings"]
+__all__ = ["Readings", "default_tenant_of", "flow_decoder", "read_readings"]
 
 
 @dataclass
@@ -48,12 +49,19 @@ class Readings:
     vals: np.ndarray  # float64, finite
     tenants: np.ndarray  # object: str | None
     stats: ReadStats = field(default_factory=ReadStats)
+    #: int64 per reading: its index into ``raws`` (-1: read without its raw record)
+    rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    #: the raw records read through the flow's own source and decoder (for dead letters)
+    raws: list[Any] = field(default_factory=list)
+    #: the flow's dead letters of records that failed to decode or validate, each with
+    #: its position among the raw records: ``(position, (key, OutRecord))``
+    dead: list[tuple[int, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ts)
 
     def select(self, mask: np.ndarray) -> Readings:
-        """The readings where ``mask`` is true."""
+        """The readings where ``mask`` is true (raw records and dead letters shared)."""
         return Readings(
             self.names,
             self.codes[mask],
@@ -61,6 +69,9 @@ class Readings:
             self.vals[mask],
             self.tenants[mask],
             self.stats,
+            self.rows[mask],
+            self.raws,
+            self.dead,
         )
 
 
@@ -73,8 +84,14 @@ class _Cols:
         self.ts: list[np.ndarray] = []
         self.vals: list[np.ndarray] = []
         self.tenants: list[Any] = []
+        self.rows: list[np.ndarray] = []
+        self.raws: list[Any] = []
+        self.dead: list[tuple[int, Any]] = []
 
-    def _push(self, codes: np.ndarray, ts: Any, vals: Any, tenants: Any) -> None:
+    def _push(self, codes: np.ndarray, ts: Any, vals: Any, tenants: Any, rows: Any = None) -> None:
+        if rows is None:
+            rows = np.full(len(codes), -1, dtype=np.int64)
+        self.rows.append(np.asarray(rows, dtype=np.int64))
         self.codes.append(codes)
         self.ts.append(np.asarray(ts, dtype=np.int64))
         self.vals.append(np.asarray(vals, dtype=np.float64))
@@ -90,12 +107,12 @@ class _Cols:
         )
         self._push(remap[codes], ts, vals, tenants)
 
-    def add(self, sids: list[str], ts: Any, vals: Any, tenants: Any) -> None:
+    def add(self, sids: list[str], ts: Any, vals: Any, tenants: Any, rows: Any = None) -> None:
         index = self.index
         codes = np.fromiter(
             (index.setdefault(s, len(index)) for s in sids), dtype=np.int32, count=len(sids)
         )
-        self._push(codes, ts, vals, tenants)
+        self._push(codes, ts, vals, tenants, rows)
 
     def done(self, stats: ReadStats) -> Readings:
         def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
@@ -114,6 +131,9 @@ class _Cols:
             cat(self.vals, np.float64),
             cat(self.tenants, object),
             stats,
+            cat(self.rows, np.int64),
+            self.raws,
+            self.dead,
         )
 
 
@@ -140,9 +160,12 @@ def _parquet(
     unit: str,
     earliest: int,
     default_tenant: str | None,
+    dead: tuple[str, Any, str] | None = None,
 ) -> None:
     """Columns of a Parquet table, checked without a Python object per row where the
     types allow (string ids, integer-millisecond or timestamp times, numeric values).
+    With ``dead`` = ``(origin, the flow's decoder, flow id)``, each refused row becomes
+    a dead letter: the row as JSON, with the reason the flow's decoder gives it.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -205,6 +228,8 @@ def _parquet(
     valid = np.array([bool(tenant_ok(x)) for x in ten_names] + [True])
     ok &= valid[ten_codes]
     stats.bad_records += int(n - ok.sum())
+    if dead is not None and not ok.all():
+        _dead_rows(table, np.flatnonzero(~ok), cols, *dead)
     if not sid_names or not ok.any():
         return
     ten_vals = [*ten_names, default_tenant]  # code -1: the default (or None)
@@ -216,6 +241,27 @@ def _parquet(
     ]
     tenants = np.array(ten_vals, dtype=object)[ten_codes[ok]]
     cols.add_coded(keys, inverse.ravel(), ts_np[ok], vals[ok], tenants)
+
+
+def _dead_rows(
+    table: Any, bad: np.ndarray, cols: _Cols, origin: str, decoder: Any, flow_id: str
+) -> None:
+    """The flow's dead letters of Parquet rows ``bad``: each row as JSON (its bytes),
+    ``origin`` as source, its 1-based row number as offset, the decoder's reason.
+    """
+    import orjson
+
+    from connectors.base import RawRecord
+    from flows.records import dead_letter
+
+    for i, row in zip(bad.tolist(), table.take(bad).to_pylist(), strict=True):
+        raw = RawRecord(orjson.dumps(row, default=str), origin, "0", str(i + 1))
+        try:
+            decoder.decode_one(raw)
+            reason, error = "bad_type", "refused by the Parquet reader's checks"
+        except BadRecord as exc:
+            reason, error = exc.reason, str(exc)
+        cols.dead.append((-1, dead_letter(raw, reason, error, flow_id)))
 
 
 def _to_ms(numbers: np.ndarray, unit: str) -> np.ndarray:
@@ -292,6 +338,101 @@ def _rows(
     cols.add(sids, ts, vals, tenants)
 
 
+def default_tenant_of(tenant: str, registry: str) -> str:
+    """The tenant of records without one, as the flow decides it: ``AD_DEFAULT_TENANT``
+    (``tenant``), else the default tenant of the ``AD_TENANTS`` registry, else none.
+    """
+    if tenant or not registry:
+        return tenant
+    from state.tenants import load_registry
+
+    return load_registry(registry).default_tenant or ""
+
+
+def flow_decoder(settings: Any, fmt: str | None = None) -> Any:
+    """The flow's own decoder for ``settings`` (as ``flows.detector`` builds it, with the
+    tenant registry of ``AD_TENANTS``), in format ``fmt`` (default: the settings').
+    """
+    from flows.decode import Decoder
+    from state.tenants import load_registry
+
+    registry = load_registry(settings.tenants) if settings.tenants else None
+    return Decoder(
+        fmt or settings.format,
+        settings.schema,
+        settings.schema_registry,
+        settings.max_record_bytes,
+        settings.flow_id,
+        settings.timestamp_unit,
+        settings.earliest_ms,
+        settings.csv_mapping(),
+        settings.default_tenant or (registry.default_tenant if registry else "") or "",
+        settings.control_key.encode() or None,
+        settings.model_store,
+        frozenset(registry.tenants) if registry is not None else None,
+    )
+
+
+def _flow_url(src: str) -> tuple[str, bool]:
+    """The flow's source URL for a history source, and whether it is CSV."""
+    if src.startswith("kafka://"):
+        sep = "&" if "?" in src else "?"
+        extra = [p for p in ("tail=false", "start=earliest") if p.split("=")[0] not in src]
+        return (src + sep + "&".join(extra) if extra else src), False
+    local = src[len("file://") :] if src.startswith("file://") else src
+    csv = local.lower().removesuffix(".gz").endswith(".csv")
+    return "file://" + os.path.abspath(local), csv
+
+
+def _flow_records(src: str, settings: Any, cols: _Cols, stats: ReadStats) -> None:
+    """Read ``src`` with the flow's own source connector and decoder: the readings, and
+    the dead letters of records the flow would refuse (same bodies as the flow's).
+    """
+    import time
+
+    from connectors import make_source
+    from flows.records import Columns
+
+    url, csv = _flow_url(src)
+    ctx = settings.connector_context()
+    fmt = "csv" if csv else settings.format
+    if csv:
+        ctx = replace(ctx, format="csv")
+    try:
+        source = make_source(url, ctx)
+    except ValueError as exc:
+        raise HistoryError(str(exc)) from None
+    decoder = flow_decoder(settings, fmt)
+    cache: dict[str, str] = {}
+    stats.sources.append(src)
+    for name in source.list_parts():
+        part = source.build_part("adctl-detect", name, None)
+        try:
+            while True:
+                try:
+                    batches = part.next_batch()
+                except StopIteration:
+                    break
+                if not batches:
+                    time.sleep(0.02)
+                    continue
+                for batch in batches:
+                    base = len(cols.raws)
+                    stats.records += len(batch)
+                    groups, bad = decoder.decode_grouped(batch, 1, cache)
+                    stats.bad_records += len(bad)
+                    cols.dead.extend((base, b) for b in bad)
+                    for piece in groups.get("0", ()):
+                        if type(piece) is not Columns:
+                            stats.skipped_markers += 1  # a model switch: see --model
+                            continue
+                        rows = np.arange(len(cols.raws), len(cols.raws) + len(piece.raws))
+                        cols.raws.extend(piece.raws)
+                        cols.add(piece.sids, piece.ts, piece.vals, piece.tenants, rows)
+        finally:
+            part.close()
+
+
 def read_readings(
     sources: list[str],
     *,
@@ -302,11 +443,17 @@ def read_readings(
     timestamp_unit: str = "auto",
     earliest_ms: int = EARLIEST_MS,
     default_tenant: str = "",
+    settings: Any = None,
 ) -> Readings:
     """Every valid reading of ``sources`` (in source order) within ``[since, until)``;
     timestamps read as the flow reads them with ``AD_TIMESTAMP_UNIT`` and
     ``AD_EARLIEST_TIME`` (``timestamp_unit``, ``earliest_ms``), readings without a tenant
     given ``AD_DEFAULT_TENANT`` (``default_tenant``).
+
+    With the flow's ``settings`` (and the default field names), JSON-lines/CSV files
+    and Kafka topics are read by the flow's own source connector and decoder: the
+    readings are exactly the flow's, each keeps its raw record (``rows``/``raws``), and
+    the records the flow would refuse are its dead letters (``dead``).
     """
     fields = fields or Fields()
     rules = (timestamp_unit, earliest_ms, default_tenant or None)
@@ -335,7 +482,17 @@ def read_readings(
             for p in paths:
                 if not Path(p).is_file():
                     raise HistoryError(f"history file not found: {p}")
-                _parquet(pq.read_table(p), fields, cols, stats, *rules)
+                dead = None
+                if settings is not None:
+                    dead = (
+                        f"parquet:{Path(p).name}",
+                        flow_decoder(settings, "json"),
+                        settings.flow_id,
+                    )
+                _parquet(pq.read_table(p), fields, cols, stats, *rules, dead=dead)
+            continue
+        if settings is not None and fields == Fields():
+            _flow_records(src, settings, cols, stats)
             continue
         since = None if since_ms is None else since_ms / 1000.0
         _rows(

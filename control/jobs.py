@@ -30,6 +30,7 @@ from control.detect import (
     cache_key,
     config_digest,
     detect_partition,
+    model_digest,
     split_partitions,
 )
 from control.engines import Engine, Tasks
@@ -41,6 +42,8 @@ from flows.settings import Settings
 __all__ = ["Job", "JobRecord", "JobStore", "run_jobs", "series_of", "timed"]
 
 Progress = Callable[[int, int], None]
+#: a detect job's partitions are submitted in about this many chunks
+SUBMIT_CHUNKS = 8
 
 
 @dataclass
@@ -63,7 +66,7 @@ class JobRecord:
     cached: int = 0
     records: int = 0
     alerts: int = 0
-    rejected: int = 0  # readings too far in the future (the flow's dead letters)
+    rejected: int = 0  # readings the flow's clock rules refuse (late, future: dead letters)
     error: str = ""
     task_times: list[tuple[float, float]] = field(default_factory=list)
 
@@ -119,6 +122,13 @@ class Job:
     use_cache: bool = True
     fail_once: str | None = None
     fit_spec: str | None = None
+    #: detect: score with this stored model, ``(version, model ref)`` (``--model``)
+    model: tuple[str, str] | None = None
+    #: detect: the tenant registry (``AD_TENANTS``; its per-tenant thresholds apply)
+    registry: Any = None
+    #: detect: sort each sensor's readings by event time first (else input order, as
+    #: the flow sees them: readings behind the watermark are dead letters ``late``)
+    by_time: bool = False
     on_done: Callable[[Job, Any], str] | None = None
     result: Any = None
     record: JobRecord | None = None
@@ -193,18 +203,40 @@ def run_jobs(
         after = [handles[d] for d in job.depends_on]
         if job.kind == "detect":
             config = config_digest(job.settings)
-            items, hits = [], []
-            for part in split_partitions(job.readings, job.partitions):
+            if job.model is not None:
+                config = f"{config}:{job.model[0]}:{model_digest(job.model[1])}"
+            if job.registry is not None:
+                config = f"{config}:tenants:{job.registry.digest}"
+            items: list[DetectTask] = []
+            hits: list[PartResult] = []
+            submitted: list[Tasks] = []
+            chunk: list[DetectTask] = []
+            # partitions go to the engine in a few chunks as they are cut, so the workers
+            # start while the driver still splits the history
+            step = max(1, job.partitions // SUBMIT_CHUNKS)
+            fn = partial(timed, detect_partition)
+            for part in split_partitions(job.readings, job.partitions, job.by_time):
                 key = cache_key(part, config)
                 hit = cache.get(key) if job.use_cache else None
                 if hit is not None:
                     hits.append(hit)
-                else:
-                    items.append(DetectTask(part, job.settings, key, job.fail_once))
+                    continue
+                chunk.append(
+                    DetectTask(
+                        part, job.settings, key, job.fail_once, job.model, registry=job.registry
+                    )
+                )
+                if len(chunk) >= step:
+                    submitted.append(engine.submit(fn, chunk, priority=job.priority, after=after))
+                    items += chunk
+                    chunk = []
+            if chunk or not submitted:
+                submitted.append(engine.submit(fn, chunk, priority=job.priority, after=after))
+                items += chunk
             rec.tasks, rec.cached = len(items) + len(hits), len(hits)
             total += sum(len(t.part) for t in items)
-            handles[job.name] = engine.submit(
-                partial(timed, detect_partition), items, priority=job.priority, after=after
+            handles[job.name] = Tasks(
+                [h for t in submitted for h in t.handles], len(items), job.priority
             )
             pending[job.name] = (items, hits)
         elif job.kind == "retrain":
@@ -213,9 +245,9 @@ def run_jobs(
                 raise ValueError(f"job {job.name!r}: no readings to train on")
             s = job.settings
             batches = _batches(series, engine.workers() * 4)
-            fn = partial(fit_batch, s.detector, s.detector_params or None, fit_spec=job.fit_spec)
+            fit = partial(fit_batch, s.detector, s.detector_params or None, fit_spec=job.fit_spec)
             handles[job.name] = engine.submit(
-                partial(timed, fn), batches, priority=job.priority, after=after
+                partial(timed, fit), batches, priority=job.priority, after=after
             )
             rec.tasks = len(batches)
             pending[job.name] = (batches, [])

@@ -322,10 +322,12 @@ def retrain(
     push_input: str | None = None,
     announce: Announce | None = None,
     log: Log = _quiet,
+    default_tenant: str | None = None,
 ) -> dict[str, Any]:
     """``adctl retrain``: fit per-key models from history, store a new version, announce
     it and optionally push it live (``push_input``). ``train(series, progress)`` fits on
-    a batch engine and returns ``({key: model}, where)``; default: Dask.
+    a batch engine and returns ``({key: model}, where)``; default: Dask. Keys are the
+    flow's state keys: (tenant, sensor), with ``default_tenant`` for records without one.
     """
     from control.history import Fields, ReadStats, load_series
     from control.training import assemble_model, train_on_dask
@@ -348,6 +350,7 @@ def retrain(
         until=until,
         stats=stats,
         on_progress=lambda n: log(f"read {n:,} records"),
+        default_tenant=default_tenant or None,
     )
     points = sum(len(s.values) for s in series.values())
     log(

@@ -78,7 +78,13 @@ def plot_report(
 
     fields = fields or Fields()
     series = load_series(
-        input_sources, fields=fields, since=since, until=until, keys={sensor}, kafka_conf=kafka_conf
+        input_sources,
+        fields=fields,
+        since=since,
+        until=until,
+        keys={sensor},
+        kafka_conf=kafka_conf,
+        by_tenant=False,
     ).get(sensor)
     alerts = (
         load_alerts(alert_sources, sensor, fields.key, since, until, kafka_conf)

@@ -158,7 +158,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from control.detect import ResultCache
     from control.detect_output import alerts_of, write_alerts
     from control.history import Fields
-    from control.history_columns import read_readings
+    from control.history_columns import default_tenant_of, read_readings
     from control.jobs import Job, JobStore, run_jobs
     from control.progress import Progress
 
@@ -178,7 +178,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         until_ms=None if until is None else round(until * 1000),
         timestamp_unit=settings.timestamp_unit,
         earliest_ms=settings.earliest_ms,
-        default_tenant=settings.default_tenant,
+        default_tenant=default_tenant_of(settings.default_tenant, settings.tenants),
+        settings=settings,
     )
     st = readings.stats
     say(
@@ -187,6 +188,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
     )
     if not len(readings):
         raise CliError("no valid readings in the history (check --from and --since/--until)")
+    model = _model_of(args, settings)
+    registry = None
+    if settings.tenants:  # the flow's tenant registry: per-tenant thresholds
+        from state.tenants import load_registry
+
+        registry = load_registry(settings.tenants)
     spans: list[tuple[str | None, Any]] = [(None, readings)]
     if args.split == "month":
         spans = [
@@ -210,6 +217,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
             priority=args.priority,
             partitions=args.partitions,
             use_cache=args.cache,
+            model=model,
+            registry=registry,
+            by_time=args.sort_by_time,
             on_done=writer(_out_for(args.out, label)),
         )
         for label, r in spans
@@ -236,6 +246,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
             ResultCache(state / "cache" / "detect"),
             Progress(args.progress, "detect", unit="record"),
         )
+    dead_where = ""
+    if args.dead_letters:
+        from control.detect_output import dead_letters_of, write_dead_letters
+
+        results = [r for j in ran if j.kind == "detect" for r in j.result]
+        dead = dead_letters_of(readings, results, settings.flow_id)
+        dead_where = write_dead_letters(dead, args.dead_letters, settings)
+        say(f"{len(dead):,} dead letters to {dead_where}")
     elapsed = time.monotonic() - t0
     for job in ran:
         rec = job.record
@@ -252,9 +270,46 @@ def cmd_detect(args: argparse.Namespace) -> int:
             "rejected": rec.rejected,
             "output": rec.output,
         }
+        if dead_where:
+            line["dead_letters"] = dead_where
         print(json.dumps(line, sort_keys=True))
     say(f"done in {elapsed:.1f}s ({len(readings) / max(elapsed, 1e-9):,.0f} records/s overall)")
     return 0
+
+
+def _model_of(args: argparse.Namespace, settings: Any) -> tuple[str, str] | None:
+    """``--model``: ``(version, model ref)`` of a stored model (a ref, or a version of
+    the detector in ``--model-store``), checked as the flow checks a model switch.
+    """
+    if not args.model:
+        return None
+    from control import ops
+    from state import model_store
+
+    try:
+        if "://" in args.model:
+            ref = args.model
+            artifact = model_store.fetch(ref)
+            version = str(artifact.get("version", ""))
+        else:
+            version, ref = ops.resolve_model(args.model_store, settings.detector, args.model)
+            artifact = model_store.fetch(ref)
+    except CliError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a missing or damaged model: one line
+        raise CliError(f"--model {args.model}: {exc}; e.g. --model v2") from None
+    if artifact.get("detector", settings.detector) != settings.detector:
+        raise CliError(
+            f"--model {args.model} is a {artifact.get('detector')!r} model but the detector "
+            f"is {settings.detector!r}; e.g. --detector {artifact.get('detector')}"
+        )
+    from flows.models import Models
+
+    try:
+        Models(settings.detector, settings.detector_params).get(version, ref)
+    except Exception as exc:  # noqa: BLE001 - what the flow makes a bad_control
+        raise CliError(f"--model {args.model}: cannot load it: {exc}") from None
+    return version, ref
 
 
 def _store_model(
@@ -346,6 +401,29 @@ def register(sub: Any) -> None:
         help="partitions by sensor hash (tasks per job; the unit of caching)",
     )
     opt(p, "--priority", env="AD_PRIORITY", default=0, type=int, help="job priority")
+    opt(
+        p,
+        "--model",
+        env="AD_DETECT_MODEL",
+        help="score with a stored model: its ref (file:///models/mad/v2.json) or a version "
+        "in --model-store (as the flow does after switching to it at the input's start)",
+    )
+    opt(
+        p,
+        "--dead-letters",
+        env="AD_DETECT_DLQ",
+        help="where the flow's dead letters go: dead.jsonl or a sink URL "
+        "(kafka://host:port/dlq); records that fail to decode, late and future readings",
+    )
+    opt(
+        p,
+        "--sort-by-time",
+        env="AD_DETECT_SORT",
+        default=False,
+        flag=True,
+        help="sort each sensor's readings by event time first (default: input order, as "
+        "the flow reads them; readings behind a sensor's watermark are dead letters)",
+    )
     opt(
         p,
         "--cache",

@@ -32,6 +32,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from control import ops
     from control.commands.batch import train_with_engine
     from control.history import Fields
+    from control.history_columns import default_tenant_of
 
     if args.push and not args.input:
         raise CliError("--push needs the flow's input (--input or AD_SOURCE)")
@@ -53,6 +54,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         push_input=args.input if args.push else None,
         announce=_announce(args),
         log=say,
+        default_tenant=default_tenant_of(
+            os.environ.get("AD_DEFAULT_TENANT", ""), os.environ.get("AD_TENANTS", "")
+        )
+        or None,
     )
     print(json.dumps(result, sort_keys=True))
     return 0

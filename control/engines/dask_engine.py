@@ -81,6 +81,9 @@ class DaskEngine(Engine):
         deps = [f for t in after for f in t.handles]
         if deps:
             deps = [self.client.submit(barrier, *deps, priority=priority, pure=False)]
+        # the items go straight to the workers (not through the scheduler); each task
+        # then runs where its item is
+        data = self.client.scatter(list(items), hash=False) if len(items) else []
         futs = [
             self.client.submit(
                 call_task,
@@ -91,7 +94,7 @@ class DaskEngine(Engine):
                 retries=self.retries,
                 pure=False,
             )
-            for item in items
+            for item in data
         ]
         return Tasks(futs, len(futs), priority)
 

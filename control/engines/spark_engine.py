@@ -79,7 +79,8 @@ class SparkEngine(Engine):
                 .config("spark.sql.adaptive.coalescePartitions.enabled", "false")
                 .config("spark.task.maxFailures", str(self.retries + 1))
                 .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-                .config("spark.driver.memory", "1g")
+                # the driver holds a job's pickled partitions: about 30 bytes a reading
+                .config("spark.driver.memory", os.environ.get("AD_SPARK_DRIVER_MEMORY", "1g"))
                 .getOrCreate()
             )
         except Exception as exc:  # noqa: BLE001 - py4j raises many kinds

@@ -92,10 +92,115 @@ def _detect(
 ) -> tuple[list[Alert], Any]:
     emit = kw.pop("emit", "alerts")
     s = detect_settings(_settings(history, AD_EMIT=emit, **(env or {})))
-    readings = read_readings([str(history)], default_tenant=s.default_tenant)
+    readings = read_readings([str(history)], default_tenant=s.default_tenant, settings=s)
     job = Job("detect", "detect", readings, s, partitions=8, **kw)
     (ran,) = run_jobs(engine, [job], JobStore(state), ResultCache(state / "cache"))
     return sorted(alerts_of(ran.result)), ran.record
+
+
+def _stream_with_dlq(history: Path, **env: str) -> tuple[list[Alert], list[bytes]]:
+    """The streaming flow's alerts and dead-letter bodies on ``history``."""
+    out: list[Any] = []
+    dlq: list[Any] = []
+    run_main(
+        detector.build_flow(_settings(history, **env), sink=TestingSink(out), dlq=TestingSink(dlq))
+    )
+    return sorted((sid, rec.id, rec.value) for sid, rec in out), sorted(r.value for _k, r in dlq)
+
+
+@pytest.fixture(scope="module")
+def messy_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Readings with records the flow refuses: undecodable, a missing field, a wrong
+    type, a timestamp before 2000, a reading behind its sensor's watermark (late) and
+    one two days ahead (future), among good ones."""
+    path = tmp_path_factory.mktemp("messy") / "readings.jsonl"
+    lines = [v for _k, v in write_readings(None, sensors=4, per_sensor=200, spike_every=61)]
+    at = lambda i: START_MS + i * 10_000  # noqa: E731 - a local shorthand
+    inserts = {
+        10: [b"not json at all"],
+        20: [b'{"sensor_id": "sensor-001", "value": 3.0}'],
+        30: [json.dumps({"sensor_id": "sensor-002", "timestamp": at(30), "value": "x"}).encode()],
+        40: [json.dumps({"sensor_id": "sensor-003", "timestamp": 5, "value": 1.0}).encode()],
+        # behind sensor-001's watermark by 10 minutes: late
+        400: [json.dumps({"sensor_id": "sensor-001", "timestamp": at(40), "value": 99.0}).encode()],
+        # two days ahead of sensor-002's clock, never confirmed: future
+        500: [
+            json.dumps(
+                {"sensor_id": "sensor-002", "timestamp": at(125) + 2 * 86_400_000, "value": 1.0}
+            ).encode()
+        ],
+    }
+    out = []
+    for i, line in enumerate(lines):
+        out.extend(inserts.get(i, []))
+        out.append(line)
+    path.write_bytes(b"\n".join(out) + b"\n")
+    return path
+
+
+def test_detect_dead_letters_equal_the_flows(
+    engine: Engine, messy_history: Path, tmp_path: Path
+) -> None:
+    from control.detect_output import dead_letters_of
+
+    expected_alerts, expected_dlq = _stream_with_dlq(messy_history, AD_EMIT="all")
+    reasons = sorted(orjson.loads(b)["reason"] for b in expected_dlq)
+    assert reasons == [
+        "bad_timestamp",
+        "bad_type",
+        "future",
+        "late",
+        "missing_field",
+        "undecodable",
+    ]
+    s = detect_settings(_settings(messy_history, AD_EMIT="all"))
+    readings = read_readings([str(messy_history)], settings=s)
+    job = Job("detect", "detect", readings, s, partitions=8, use_cache=False)
+    (ran,) = run_jobs(engine, [job], JobStore(tmp_path), ResultCache(tmp_path / "cache"))
+    assert sorted(alerts_of(ran.result)) == expected_alerts
+    dead = dead_letters_of(readings, ran.result, s.flow_id)
+    assert sorted(rec.value for _k, rec in dead) == expected_dlq  # byte-identical bodies
+    assert all(k == f"{orjson.loads(r.value)['source']}/0" for k, r in dead)
+    # --sort-by-time: the late reading is sorted into place and used
+    job = Job("sorted", "detect", readings, s, partitions=8, use_cache=False, by_time=True)
+    (ran,) = run_jobs(engine, [job], JobStore(tmp_path), ResultCache(tmp_path / "cache"))
+    assert [orjson.loads(b)["reason"] for r in ran.result for b in r.dead_letters] == ["future"]
+    assert len(alerts_of(ran.result)) == len(expected_alerts)
+
+
+@pytest.fixture(scope="module")
+def stored_model(history: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A per-key MAD model of ``history`` (keys by tenant and sensor) in a file store."""
+    from state import model_store
+
+    store = f"file://{tmp_path_factory.mktemp('models')}"
+    series = load_series([str(history)])
+    batch = [(k, s.timestamps, s.values) for k, s in series.items()]
+    per_key = dict(fit_batch("mad", {"window": 12, "min_periods": 4}, batch))
+    model = assemble_model("mad", "v7", per_key, {"sources": ["test"]})
+    return store, model_store.put(store, "mad", "v7", model)
+
+
+def test_detect_with_a_stored_model_equals_the_flow_after_a_switch(
+    engine: Engine, history: Path, stored_model: tuple[str, str], tmp_path: Path
+) -> None:
+    from control.markers import encode_marker
+
+    store, ref = stored_model
+    # the flow: a signed switch to the model at the start of its input
+    switched = tmp_path / "switched.jsonl"
+    marker = encode_marker("mad", "v7", ref, CONTROL_KEY.encode())
+    switched.write_bytes(marker + b"\n" + history.read_bytes())
+    env = {"AD_MODEL_STORE": store, "AD_CONTROL_KEY": CONTROL_KEY}
+    expected, dlq = _stream_with_dlq(switched, AD_EMIT="all", **env)
+    assert dlq == [] and len(expected) > 100
+    assert {orjson.loads(b)["model_version"] for _k, _a, b in expected} == {"v7"}
+    assert expected != _stream(history, AD_EMIT="all")  # the model changes the scores
+    batch, rec = _detect(engine, history, tmp_path, env, emit="all", model=("v7", ref))
+    assert batch == expected and rec.computed == rec.tasks
+    # the model is part of the cache key: without it, the built-in detector's output
+    plain, rec2 = _detect(engine, history, tmp_path, env, emit="all")
+    assert rec2.cached == 0 and plain == _stream(history, AD_EMIT="all")
 
 
 @pytest.mark.parametrize("emit", ["alerts", "all"])
@@ -140,6 +245,33 @@ def test_detect_keeps_tenants_apart_as_the_flow_does(
     batch, rec = _detect(engine, tenant_history, tmp_path, env, use_cache=False)
     assert batch == expected and rec.computed == rec.tasks
     assert {orjson.loads(b)["tenant_id"] for _k, _a, b in batch} == {"a", "b", "shared"}
+
+
+def test_detect_applies_tenant_thresholds_as_the_flow_does(
+    engine: Engine, tenant_history: Path, tmp_path: Path
+) -> None:
+    """With a tenant registry (``AD_TENANTS``), a tenant's threshold applies to its
+    sensors, the registry's default tenant to records without one, as in the flow."""
+    from state.tenants import load_registry
+
+    registry = tmp_path / "tenants.yaml"
+    registry.write_text(
+        "default_tenant: shared\ntenants:\n  a: {threshold: 0.01}\n  b: {}\n  shared: {}\n"
+    )
+    env = {"AD_TENANTS": str(registry)}
+    expected = _stream(tenant_history, **env)
+    assert len({orjson.loads(b)["tenant_id"] for _k, _a, b in expected}) > 1
+    assert len([1 for k, _a, _b in expected if k.startswith("a\x1f")]) > len(
+        [1 for k, _a, _b in expected if k.startswith("b\x1f")]
+    )  # a's lower threshold
+    s = detect_settings(_settings(tenant_history, **env))
+    readings = read_readings([str(tenant_history)], settings=s)
+    job = Job(
+        "detect", "detect", readings, s, partitions=8, use_cache=False,
+        registry=load_registry(str(registry)),
+    )  # fmt: skip
+    (ran,) = run_jobs(engine, [job], JobStore(tmp_path), ResultCache(tmp_path / "cache"))
+    assert sorted(alerts_of(ran.result)) == expected
 
 
 def _digest(models: dict[str, Any]) -> str:
@@ -226,10 +358,13 @@ def test_a_dependency_chain_runs_in_order(engine: Engine, history: Path, tmp_pat
     assert listed == {"urgent": "done", "first": "done", "second": "done", "retrain": "done"}
 
 
-def _adctl(state: Path, *args: str) -> subprocess.CompletedProcess:
+def _adctl(
+    state: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("AD_")}
     env["AD_CONTROL_KEY"] = CONTROL_KEY  # shared by adctl and flows
-    env.update(FLOW_ENV, AD_STATE_DIR=str(state), AD_PROGRESS="plain")
+    env.update(FLOW_ENV, AD_STATE_DIR=str(state), AD_PROGRESS="plain", **extra)
     return subprocess.run(
         [sys.executable, "-m", "control", *args],
         cwd=ROOT,
@@ -488,3 +623,187 @@ def iso_month(ts_ms: int) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m")
+
+
+def test_adctl_detect_model_and_dead_letters(
+    messy_history: Path, stored_model: tuple[str, str], tmp_path: Path
+) -> None:
+    """``adctl detect --model v7 --dead-letters``: the alerts of the flow switched to the
+    model at its input's start, and the flow's dead letters, byte for byte."""
+    from control.markers import encode_marker
+
+    store, ref = stored_model
+    switched = tmp_path / "switched.jsonl"
+    marker = encode_marker("mad", "v7", ref, CONTROL_KEY.encode())
+    switched.write_bytes(marker + b"\n" + messy_history.read_bytes())
+    env = {"AD_MODEL_STORE": store, "AD_CONTROL_KEY": CONTROL_KEY}
+    expected, _ = _stream_with_dlq(switched, AD_EMIT="all", **env)
+    _, expected_dlq = _stream_with_dlq(messy_history)  # the marker shifts line numbers
+    assert expected and {orjson.loads(b)["model_version"] for _k, _a, b in expected} == {"v7"}
+    out, dead = tmp_path / "alerts.jsonl", tmp_path / "dead.jsonl"
+    res = _adctl(
+        tmp_path,
+        "detect",
+        "--from",
+        str(messy_history),
+        "--out",
+        str(out),
+        "--emit",
+        "all",
+        "--model",
+        "v7",
+        "--model-store",
+        store,
+        "--dead-letters",
+        str(dead),
+        "--workers",
+        "1",
+        "--partitions",
+        "4",
+    )
+    assert res.returncode == 0, res.stderr
+    assert sorted(out.read_bytes().splitlines()) == sorted(b for _k, _a, b in expected)
+    assert sorted(dead.read_bytes().splitlines()) == expected_dlq
+    line = json.loads(res.stdout.splitlines()[-1])
+    assert line["dead_letters"] == str(dead) and line["rejected"] == 2  # late, future
+    bad = _adctl(
+        tmp_path, "detect", "--from", str(messy_history), "--out", str(out), "--model", "v9",
+        "--model-store", store,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--model v9" in bad.stderr
+
+
+def test_adctl_retrain_keys_models_by_tenant_and_sensor(
+    tenant_history: Path, tmp_path: Path
+) -> None:
+    """Two tenants' sensors of the same id get separate models, under the flow's state
+    keys; a record without a tenant is keyed by ``AD_DEFAULT_TENANT``."""
+    store = tmp_path / "models"
+    env = {"AD_DEFAULT_TENANT": "shared"}
+    res = _adctl(
+        tmp_path,
+        "retrain",
+        "--from",
+        str(tenant_history),
+        "--detector",
+        "mad",
+        "--model-store",
+        f"file://{store}",
+        "--version",
+        "v1",
+        "--no-announce",
+        "--progress",
+        "none",
+        "--dask-workers",
+        "1",
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    keys = json.loads((store / "mad" / "v1.json").read_text())["model"]["keys"]
+    expected = {f"{t}\x1fsensor-{s:03d}" for t in ("a", "b") for s in (0, 1)}
+    assert set(keys) == expected | {"shared\x1fsensor-002"}
+    assert keys["a\x1fsensor-000"] != keys["b\x1fsensor-000"]  # trained apart
+    # without AD_DEFAULT_TENANT, the tenant registry's default tenant (as the flow)
+    registry = tmp_path / "tenants.yaml"
+    registry.write_text("default_tenant: plant\ntenants:\n  a: {}\n  b: {}\n  plant: {}\n")
+    res = _adctl(
+        tmp_path, "retrain", "--from", str(tenant_history), "--detector", "mad",
+        "--model-store", f"file://{store}", "--version", "v2", "--no-announce",
+        "--progress", "none", "--dask-workers", "1", env={"AD_TENANTS": str(registry)},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    keys2 = json.loads((store / "mad" / "v2.json").read_text())["model"]["keys"]
+    assert set(keys2) == expected | {"plant\x1fsensor-002"}
+    # the flow finds each tenant's own model by its state key
+    from flows.models import Models
+
+    models = Models("mad", {})
+    ref = f"file://{store}/mad/v1.json"
+    for key in expected:
+        det = models.get("v1", ref, key)
+        assert det is models.get("v1", ref, key) and det is not models.get("v1", ref, "x")
+
+
+def test_columnar_windows_equal_the_flows_record_path() -> None:
+    """The columnar path of clean sensors (numpy windows, the flow's scoring) gives the
+    bodies of the record-by-record path: windows of many readings (sums added in
+    order), equal timestamps, a one-reading sensor, tenants, the ensemble's
+    explanations, and a sensor that goes back in time (left to the record path)."""
+    import numpy as np
+
+    from control.detect import DetectTask, clean_sensors, detect_partition, split_partitions
+    from control.history_columns import Readings
+
+    rng = np.random.default_rng(3)
+    names, ts, vals, tenants = [], [], [], []
+    n = 20_000
+    for k in range(6):
+        t = START_MS + np.cumsum(rng.integers(0, 4_000, n))  # 0..4 s apart, ties
+        v = 10.0 + np.sin(np.arange(n) / 200.0 + k) + rng.normal(0, 0.1, n)
+        v[rng.random(n) < 0.002] += 7.0
+        v[15_000 + 100 * k : 15_300 + 100 * k] += 4.0  # a level shift
+        if k == 5:  # goes back 10 minutes once: late readings, the record path
+            t[4_000:] -= 600_000
+        names += [f"s{k}"] * n
+        ts.append(t)
+        vals.append(v)
+        tenants += [None if k % 2 else "t1"] * n
+    names.append("lonely")
+    ts.append(np.array([START_MS + 5]))
+    vals.append(np.array([1.5]))
+    tenants.append(None)
+    keys = [sensor_key(n, t) for n, t in zip(names, tenants, strict=True)]
+    uniq = sorted(set(keys))
+    r = Readings(
+        np.array(uniq, dtype=object),
+        np.array([uniq.index(k) for k in keys], dtype=np.int32),
+        np.concatenate(ts).astype(np.int64),
+        np.concatenate(vals),
+        np.array(tenants, dtype=object),
+        rows=np.arange(len(keys), dtype=np.int64),
+    )
+    s = detect_settings(
+        load_settings({"AD_WINDOW_SIZE": "1m", "AD_EMIT": "all", "AD_THRESHOLD": "0.2"})
+    )
+    (part,) = list(split_partitions(r, 1))
+    assert clean_sensors(part, 86_400_000).tolist().count(False) == 1
+    fast = detect_partition(DetectTask(part, s, "k"))
+    slow = detect_partition(DetectTask(part, s, "k", columnar=False))
+    assert len(fast.alerts) > 1_000 and fast.alerts == slow.alerts
+    assert sorted(fast.dead_letters) == sorted(slow.dead_letters) and fast.dead_letters
+    bodies = [orjson.loads(b) for _k, _a, b in fast.alerts]
+    assert any("explain" in b for b in bodies) and max(b["features"]["count"] for b in bodies) > 20
+
+
+def test_parquet_rows_the_flow_would_refuse_are_dead_letters(tmp_path: Path) -> None:
+    """A Parquet row that fails the flow's checks is a dead letter: the row as JSON, the
+    file and row number as its origin, and the reason the flow's decoder gives it."""
+    import math
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from control.detect_output import dead_letters_of
+
+    rows = [
+        {"sensor_id": "s1", "timestamp": START_MS, "value": 1.0, "tenant_id": None},
+        {"sensor_id": "s1", "timestamp": 5, "value": 1.0, "tenant_id": None},
+        {"sensor_id": "", "timestamp": START_MS, "value": 1.0, "tenant_id": None},
+        {"sensor_id": "s2", "timestamp": START_MS, "value": math.nan, "tenant_id": None},
+        {"sensor_id": "s2", "timestamp": START_MS, "value": 2.0, "tenant_id": "no spaces!"},
+        {"sensor_id": "s2", "timestamp": START_MS + 1, "value": 2.0, "tenant_id": None},
+    ]
+    path = tmp_path / "h.parquet"
+    pq.write_table(pa.table({k: [r[k] for r in rows] for k in rows[0]}), path)
+    s = detect_settings(load_settings({}))
+    r = read_readings([str(path)], settings=s)
+    assert len(r) == 2 and r.stats.bad_records == 4
+    dead = [orjson.loads(rec.value) for _k, rec in dead_letters_of(r, [], s.flow_id)]
+    assert [(d["source"], d["offset"]) for d in dead] == [
+        ("parquet:h.parquet", str(i)) for i in (2, 3, 4, 5)
+    ]
+    assert dead[0]["reason"] == "bad_timestamp"
+    assert all(d["reason"] in {"bad_type", "missing_field", "non_finite"} for d in dead[1:])
+    import base64
+
+    assert orjson.loads(base64.b64decode(dead[0]["value_b64"]))["timestamp"] == 5
