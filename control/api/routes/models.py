@@ -87,10 +87,22 @@ def models_retrain(
     who: Principal = MODELS_RETRAIN,
 ) -> dict[str, Any]:
     """Train on one of the tenant's flows' input and store a version (operator)."""
+    from control.history_columns import default_tenant_of
+    from control.supervisor import Supervisor
+
     api, store = _store(request, who, "models.retrain", tenant)
     source = _source(api, tenant, body.flow)
+    flow = find_flow(api.cfg, body.flow)
+    spec = Supervisor(flow.dir).load_spec() if flow is not None else None
+    env = spec.env if spec is not None else {}
     return ops.retrain(
         [source],
+        # models keyed as the flow keys its state: records without a tenant get the
+        # flow's default tenant
+        default_tenant=default_tenant_of(
+            env.get("AD_DEFAULT_TENANT", ""), env.get("AD_TENANTS", "")
+        )
+        or None,
         store=store,
         detector=detector,
         since=body.since,
