@@ -60,6 +60,13 @@ def add_engine_options(p: argparse.ArgumentParser, dask_flags: bool = True) -> N
     opt(p, "--master", env="AD_SPARK_MASTER", help="Spark master (default: local[WORKERS])")
     opt(
         p,
+        "--spark-driver-memory",
+        env="AD_SPARK_DRIVER_MEMORY",
+        default="1g",
+        help="heap of the embedded Spark driver, which holds a job's partitions (e.g. 4g)",
+    )
+    opt(
+        p,
         "--retries",
         env="AD_ENGINE_RETRIES",
         default=2,
@@ -73,7 +80,9 @@ def engine_of(args: argparse.Namespace) -> Any:
     from control.engines import make_engine
 
     address = {"dask": args.scheduler, "ray": args.address, "spark": args.master}[args.engine]
-    return make_engine(args.engine, args.dask_workers, address or None, args.retries)
+    return make_engine(
+        args.engine, args.dask_workers, address or None, args.retries, args.spark_driver_memory
+    )
 
 
 def train_with_engine(
@@ -418,7 +427,7 @@ def register(sub: Any) -> None:
     opt(
         p,
         "--sort-by-time",
-        env="AD_DETECT_SORT",
+        env="AD_SORT_BY_TIME",
         default=False,
         flag=True,
         help="sort each sensor's readings by event time first (default: input order, as "

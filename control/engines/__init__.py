@@ -22,7 +22,11 @@ ENGINES = {
 
 
 def make_engine(
-    name: str, workers: int = 2, address: str | None = None, retries: int = 2
+    name: str,
+    workers: int = 2,
+    address: str | None = None,
+    retries: int = 2,
+    spark_driver_memory: str | None = None,
 ) -> Engine:
     """An engine by name (not started; use it as a context manager)."""
     entry = ENGINES.get(name)
@@ -36,5 +40,6 @@ def make_engine(
         raise EngineError(
             f"engine {name!r} is not installed; pip install 'anomaly-detector[{extra}]'"
         ) from None
-    engine: Engine = getattr(import_module(module), cls)(workers, address, retries)
+    extra_kw = {"driver_memory": spark_driver_memory} if name == "spark" else {}
+    engine: Engine = getattr(import_module(module), cls)(workers, address, retries, **extra_kw)
     return engine

@@ -42,14 +42,23 @@ class SparkEngine(Engine):
         workers: cores of ``local[N]``.
         address: a Spark master (``None``: ``local[workers]``).
         retries: how often a failed task is retried.
+        driver_memory: the embedded driver's heap (``spark.driver.memory``; default
+            ``AD_SPARK_DRIVER_MEMORY``, else ``1g``): it holds a job's pickled partitions.
     """
 
     name = "spark"
 
-    def __init__(self, workers: int = 2, address: str | None = None, retries: int = 2) -> None:
+    def __init__(
+        self,
+        workers: int = 2,
+        address: str | None = None,
+        retries: int = 2,
+        driver_memory: str | None = None,
+    ) -> None:
         super().__init__(workers, address, retries)
         self.spark: Any = None
         self._owns = True
+        self.driver_memory = driver_memory or os.environ.get("AD_SPARK_DRIVER_MEMORY") or "1g"
 
     @classmethod
     def from_session(cls, spark: Any, retries: int = 2) -> SparkEngine:
@@ -80,7 +89,7 @@ class SparkEngine(Engine):
                 .config("spark.task.maxFailures", str(self.retries + 1))
                 .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                 # the driver holds a job's pickled partitions: about 30 bytes a reading
-                .config("spark.driver.memory", os.environ.get("AD_SPARK_DRIVER_MEMORY", "1g"))
+                .config("spark.driver.memory", self.driver_memory)
                 .getOrCreate()
             )
         except Exception as exc:  # noqa: BLE001 - py4j raises many kinds
