@@ -353,24 +353,11 @@ def flow_decoder(settings: Any, fmt: str | None = None) -> Any:
     """The flow's own decoder for ``settings`` (as ``flows.detector`` builds it, with the
     tenant registry of ``AD_TENANTS``), in format ``fmt`` (default: the settings').
     """
-    from flows.decode import Decoder
+    from flows.decode import decoder_for
     from state.tenants import load_registry
 
     registry = load_registry(settings.tenants) if settings.tenants else None
-    return Decoder(
-        fmt or settings.format,
-        settings.schema,
-        settings.schema_registry,
-        settings.max_record_bytes,
-        settings.flow_id,
-        settings.timestamp_unit,
-        settings.earliest_ms,
-        settings.csv_mapping(),
-        settings.default_tenant or (registry.default_tenant if registry else "") or "",
-        settings.control_key.encode() or None,
-        settings.model_store,
-        frozenset(registry.tenants) if registry is not None else None,
-    )
+    return decoder_for(settings, registry, fmt)
 
 
 def _flow_url(src: str) -> tuple[str, bool]:

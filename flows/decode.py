@@ -30,7 +30,7 @@ from schemas import AVRO_IDS, DEFAULT_AVRO, DEFAULT_PROTO, HERE
 from schemas.markers import MARKER_PREFIX, MarkerInvalid, decode_marker
 from schemas.timestamps import EARLIEST_MS, LATEST_MS, TimestampError, to_millis
 
-__all__ = ["Decoder", "CONTROL_PREFIX", "parse_timestamp"]
+__all__ = ["Decoder", "CONTROL_PREFIX", "decoder_for", "parse_timestamp"]
 
 #: Input values starting with these bytes are control markers (schemas.markers).
 CONTROL_PREFIX = MARKER_PREFIX
@@ -631,3 +631,23 @@ class Decoder:
             cache.clear()
         self.away = away
         return parts, bad
+
+
+def decoder_for(settings: Any, registry: Any = None, fmt: str | None = None) -> Decoder:
+    """The flow's decoder for ``settings`` (``flows.settings.Settings``) and the tenant
+    ``registry`` in force (or ``None``), in format ``fmt`` (default: the settings').
+    """
+    return Decoder(
+        fmt or settings.format,
+        settings.schema,
+        settings.schema_registry,
+        settings.max_record_bytes,
+        settings.flow_id,
+        settings.timestamp_unit,
+        settings.earliest_ms,
+        settings.csv_mapping(),
+        settings.default_tenant or (registry.default_tenant if registry else "") or "",
+        settings.control_key.encode() or None,
+        settings.model_store,
+        frozenset(registry.tenants) if registry is not None else None,
+    )

@@ -21,7 +21,7 @@ from bytewax.operators import StatefulBatchLogic
 from connectors import make_sink, make_source
 from connectors.base import MessageBatch, OutRecord, RawRecord, as_raw
 from flows import dogstatsd, metrics, summary
-from flows.decode import Decoder
+from flows.decode import Decoder, decoder_for
 from flows.logic import ALERT, DLQ, KeyGroupLogic
 from flows.models import Models
 from flows.quotas import TenantGate, alert_routes, dead_letter_routes
@@ -40,23 +40,6 @@ class _Detect(KeyGroupLogic, StatefulBatchLogic):
 
 class _Gate(TenantGate, StatefulBatchLogic):
     """TenantGate (per input partition) as a Bytewax ``StatefulBatchLogic``."""
-
-
-def _decoder(settings: Settings, registry: Registry | None = None) -> Decoder:
-    return Decoder(
-        settings.format,
-        settings.schema,
-        settings.schema_registry,
-        settings.max_record_bytes,
-        settings.flow_id,
-        settings.timestamp_unit,
-        settings.earliest_ms,
-        settings.csv_mapping(),
-        settings.default_tenant or (registry.default_tenant if registry else "") or "",
-        settings.control_key.encode() or None,
-        settings.model_store,
-        frozenset(registry.tenants) if registry is not None else None,
-    )
 
 
 def _batch_decoder(settings: Settings) -> Any:
@@ -146,7 +129,7 @@ _COUNTED = frozenset({"quota_exceeded", "sensor_quota"})
 
 
 def _decode_step(settings: Settings, registry: Registry | None = None) -> Any:
-    decoder = _decoder(settings, registry)
+    decoder = decoder_for(settings, registry)
     decode = _batch_decoder(settings)
 
     def decode_one_batch(batch: list[RawRecord] | MessageBatch) -> Iterable[tuple[str, Any]]:
@@ -292,7 +275,7 @@ def build_flow(
             "tenant-decode",
             keyed,
             lambda resume: _Gate(
-                _decoder(s, registry),
+                decoder_for(s, registry),
                 decode,
                 registry,
                 s.default_tenant,
