@@ -84,13 +84,17 @@ class TimedSource(FixedPartitionedSource):
 
 
 def detector_flow() -> Any:
-    """The product flow from ``AD_*`` settings, with a timed source."""
+    """The product flow from ``AD_*`` settings, with a timed source, set up as
+    ``python -m bytewax.run flows.detector`` sets up its process (``serve``: the metrics
+    server, the garbage collector's tuning).
+    """
     from connectors import make_source
     from flows.detector import build_flow
     from flows.settings import load_settings
 
     s = load_settings()
-    return build_flow(s, source=TimedSource(make_source(s.source, s.connector_context()), len))
+    source = TimedSource(make_source(s.source, s.connector_context()), len)
+    return build_flow(s, source=source, serve=True)
 
 
 def baseline_flow() -> Any:

@@ -303,6 +303,7 @@ class Bench:
             "AD_FLOW_ID": flow_id,
             "AD_DETECTOR": self.a.detector,
             "AD_KEY_BY": self.a.key_by,
+            "AD_METRICS_PORT": "0",  # no server: runs and tests must not share a port
         }
         settings.update(extra)
         env = flow_env(**settings)
