@@ -63,14 +63,22 @@ def find_flow(cfg: ApiConfig, name: str) -> FlowRef | None:
     return FlowRef(name, d, owner.read_text().strip())
 
 
-def flow_source(flow: FlowRef) -> str:
-    """The input URL of ``flow`` (its last run's ``AD_SOURCE``), where markers go."""
-    from fastapi import HTTPException
-
+def flow_settings(flow: FlowRef) -> dict[str, str]:
+    """The settings (``AD_*`` environment) of ``flow``'s last run; empty if never run."""
     from control.supervisor import Supervisor
 
     spec = Supervisor(flow.dir).load_spec()
-    source = spec.env.get("AD_SOURCE") if spec else None
+    return dict(spec.env) if spec else {}
+
+
+def flow_source(flow: FlowRef, settings: dict[str, str] | None = None) -> str:
+    """The input URL of ``flow`` (its last run's ``AD_SOURCE``), where markers go;
+    ``settings``: :func:`flow_settings`, when the caller has them already.
+    """
+    from fastapi import HTTPException
+
+    env = flow_settings(flow) if settings is None else settings
+    source = env.get("AD_SOURCE")
     if not source:
         raise HTTPException(409, f"flow {flow.name} has no AD_SOURCE to write markers into")
     return source

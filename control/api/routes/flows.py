@@ -15,6 +15,7 @@ from control.api.resources import (
     FlowRef,
     allowed_env,
     find_flow,
+    flow_settings,
     flow_source,
     list_flows,
     new_flow,
@@ -186,17 +187,15 @@ def flow_registry_push(
     applies it at that position, so a replay applies it at the same record (admin of
     every tenant: the registry is every tenant's).
     """
-    from control.supervisor import Supervisor
-
     flow = _flow(request, who, "tenants.write", name)
     api = _api(request)
     store, path = _registry_of(api, flow.tenant)
-    spec = Supervisor(flow.dir).load_spec()
-    if spec is None or "AD_TENANTS" not in spec.env:
+    settings = flow_settings(flow)
+    if "AD_TENANTS" not in settings:
         raise HTTPException(
             409, f"flow {name} runs without the tenant registry (run it with tenants)"
         )
-    source = flow_source(flow)
+    source = flow_source(flow, settings)
     return {"name": name, **ops.push_registry(store, path, source)}
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from control import ops
 from control.api.auth import Principal
 from control.api.context import Api, caller
-from control.api.resources import find_flow, flow_source, tenant_store
+from control.api.resources import FlowRef, find_flow, flow_settings, flow_source, tenant_store
 
 router = APIRouter(prefix="/v1/tenants/{tenant}/models", tags=["models"])
 MODELS_PUSH = caller("models.push")
@@ -47,11 +47,11 @@ def _store(request: Request, who: Principal, action: str, tenant: str) -> tuple[
     return api, tenant_store(api.cfg.model_store, tenant)
 
 
-def _source(api: Api, tenant: str, name: str) -> str:
+def _tenant_flow(api: Api, tenant: str, name: str) -> FlowRef:
     flow = find_flow(api.cfg, name)
     if flow is None or flow.tenant != tenant:
         raise HTTPException(404, f"flow {name} not found")
-    return flow_source(flow)
+    return flow
 
 
 @router.get("/{detector}", summary="stored versions of a detector (`adctl models`)")
@@ -73,7 +73,7 @@ def models_push(
 ) -> dict[str, Any]:
     """Switch one of the tenant's flows to a stored version (operator)."""
     api, store = _store(request, who, "models.push", tenant)
-    source = _source(api, tenant, body.flow)
+    source = flow_source(_tenant_flow(api, tenant, body.flow))
     announce = ops.Announce(ops.kafka_bootstrap(source), api.cfg.control_topic)
     return ops.push_model(store, detector, body.version, source, announce)
 
@@ -88,13 +88,11 @@ def models_retrain(
 ) -> dict[str, Any]:
     """Train on one of the tenant's flows' input and store a version (operator)."""
     from control.history_columns import default_tenant_of
-    from control.supervisor import Supervisor
 
     api, store = _store(request, who, "models.retrain", tenant)
-    source = _source(api, tenant, body.flow)
-    flow = find_flow(api.cfg, body.flow)
-    spec = Supervisor(flow.dir).load_spec() if flow is not None else None
-    env = spec.env if spec is not None else {}
+    flow = _tenant_flow(api, tenant, body.flow)
+    env = flow_settings(flow)
+    source = flow_source(flow, env)
     return ops.retrain(
         [source],
         # models keyed as the flow keys its state: records without a tenant get the
