@@ -51,7 +51,7 @@ from connectors.base import (
     SourceURL,
     register_message_type,
 )
-from connectors.kafka_keys import PARTITIONERS, Homes
+from connectors.kafka_keys import Homes, partitioner_named
 
 __all__ = [
     "KafkaSource",
@@ -313,8 +313,7 @@ class KafkaSource(FixedPartitionedSource[MessageBatch, tuple[int, str]]):
         self._rate = max_rate
         self._extra = dict(extra or {})
         self._parts: list[str] | None = None
-        if partitioner not in PARTITIONERS:
-            Homes(topics[0], 0, [], partitioner)  # raises the one-line error
+        partitioner_named(partitioner)  # a bad name fails here, with the valid ones
         self._partitioner = partitioner
         self._homes: Homes | None = None
         self._linger = linger_s
@@ -345,9 +344,7 @@ class KafkaSource(FixedPartitionedSource[MessageBatch, tuple[int, str]]):
                 group,
             )
         if self._homes is None:
-            first = self._topics[0]
-            n = sum(1 for p in self._parts if p.rsplit("#", 1)[0] == first)
-            self._homes = Homes(first, n, self._parts, self._partitioner)
+            self._homes = Homes(self._topics[0], self._parts, self._partitioner)
         conf = client_config(
             self._brokers,
             {

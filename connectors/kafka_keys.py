@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from connectors import placement
 
-__all__ = ["PARTITIONERS", "Homes", "murmur2"]
+__all__ = ["PARTITIONERS", "Homes", "murmur2", "partitioner_named"]
 
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
@@ -70,13 +70,24 @@ PARTITIONERS: dict[str, Callable[[bytes, int], int]] = {
 }
 
 
+def partitioner_named(name: str) -> Callable[[bytes, int], int]:
+    """The partitioner called ``name`` in :data:`PARTITIONERS`, or a one-line error."""
+    pick = PARTITIONERS.get(name)
+    if pick is None:
+        raise ValueError(
+            f"unknown partitioner {name!r}; one of "
+            f"{', '.join(PARTITIONERS)}, e.g. kafka://host:9092/sensors?partitioner=murmur2"
+        )
+    return pick
+
+
 class Homes:
     """The home key group of each sensor of one topic (``AD_KEY_BY=auto``).
 
     Args:
         topic: the topic whose partitions are homes (a source's first topic).
-        partitions: its partition count.
-        parts: every partition name of the source (``topic#p``), which ranks them for
+        parts: every partition name of the source (``topic#p``): those of ``topic`` are
+            the homes, and all of them rank the homes for
             :func:`connectors.placement.partition_group`, as the source names its
             partitions' key groups.
         partitioner: a name in :data:`PARTITIONERS`.
@@ -84,20 +95,13 @@ class Homes:
 
     __slots__ = ("groups", "partitioner", "_pick")
 
-    def __init__(self, topic: str, partitions: int, parts: list[str], partitioner: str) -> None:
-        if partitioner not in PARTITIONERS:
-            raise ValueError(
-                f"unknown partitioner {partitioner!r}; one of "
-                f"{', '.join(PARTITIONERS)}, e.g. kafka://host:9092/sensors?partitioner=murmur2"
-            )
-        ranked = sorted(parts)
-        #: the key group of each partition of ``topic``, by partition number
-        self.groups = [
-            placement.partition_group(f"{topic}#{p}", ranked.index(f"{topic}#{p}"))
-            for p in range(partitions)
-        ]
+    def __init__(self, topic: str, parts: list[str], partitioner: str) -> None:
+        self._pick = partitioner_named(partitioner)
         self.partitioner = partitioner
-        self._pick = PARTITIONERS[partitioner]
+        count = sum(1 for part in parts if part.rsplit("#", 1)[0] == topic)
+        homes = [f"{topic}#{p}" for p in range(count)]
+        #: the key group of each partition of ``topic``, by partition number
+        self.groups = [placement.partition_group(h, placement.part_rank(h, parts)) for h in homes]
 
     def group(self, sensor_id: str) -> str:
         """The key group of ``sensor_id``'s home partition."""

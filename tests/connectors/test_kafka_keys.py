@@ -57,7 +57,7 @@ def test_home_groups_are_the_groups_the_source_names_its_partitions(
             names[int(part.rsplit("#", 1)[1])] = p.snapshot()[1]
         finally:
             p.close()
-    homes = Homes(topic, 5, parts, "murmur2")
+    homes = Homes(topic, parts, "murmur2")
     assert homes.groups == [names[i] for i in range(5)]
     for key in KEYS:
         assert homes.group(key) == names[PARTITIONERS["murmur2"](key.encode(), 5)]

@@ -105,7 +105,7 @@ def test_auto_keys_each_sensor_by_its_home_whatever_the_arrival(keys: str, why: 
     """Every sensor's readings arrive from all 3 partitions: by home they still meet one
     state (the output is the one by sensor hash), and those away from home are counted
     with the reason."""
-    homes = Homes("t", 3, ["t#0", "t#1", "t#2"], "murmur2")
+    homes = Homes("t", ["t#0", "t#1", "t#2"], "murmur2")
     home_of = {f"s{i}": homes.groups.index(homes.group(f"s{i}")) for i in range(6)}
     assert len(set(home_of.values())) > 1
     batches = _auto_batches(homes, keys)
@@ -124,6 +124,6 @@ def test_auto_keys_each_sensor_by_its_home_whatever_the_arrival(keys: str, why: 
 
 def test_auto_without_homes_keys_by_sensor_hash() -> None:
     """Sources that do not know their producers' partitioning (here: plain batches)."""
-    homes = Homes("t", 3, ["t#0", "t#1", "t#2"], "murmur2")
+    homes = Homes("t", ["t#0", "t#1", "t#2"], "murmur2")
     plain = [list(b) for b in _auto_batches(homes, "sensor")]
     assert _run_auto(plain, "auto") == _run_auto(_auto_batches(homes, "sensor"), "sensor")

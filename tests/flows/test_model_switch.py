@@ -34,7 +34,7 @@ def _run(records: list[bytes], key_by: str, store: str) -> list[dict]:
         env["AD_SOURCE"] = "kafka://127.0.0.1:9/t"
         batches = [MessageBatch([b[0].value], b, "t", "t#0~7") for b in batches]
     elif key_by == "auto":  # read from partition 0 of 3; "a" and "b" live in 1 and 2
-        homes = Homes("t", 3, ["t#0", "t#1", "t#2"], "murmur2")
+        homes = Homes("t", ["t#0", "t#1", "t#2"], "murmur2")
         assert homes.group("a") == homes.groups[1] and homes.group("b") == homes.groups[2]
         env["AD_SOURCE"] = "kafka://127.0.0.1:9/t"
         batches = [MessageBatch([b[0].value], b, "t", homes.groups[0], homes) for b in batches]
