@@ -545,16 +545,13 @@ class Decoder:
                     pass
             if o is not None:  # each field read once (attribute reads are not free here)
                 sid, t, v, ten = o.sensor_id, o.timestamp, o.value, o.tenant_id
-            if (
-                o is not None
-                and sid
+            if o is None or not (
+                sid
                 and lo <= t < hi
                 and v - v == 0.0
                 and KEY_SEP not in sid
                 and (ten is None or ten in valid or self._new_tenant(ten))
-            ):
-                pass
-            else:  # everything the fast path does not take: the general path
+            ):  # everything the fast path does not take: the general path
                 raw = as_raw(raw)
                 try:
                     item = self.decode_one(raw)
