@@ -295,34 +295,37 @@ def build_flow(
     is_alert = op.branch("split-alerts", results, _not_dead)
     late = is_alert.falses if dlq_routes else op.map("late", is_alert.falses, lambda tr: tr[1])
     routes = alert_routes(registry)
-    ours = is_alert.trues
-    if routes:  # tenants' own alert sinks (registry `alerts` templates), one step each
-        for url in routes:
-            tag, name = f"{ALERT}>{url}", hashlib.sha256(url.encode()).hexdigest()[:12]
-            mine = op.filter(f"route-{name}", is_alert.trues, _tagged(tag))
-            op.output(
-                f"alerts-out-{name}",
-                op.map(f"alerts-{name}", mine, lambda tr: tr[1]),
-                _sink(url, ctx, serve),
-            )
-        ours = op.filter("route-flow", is_alert.trues, _tagged(ALERT))
+    ours = _routed(is_alert.trues, ALERT, routes, ctx, serve) if routes else is_alert.trues
     alerts = op.map("alerts", ours, lambda tr: tr[1])
     op.output("alerts-out", alerts, sink)
     dead = op.merge("dead-letters", bad_in, late)
     if dlq_routes:  # tenants' own dead-letter sinks (registry `dead_letters` templates)
-        for url in dlq_routes:
-            tag, name = f"{DLQ}>{url}", hashlib.sha256(url.encode()).hexdigest()[:12]
-            mine = op.filter(f"dlq-route-{name}", dead, _tagged(tag))
-            op.output(
-                f"dead-letters-out-{name}",
-                op.map(f"dead-letters-{name}", mine, lambda tr: tr[1]),
-                _sink(url, ctx, serve),
-            )
         dead = op.map(
-            "dead-letters-flow", op.filter("dlq-route-flow", dead, _tagged(DLQ)), lambda tr: tr[1]
+            "dead-letters-flow", _routed(dead, DLQ, dlq_routes, ctx, serve), lambda tr: tr[1]
         )
     op.output("dead-letters-out", dead, dlq)
     return flow
+
+
+def _routed(stream: Any, kind: str, urls: Any, ctx: Any, serve: bool | None) -> Any:
+    """Tenants' own sinks (registry ``alerts`` / ``dead_letters`` templates): items of
+    ``stream`` tagged ``<kind>>URL`` go to URL's sink, one output step per URL; returns
+    the items tagged ``kind`` alone (the flow's own sink).
+    """
+    route, out, each = (
+        ("route", "alerts-out", "alerts")
+        if kind == ALERT
+        else ("dlq-route", "dead-letters-out", "dead-letters")
+    )
+    for url in urls:
+        name = hashlib.sha256(url.encode()).hexdigest()[:12]
+        mine = op.filter(f"{route}-{name}", stream, _tagged(f"{kind}>{url}"))
+        op.output(
+            f"{out}-{name}",
+            op.map(f"{each}-{name}", mine, lambda tr: tr[1]),
+            _sink(url, ctx, serve),
+        )
+    return op.filter(f"{route}-flow", stream, _tagged(kind))
 
 
 def _not_dead(kv: tuple[str, Any]) -> bool:
