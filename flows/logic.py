@@ -19,7 +19,7 @@ import logging
 import pickle
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from itertools import chain
@@ -34,7 +34,7 @@ from connectors.base import OutRecord, RawRecord, as_raw
 from detectors.base import explain_in_batch, state_before_batch
 from flows import metrics, summary
 from flows.models import TENANT_PREFIX, Models
-from flows.quotas import alert_routes, dead_letter_routes, dead_letter_tags
+from flows.quotas import alert_routes, dead_letter_routes, dead_letter_tags, load_ref
 from flows.records import (
     Columns,
     Control,
@@ -637,25 +637,16 @@ class KeyGroupLogic:
         """Tenant -> its window spec, for the tenants of registry ``ref`` ("": the start
         registry) that set window settings.
         """
-        got = self._wspecs.get(ref)
-        if got is None:
-            from flows.quotas import load_ref
-
-            got = self._wspecs[ref] = tenant_specs(self.spec, load_ref(ref))
-            if got:
-                self._tenant_windows = True
+        got = self._per_registry(self._wspecs, ref, lambda reg: tenant_specs(self.spec, reg))
+        if got:
+            self._tenant_windows = True
         return got
 
     def _tenant_versions(self, ref: str) -> dict[str, str]:
         """Tenant -> its own detector's version under the registry ``ref`` ("": the
         registry the flow started with).
         """
-        got = self._tver.get(ref)
-        if got is None:
-            from flows.quotas import load_ref
-
-            got = self._tver[ref] = self.models.tenant_versions(load_ref(ref))
-        return got
+        return self._per_registry(self._tver, ref, self.models.tenant_versions)
 
     def _tags_of(self, registry: Any) -> dict[str, str]:
         """Tenant -> the output tag of its alerts under ``registry``: its own sink's, or
@@ -678,33 +669,32 @@ class KeyGroupLogic:
     def _tag(self, sid: str, tenant: str | None) -> str:
         """The output tag of an alert of sensor ``sid`` (see ``_tags_of``)."""
         ref = self._sreg.get(sid, "") if self._sreg else ""
-        tags = self._tags.get(ref)
-        if tags is None:
-            from flows.quotas import load_ref
-
-            tags = self._tags[ref] = self._tags_of(load_ref(ref))
+        tags = self._per_registry(self._tags, ref, self._tags_of)
         return tags.get(tenant or "", ALERT)
 
     def _dlq_tag(self, raw: RawRecord, tenant: str | None) -> str:
         """The output tag of a dead letter of ``tenant`` read from ``raw``'s partition."""
         reg = self.switches.get(_REG + self._origin(raw)) if self.switches else None
         ref = reg[1] if reg is not None else ""
-        tags = self._dtags.get(ref)
-        if tags is None:
-            from flows.quotas import load_ref
-
-            tags = self._dtags[ref] = dead_letter_tags(load_ref(ref), self._droutes)
+        tags = self._per_registry(self._dtags, ref, lambda r: dead_letter_tags(r, self._droutes))
         return tags.get(tenant or "", DLQ)
 
     def _thresholds_of(self, ref: str) -> dict[str, float]:
         """The per-tenant thresholds of the registry stored under ``ref``."""
-        got = self._reg_thr.get(ref)
-        if got is None:
-            from flows.quotas import load_ref
+        return self._per_registry(
+            self._reg_thr,
+            ref,
+            lambda reg: {t.id: t.threshold for t in reg if t.threshold is not None},
+        )
 
-            got = self._reg_thr[ref] = {
-                t.id: t.threshold for t in load_ref(ref) if t.threshold is not None
-            }
+    @staticmethod
+    def _per_registry(cache: dict[str, Any], ref: str, build: Callable[[Any], Any]) -> Any:
+        """``build(registry)`` for the registry stored under ``ref`` ("": the one the flow
+        started with), once per ref (registries are immutable).
+        """
+        got = cache.get(ref)
+        if got is None:
+            got = cache[ref] = build(load_ref(ref))
         return got
 
     def _score(self, pending: dict[str, list[Closed]], out: list) -> None:
