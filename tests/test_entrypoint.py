@@ -4,6 +4,7 @@ default one Bytewax process per core, with the same output as one process."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,29 @@ from control.launch import cores, free_ports
 from tests.flowrun import ROOT, flow_env, make_readings
 
 pytestmark = pytest.mark.slow
+
+
+def _free_run(n: int) -> int:
+    """A port with the ``n - 1`` ports after it free too: the entrypoint gives process
+    ``i`` the port ``AD_CLUSTER_PORT + i``.
+    """
+    for _ in range(100):
+        base = free_ports(1)[0]
+        if base + n >= 65536:
+            continue
+        socks = []
+        try:
+            for i in range(n):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise AssertionError("no run of free ports found")
 
 
 def _run(tmp: Path, name: str, **env: str) -> tuple[list[dict], str]:
@@ -30,7 +54,7 @@ def _run(tmp: Path, name: str, **env: str) -> tuple[list[dict], str]:
             AD_WINDOW_SIZE="60s",
             AD_DETECTOR="mad",
             AD_RECOVERY_DIR=str(tmp / f"{name}-rec"),
-            AD_CLUSTER_PORT=str(free_ports(1)[0]),
+            AD_CLUSTER_PORT=str(_free_run(max(2, cores()))),
             AD_METRICS_PORT="0",
             PYTHON=sys.executable,
             **env,
