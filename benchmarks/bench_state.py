@@ -12,16 +12,14 @@ manifests written to SQLite as Bytewax's recovery store does, and restoring ever
 group from its segments. Prints one JSON line.
 
 MODE ``live``: every sensor was touched and scored since the last snapshot (held as
-objects with a live detector state; the snapshot packs and pickles each: the worst
-case, and what every snapshot cost before states were packed). ``packed``: no sensor
-was touched since the last snapshot (each held as its pickled bytes with a packed
-detector state, as ``KeyGroupLogic.snapshot`` leaves them: the steady state of keys
-idle for an epoch).
+objects, their detector states packed as ``KeyGroupLogic._score`` leaves them; the
+snapshot pickles each: the worst case). ``packed``: no sensor was touched since the
+last snapshot (each held as its pickled bytes, as ``KeyGroupLogic.snapshot`` leaves
+them: the steady state of keys idle for an epoch).
 """
 
 from __future__ import annotations
 
-import copy
 import gc
 import json
 import pickle
@@ -94,11 +92,9 @@ def measure(keys: int, detector: str, mode: str = "live", groups: int = 64) -> d
             for sid in sids:  # a mature detector state per sensor (its own copy)
                 j = zlib.crc32(sid.encode()) % 8
                 sensor = logic.sensors[sid]
-                if mode == "live":  # as KeyGroupLogic._score leaves it
-                    sensor.det = copy.deepcopy(templates[j])  # type: ignore[union-attr]
-                else:  # as KeyGroupLogic.snapshot leaves it (packed, then pickled)
-                    sensor.det = PackedState(packed[j])  # type: ignore[union-attr]
-            if mode != "live":
+                # packed, as KeyGroupLogic._score leaves it (its own copy of the bytes)
+                sensor.det = PackedState(bytes(bytearray(packed[j])))  # type: ignore[union-attr]
+            if mode != "live":  # pickled, as KeyGroupLogic.snapshot leaves it
                 logic._freeze()
     fill_s = time.perf_counter() - t0
     gc.collect()

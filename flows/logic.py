@@ -374,7 +374,9 @@ class KeyGroupLogic:
         return self._store
 
     def _freeze(self) -> None:
-        """Make every warm sensor cold: pack a changed detector state, pickle the sensor."""
+        """Make every warm sensor cold: pickle the sensor (its detector state was packed
+        when it was scored; a live one, from an older snapshot, is packed here).
+        """
         sensors = self.sensors
         with gc_paused():
             for sid in self._warm:
@@ -719,10 +721,13 @@ class KeyGroupLogic:
                 values.append(np.fromiter((w.mean for w in closed), np.float64, len(closed)))
                 ends.append(np.fromiter((w.end / 1000.0 for w in closed), np.float64, len(closed)))
             new_states, scores = det.score_batch(states, values, ends)
+            pack = det.pack_state
             for sid, state, sc, bef in zip(sids, new_states, scores, pre, strict=True):
                 sensor = sensors[sid]
-                sensor.det = state  # type: ignore[union-attr]  # pending: warm
-                self._emit(sid, sensor, det, pending[sid], sc.tolist(), out, bef)  # type: ignore[arg-type]  # warm
+                self._emit(sid, sensor, det, pending[sid], sc.tolist(), out, bef, state)  # type: ignore[arg-type]  # warm
+                # packed now, not at the snapshot: the epoch's end (which the epoch's
+                # alerts wait for) then only pickles sensors, whatever was scored
+                sensor.det = PackedState(pack(state))  # type: ignore[union-attr]  # pending: warm
             metrics.WINDOWS_OUT.inc(sum(len(pending[sid]) for sid in sids))
             last = max(pending[sid][-1].end for sid in sids)
             metrics.WINDOW_CLOSE_LATENCY.observe(max(0.0, time.time() - last / 1000.0))
@@ -735,8 +740,12 @@ class KeyGroupLogic:
         closed: list[Closed],
         scores: list[float],
         out: list,
-        before: bytes | None = None,
+        before: bytes | None,
+        after: Any,
     ) -> None:
+        """The alerts (or, with ``AD_EMIT=all``, the scores) of a sensor's scored windows;
+        ``before``/``after``: its detector state before and after them (explanations).
+        """
         name, threshold, emit_all = det.name, self.threshold, self.emit_all
         thresholds = self._thresholds
         if self._sreg and sid in self._sreg:
@@ -769,7 +778,7 @@ class KeyGroupLogic:
             }
             if score >= threshold:  # why: component, expected range, reason
                 vals, ts = [c.mean for c in closed], [c.end / 1000.0 for c in closed]
-                body["explain"] = explain_in_batch(det, sensor.det, before, vals, ts, i)
+                body["explain"] = explain_in_batch(det, after, before, vals, ts, i)
             tag = self._tag(sid, sensor.tenant) if self._routes else ALERT
             out.append((tag, (sid, OutRecord(alert_id, sensor_id, orjson.dumps(body)))))
             if score >= threshold:

@@ -21,11 +21,11 @@ __all__ = ["PackedState", "Sensor", "freeze_sensor", "gc_paused", "thaw_sensor"]
 class PackedState(bytes):
     """A detector state at rest, as the detector's ``pack_state`` wrote it.
 
-    Snapshots pack the states that changed since the previous snapshot and keep them
-    packed until the sensor is scored again, so a snapshot re-serialises only what
-    changed, and a sensor holds its detector's compact packed state instead of the live
-    arrays, in memory and in the recovery store. The round trip is exact, so scores are
-    unchanged.
+    A state is packed as soon as its sensor's windows are scored and stays packed until
+    they are scored again, so a sensor holds its detector's compact packed state instead
+    of the live arrays, in memory and in the recovery store, and a snapshot (the end of
+    an epoch, which that epoch's alerts wait for) only pickles sensors. The round trip is
+    exact, so scores are unchanged.
     """
 
     __slots__ = ()
@@ -51,8 +51,8 @@ def gc_paused() -> Iterator[None]:
 class Sensor:
     """Per-sensor state: windows, detector state, model version, origin partition.
 
-    ``det`` is the live detector state, a :class:`PackedState`, or ``None`` for the
-    model's initial state (created when the sensor's first window is scored).
+    ``det`` is a :class:`PackedState`, or ``None`` for the model's initial state (created
+    when the sensor's first window is scored); live only while its windows are scored.
 
     Args:
         det_state: the detector state (live, packed, or ``None`` for the model's initial one).
