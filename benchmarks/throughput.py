@@ -14,9 +14,12 @@ default 19092). Everything runs in one invocation so the ratios hold on a noisy 
              ``AD_KEY_BY=auto``) (and the ``mad`` detector with ``--mad``); at each size
              of ``--records`` (after the first only the ceiling, today's 1-worker
              default and the default deployment); CPU seconds per million records
-4. latency   the default deployment at fractions (``--latency-loads``) of its own
-             throughput: produce time of the record that closes a window -> its output
-             visible read_committed; p50/p99 against load in a PNG next to the JSON
+4. latency   the default deployment at fractions (``--latency-loads``) of its live
+             maximum (first measured: the rate it processes while the generator, on
+             the same cores, offers more), and at the middle fraction of its replay
+             throughput (section 3): produce time of the record that closes a window ->
+             its output visible read_committed; p50/p99 against load in a PNG next to
+             the JSON
 5. recovery  the flow holding ``--recovery-keys`` keys is SIGKILLed and restarted: time
              from restart until it has caught up (output of a record produced at restart
              visible)
@@ -465,44 +468,125 @@ class Bench:
     # 4 ---------------------------------------------------------------------------------
     def latency(self) -> None:
         """The default deployment (``--latency-processes``, ``--key-by``) at each load of
-        ``--latency-loads`` (fractions of its own throughput in the flow section, or of
-        ``--latency-max-rate``), or at ``--latency-rate``; p50/p99 against load plotted.
+        ``--latency-loads``, or at ``--latency-rate``; p50/p99 against load plotted.
+
+        Loads are fractions of the *live* maximum (``--latency-of live``, the default):
+        the highest offered rate the deployment keeps up with while the generator runs
+        on the same cores as the flow and the broker (:meth:`_keeps_up`), found by
+        bisection between 10% and ``--latency-probe`` of the replay throughput in
+        ``--latency-search`` short runs. ``--latency-of replay``: fractions of the
+        replay throughput (the flow section's ``flow_default``: a topic read back with
+        nothing else running; or ``--latency-max-rate``). With both known, one more run
+        at the middle load as a fraction of the replay throughput shows that reading.
         """
         a = self.a
         tp = self.results.get("throughput", {})
-        flow_rate = a.latency_max_rate or tp.get("flow_default", {}).get("events_per_s")
-        if a.latency_rate:
-            rates = [a.latency_rate]
-        else:
-            rates = [f * (flow_rate or 20000.0) for f in a.latency_loads]
+        replay = a.latency_max_rate or tp.get("flow_default", {}).get("events_per_s")
+        top = max(
+            [a.latency_rate]
+            if a.latency_rate
+            else [f * (replay or 20000.0) for f in (*a.latency_loads, a.latency_probe)]
+        )
+        payloads, closes = self._live_input(
+            int(top * (a.latency_warmup + max(a.latency_seconds, a.latency_probe_seconds)))
+        )
         out: list[dict[str, Any]] = []
+        maxima: dict[str, Any] = {"replay": replay}
         for snap in a.latency_snapshots:
-            for rate in rates:
-                out.append(self._latency_run(rate, snap, flow_rate))
+            if a.latency_rate:
+                runs = [a.latency_rate]
+            else:
+                live = None
+                if a.latency_of == "live":
+                    live, tries = self._live_max(replay or 40000.0, snap, payloads, closes)
+                    maxima[f"live_s{snap}"] = live
+                    maxima[f"search_s{snap}"] = tries
+                base = live or replay or 20000.0
+                runs = [f * base for f in a.latency_loads]
+                if live and replay:
+                    mid = sorted(a.latency_loads)[len(a.latency_loads) // 2]
+                    runs.append(mid * replay)
+            for rate in runs:
+                r = self._latency_run(
+                    rate, snap, payloads, closes, maxima.get(f"live_s{snap}"), replay
+                )
+                out.append(r)
         self.results["latency"] = out
+        self.results["latency_max"] = maxima
 
-    def _latency_run(self, rate: float, snapshot_s: int, flow_rate: float | None) -> dict:
+    def _live_input(self, total: int) -> tuple[list[tuple[bytes, bytes]], dict]:
+        """The live runs' input (each run produces a prefix): sensor i's k-th reading is
+        ``--interval-ms`` after its previous one; phases spread the window boundaries
+        over the sensors, so windows close all the time. ``closes``: (sensor, window
+        end) -> index of the reading that closes that window.
+        """
         a = self.a
-        src = self.topic("live", a.partitions)
-        warm, dur = a.latency_warmup, a.latency_seconds
-        total = int(rate * (warm + dur))
-        sensors = a.sensors
-        # sensor i's k-th reading is interval_ms after its previous one; phases spread
-        # the window boundaries over the sensors, so windows close all the time
         payloads: list[tuple[bytes, bytes]] = []
         closes: dict[tuple[str, int], int] = {}
         k = 0
         while len(payloads) < total:
-            for i in range(sensors):
+            for i in range(a.sensors):
                 if len(payloads) >= total:
                     break
-                phase = (i * bk.WINDOW_MS) // sensors
+                phase = (i * bk.WINDOW_MS) // a.sensors
                 off = phase + k * a.interval_ms
                 if k > 0 and off // bk.WINDOW_MS > (off - a.interval_ms) // bk.WINDOW_MS:
                     end = bk.START_MS + (off // bk.WINDOW_MS) * bk.WINDOW_MS
                     closes[(bk.sensor_id(i), end)] = len(payloads)
                 payloads.append((bk.sensor_id(i).encode(), bk.reading(i, k, a.interval_ms, phase)))
             k += 1
+        return payloads, closes
+
+    def _live_max(
+        self, replay: float, snap: int, payloads: list[tuple[bytes, bytes]], closes: dict
+    ) -> tuple[float, list[dict[str, Any]]]:
+        """The highest offered rate the deployment keeps up with (bisection over
+        ``--latency-search`` runs of ``--latency-probe-seconds``), and every try.
+        """
+        a = self.a
+        lo, hi = 0.1 * replay, a.latency_probe * replay
+        tries: list[dict[str, Any]] = []
+        for _ in range(a.latency_search):
+            rate = (lo + hi) / 2
+            r = self._latency_run(rate, snap, payloads, closes, None, replay, probe=True)
+            r["kept_up"] = self._keeps_up(r)
+            tries.append(r)
+            lo, hi = (rate, hi) if r["kept_up"] else (lo, rate)
+        return lo, tries
+
+    @staticmethod
+    def _keeps_up(r: dict[str, Any]) -> bool:
+        """A run kept up when the generator produced what was offered (97%) and no
+        backlog built up: the records of the run's last third waited no longer than
+        those of its first third plus half a snapshot interval (their medians)."""
+        first, last = r.get("p50_first_third_ms"), r.get("p50_last_third_ms")
+        if first is None or last is None:
+            return False
+        return (
+            r["achieved_rate"] >= 0.97 * r["rate"]
+            and last <= first + 500 * r["snapshot_s"]
+            and r["samples"] >= 0.99 * r["expected"]
+        )
+
+    def _latency_run(
+        self,
+        rate: float,
+        snapshot_s: int,
+        payloads: list[tuple[bytes, bytes]],
+        closes: dict[tuple[str, int], int],
+        live_max: float | None,
+        replay_max: float | None = None,
+        probe: bool = False,
+    ) -> dict:
+        """One run at ``rate`` offered (a prefix of ``payloads``): latency quantiles, the
+        medians of the span's first and last thirds, and ``processed_rate``, the slope of
+        the flow's visible progress over the span.
+        """
+        a = self.a
+        src = self.topic("live", a.partitions)
+        warm, dur = a.latency_warmup, (a.latency_probe_seconds if probe else a.latency_seconds)
+        total = min(len(payloads), int(rate * (warm + dur)))
+        payloads = payloads[:total]
         env, alerts = self.flow_env(src, tail=True, AD_EMIT="all")
         if a.key_by == "auto":
             env.pop("AD_KEY_BY")
@@ -533,9 +617,8 @@ class Bench:
             self.log(
                 f"latency: producing {total} records at {rate:,.0f}/s (snapshot {snapshot_s} s)"
             )
-            t0 = time.time()
-            bk.paced_produce(self.brokers, src, payloads, rate, times)
-            achieved = len(payloads) / (time.time() - t0)
+            achieved = bk.paced_produce(self.brokers, src, payloads, rate, times)
+            t0, t_end = times[0], time.time()
             time.sleep(2 * snapshot_s + 2.0)
             cpu_s = 0.0
             for proc in flow.procs:
@@ -551,23 +634,35 @@ class Bench:
             key = (body["sensor_id"], bk.iso_ms(body["window_end"]))
             seen.setdefault(key, t)
         lat = []
+        thirds: list[list[float]] = [[], [], []]
         expected = 0
+        span = max(1e-9, t_end - (t0 + warm))
         for key, idx in closes.items():
-            if times[idx] < t0 + warm:
+            if idx >= total or times[idx] < t0 + warm:
                 continue
             expected += 1
             if key in seen:
-                lat.append(seen[key] - times[idx])
+                x = seen[key] - times[idx]
+                lat.append(x)
+                thirds[min(2, int(3 * (times[idx] - t0 - warm) / span))].append(x)
         lat.sort()
+
+        def median_ms(xs: list[float]) -> float | None:
+            return sorted(xs)[len(xs) // 2] * 1000 if xs else None
 
         def q(p: float) -> float | None:
             return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else None
 
         r = {
             "snapshot_s": snapshot_s,
+            "probe": probe,
             "rate": rate,
             "achieved_rate": achieved,
-            "load_vs_flow_max": rate / flow_rate if flow_rate else None,
+            "load_vs_live_max": rate / live_max if live_max else None,
+            "load_vs_replay_max": rate / replay_max if replay_max else None,
+            "processed_rate": processed_rate(seen, closes, t0 + warm, t_end),
+            "p50_first_third_ms": median_ms(thirds[0]),
+            "p50_last_third_ms": median_ms(thirds[2]),
             "samples": len(lat),
             "expected": expected,
             "p50_ms": q(0.50),
@@ -581,8 +676,9 @@ class Bench:
             "window_closes_per_s": expected / dur,
         }
         self.log(
-            f"latency (s={snapshot_s}): p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
-            f"{len(lat)}/{expected} samples"
+            f"latency (s={snapshot_s}, {rate:,.0f}/s offered, {achieved:,.0f}/s produced, "
+            f"{r['processed_rate']:,.0f}/s processed): p50 {_f(r['p50_ms'])} ms, "
+            f"p99 {_f(r['p99_ms'])} ms, {len(lat)}/{expected} samples"
         )
         return r
 
@@ -823,15 +919,22 @@ def table(res: dict[str, Any]) -> str:
     if res.get("latency"):
         lines += [
             "",
-            "| latency: processes, key by | snapshot s | load events/s (vs flow max) | "
-            "samples | p50 ms | p90 ms | p99 ms | max ms | target p99 ms |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| latency: processes, key by | snapshot s | offered events/s | vs live max | "
+            "vs replay max | produced events/s | processed events/s | samples | p50 ms | "
+            "p90 ms | p99 ms | max ms | target p99 ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for r in res["latency"]:
+        mx = res.get("latency_max", {})
+        tries = [t for k, v in mx.items() if k.startswith("search_") for t in v]
+        for r in [*tries, *res["latency"]]:
+            search = ""
+            if r.get("probe"):
+                search = f" (live max search: {'kept up' if r.get('kept_up') else 'behind'})"
             lines.append(
-                f"| {r.get('processes', 1)}, {r.get('key_by', '-')} | "
-                f"{r['snapshot_s']} | {r['achieved_rate']:,.0f} "
-                f"({_f(r['load_vs_flow_max'], '{:.0%}')}) | {r['samples']}/{r['expected']} | "
+                f"| {r.get('processes', 1)}, {r.get('key_by', '-')}{search} | {r['snapshot_s']} | "
+                f"{r['rate']:,.0f} | {_f(r.get('load_vs_live_max'), '{:.0%}')} | "
+                f"{_f(r.get('load_vs_replay_max'), '{:.0%}')} | {r['achieved_rate']:,.0f} | "
+                f"{_f(r.get('processed_rate'))} | {r['samples']}/{r['expected']} | "
                 f"{_f(r['p50_ms'])} | {_f(r['p90_ms'])} | {_f(r['p99_ms'])} | "
                 f"{_f(r['max_ms'])} | {r['target_ms']} |"
             )
@@ -872,8 +975,38 @@ def table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_latency(rows: list[dict[str, Any]], path: Path) -> Path:
-    """p50 and p99 alert latency against load (one line per snapshot interval)."""
+def processed_rate(
+    seen: dict[tuple[str, int], float], closes: dict[tuple[str, int], int], t_a: float, t_b: float
+) -> float:
+    """Records/s the flow got through between wall times ``t_a`` and ``t_b``: the
+    least-squares slope of its visible progress, the highest input index whose window's
+    output was visible by then, taken once per commit (``seen``: output -> wall time
+    visible; ``closes``: output -> index of the input record that closed its window).
+    """
+    events = sorted((t, closes[key]) for key, t in seen.items() if key in closes)
+    points: list[tuple[float, int]] = []  # (commit time, progress), one per commit
+    best = -1
+    for i, (when, idx) in enumerate(events):
+        best = max(best, idx)
+        if i + 1 == len(events) or events[i + 1][0] - when > 0.05:  # a commit's last output
+            if t_a <= when <= t_b:
+                points.append((when, best))
+    if len(points) < 2:
+        return 0.0
+    mt = sum(t for t, _ in points) / len(points)
+    mx = sum(x for _, x in points) / len(points)
+    var = sum((t - mt) ** 2 for t, _ in points)
+    if var <= 0:
+        return 0.0
+    return max(0.0, sum((t - mt) * (x - mx) for t, x in points) / var)
+
+
+def plot_latency(
+    rows: list[dict[str, Any]], path: Path, maxima: dict[str, Any] | None = None
+) -> Path:
+    """p50 and p99 alert latency against load (one line per snapshot interval), with the
+    live and replay maxima marked.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -893,6 +1026,16 @@ def plot_latency(rows: list[dict[str, Any]], path: Path) -> Path:
                 ax.annotate(f"produced {r['achieved_rate'] / 1000:.0f}k/s", (x, r["p99_ms"]))
         ax.axhline(snap * 1000 + 250, color="grey", lw=0.8, ls=":")
         ax.annotate(f"target p99 {snap * 1000 + 250} ms", (xs[0] if xs else 0, snap * 1000 + 270))
+    for key, value in sorted((maxima or {}).items()):
+        if value and (key == "replay" or key.startswith("live_")):
+            ax.axvline(value / 1000, color="black", lw=0.8, ls="-." if key == "replay" else "-")
+            ax.annotate(
+                f" {'replay' if key == 'replay' else 'live'} max {value / 1000:.0f}k",
+                (value / 1000, ax.get_ylim()[0]),
+                rotation=90,
+                va="bottom",
+                fontsize=8,
+            )
     first = rows[0] if rows else {}
     ax.set_xlabel("offered load, thousand events/s")
     ax.set_yscale("log")
@@ -948,6 +1091,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--latency-loads",
         default="0.25,0.5,0.75",
         help="latency loads as fractions of the default deployment's throughput",
+    )
+    p.add_argument(
+        "--latency-of",
+        choices=("live", "replay"),
+        default="live",
+        help="loads are fractions of the live maximum (measured first: the generator "
+        "offers --latency-probe of the replay rate) or of the replay throughput",
+    )
+    p.add_argument(
+        "--latency-probe",
+        type=float,
+        default=0.75,
+        help="the live-maximum search's upper bound, a fraction of the replay throughput",
+    )
+    p.add_argument("--latency-probe-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--latency-search", type=int, default=4, help="bisection runs for the live maximum"
     )
     p.add_argument(
         "--latency-max-rate",
@@ -1024,6 +1184,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         dflt("--state-keys", "state_keys", "1000,10000")
         dflt("--latency-seconds", "latency_seconds", 5.0)
         dflt("--latency-warmup", "latency_warmup", 2.0)
+        dflt("--latency-probe-seconds", "latency_probe_seconds", 4.0)
+        dflt("--latency-search", "latency_search", 2)
     a.sections = [s for s in a.sections.split(",") if s]
     bad = set(a.sections) - set(SECTIONS)
     if bad:
@@ -1067,7 +1229,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     if res.get("latency"):
-        res["latency_plot"] = str(plot_latency(res["latency"], out.with_suffix(".png")))
+        res["latency_plot"] = str(
+            plot_latency(res["latency"], out.with_suffix(".png"), res.get("latency_max"))
+        )
     out.write_text(json.dumps(res, indent=2) + "\n")
     print()
     print(res["table"])

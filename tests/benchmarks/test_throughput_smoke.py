@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.throughput import main
+import pytest
+
+from benchmarks.throughput import main, processed_rate
 from control.launch import cores
 
 RECORDS = 20_000
@@ -64,11 +66,23 @@ def test_throughput_benchmark_runs_at_a_tiny_size(kafka_brokers: str, tmp_path: 
     assert tp["flow_ensemble_w1x2p_bypart"]["key_by"] == "partition"
     assert tp["flow_default"]["key_by"] == "auto" and tp["flow_default"]["processes"] == cores()
 
-    assert len(res["latency"]) == 3  # the default deployment at 3 loads
+    # the live maximum first (bisection between 10% and 75% of the replay rate), then
+    # the default deployment at 3 fractions of it and at half the replay rate
+    mx = res["latency_max"]
+    assert mx["replay"] == tp["flow_default"]["events_per_s"]
+    tries = mx["search_s1"]
+    assert len(tries) == 2 and tries[0]["rate"] == pytest.approx(0.425 * mx["replay"])
+    kept = [t["rate"] for t in tries if t["kept_up"]]
+    assert mx["live_s1"] == pytest.approx(max(kept, default=0.1 * mx["replay"]))
+    assert len(res["latency"]) == 4
+    for lat, load in zip(res["latency"][:3], (0.25, 0.5, 0.75), strict=True):
+        assert lat["load_vs_live_max"] == pytest.approx(load)
+    assert res["latency"][3]["load_vs_replay_max"] == pytest.approx(0.5)
     for lat in res["latency"]:
-        assert lat["snapshot_s"] == 1 and lat["target_ms"] == 1250
+        assert lat["snapshot_s"] == 1 and lat["target_ms"] == 1250 and not lat["probe"]
         assert lat["expected"] > 0 and lat["samples"] > 0 and lat["p99_ms"] >= lat["p50_ms"] > 0
         assert lat["processes"] == cores() and lat["key_by"] == "auto"
+        assert lat["processed_rate"] > 0
     assert Path(res["latency_plot"]).stat().st_size > 1000  # the PNG
 
     rec = res["recovery"]
@@ -83,3 +97,19 @@ def test_throughput_benchmark_runs_at_a_tiny_size(kafka_brokers: str, tmp_path: 
     for head in ("| run |", "| latency:", "| recovery:", "| state:"):
         assert head in table
     assert "| flow_ensemble_w1 |" in table
+
+
+def test_processed_rate_is_the_slope_of_visible_progress() -> None:
+    # output k closes at input record 1000 * k; the flow that keeps up shows output k
+    # at k/10 s (10,000 records/s); one that falls behind shows it at k/5 s; outputs
+    # become visible a commit (every second) at a time
+    closes = {(f"s{k}", 0): 1000 * k for k in range(100)}
+    keeps_up = {key: idx // 10_000 + 1.0 for key, idx in closes.items()}
+    behind = {key: idx // 5_000 + 1.0 for key, idx in closes.items()}
+    assert processed_rate(keeps_up, closes, 1.0, 9.0) == pytest.approx(10_000)
+    assert processed_rate(behind, closes, 2.0, 18.0) == pytest.approx(5_000)
+    # output that is not a window close of the input is ignored; nothing seen: 0
+    assert processed_rate({**keeps_up, ("other", 1): 5.0}, closes, 1.0, 9.0) == pytest.approx(
+        10_000
+    )
+    assert processed_rate({}, closes, 1.0, 9.0) == 0.0
