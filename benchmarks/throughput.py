@@ -558,7 +558,8 @@ class Bench:
     def _keeps_up(r: dict[str, Any]) -> bool:
         """A run kept up when the generator produced what was offered (97%) and no
         backlog built up: the records of the run's last third waited no longer than
-        those of its first third plus half a snapshot interval (their medians)."""
+        those of its first third plus half a snapshot interval (their medians).
+        """
         first, last = r.get("p50_first_third_ms"), r.get("p50_last_third_ms")
         if first is None or last is None:
             return False
