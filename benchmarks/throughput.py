@@ -989,9 +989,9 @@ def processed_rate(
     best = -1
     for i, (when, idx) in enumerate(events):
         best = max(best, idx)
-        if i + 1 == len(events) or events[i + 1][0] - when > 0.05:  # a commit's last output
-            if t_a <= when <= t_b:
-                points.append((when, best))
+        last_of_commit = i + 1 == len(events) or events[i + 1][0] - when > 0.05
+        if last_of_commit and t_a <= when <= t_b:
+            points.append((when, best))
     if len(points) < 2:
         return 0.0
     mt = sum(t for t, _ in points) / len(points)
