@@ -8,6 +8,7 @@ own process and prints one JSON line (used by benchmarks.throughput).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import sys
@@ -217,13 +218,31 @@ def paced_produce(
 ) -> float:
     """Produce ``payloads`` at ``rate`` records/s in ticks; ``times[i]`` gets the wall time
     at which record ``i`` was handed to the producer (to within one tick's work); returns
-    the records/s achieved (first record to all delivered). Each
-    tick's records go in one ``produce_batch`` call: the generator's own CPU is taken
-    from the same cores as the flow's, so it is kept as small as the client allows.
+    the records/s achieved (first record to all delivered). Each tick's records go in
+    one ``produce_batch`` call: the generator's own CPU is taken from the same cores as
+    the flow's, so it is kept as small as the client allows.
     """
     p = producer(brokers, **{"linger.ms": 5, "enable.idempotence": False})
     per_tick = max(1, int(rate * tick))
     msgs = [{"key": key, "value": value} for key, value in payloads]
+    # millions of live objects: a full collection would stall the generator (and the
+    # watcher thread) for a second or more, which would count as the flow's latency
+    gc.collect()
+    gc.freeze()
+    try:
+        return _paced(p, topic, msgs, rate, times, per_tick)
+    finally:
+        gc.unfreeze()
+
+
+def _paced(
+    p: Producer,
+    topic: str,
+    msgs: list[dict[str, bytes]],
+    rate: float,
+    times: list[float],
+    per_tick: int,
+) -> float:
     t0 = time.time()
     i = 0
     n = len(msgs)
