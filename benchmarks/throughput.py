@@ -1034,9 +1034,12 @@ def plot_latency(
     for key, value in sorted((maxima or {}).items()):
         if value and (key == "replay" or key.startswith("live_")):
             ax.axvline(value / 1000, color="black", lw=0.8, ls="-." if key == "replay" else "-")
-            ax.annotate(
-                f" {'replay' if key == 'replay' else 'live'} max {value / 1000:.0f}k",
-                (value / 1000, ax.get_ylim()[0]),
+            live = "" if key == "replay" else f", snapshot {key.removeprefix('live_s')} s"
+            ax.text(
+                value / 1000,
+                0.03,
+                f" {'replay' if key == 'replay' else 'live'} max {value / 1000:.0f}k{live}",
+                transform=ax.get_xaxis_transform(),
                 rotation=90,
                 va="bottom",
                 fontsize=8,
