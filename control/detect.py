@@ -25,7 +25,7 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from connectors.base import RawRecord, register_message_type
 from control.history_columns import Readings
 from flows.records import Columns, SubBatch, key_group
 from flows.settings import Settings
+
+if TYPE_CHECKING:
+    from flows.logic import KeyGroupLogic
 
 __all__ = [
     "DetectTask",
@@ -274,7 +277,9 @@ def tumbling_windows(
     return first, start_ms[first], count, total, vmin, vmax, vals[end - 1]
 
 
-def _fast_windows(logic: Any, part: Partition, clean: np.ndarray, names: np.ndarray) -> list:
+def _fast_windows(
+    logic: KeyGroupLogic, part: Partition, clean: np.ndarray, names: np.ndarray
+) -> list:
     """The clean sensors' windows (see :func:`clean_sensors`) computed as columns and
     scored with one ``score_batch`` call per model, as ``KeyGroupLogic._score`` scores
     a batch of closed windows; the windows to emit (scores at or above the threshold, or
@@ -298,8 +303,10 @@ def _fast_windows(logic: Any, part: Partition, clean: np.ndarray, names: np.ndar
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         i0 = int(first[lo])
         sid = names[codes[i0]]
-        # the flow's sensor, created by its first reading (origin: model switches)
-        sensor = logic._new_sensor(sid, RowRef(int(rows[i0])), tenants[i0])  # noqa: SLF001
+        # the flow's sensor, created by its first reading (origin: model switches); a
+        # RowRef stands for the record, as everywhere in batch detection
+        row = RowRef(int(rows[i0]))
+        sensor = logic._new_sensor(sid, row, tenants[i0])  # type: ignore[arg-type]  # noqa: SLF001
         det = logic.models.get(*sensor.model, sid)
         by_det.setdefault(id(det), (det, []))[1].append((sid, sensor, lo, hi))
     out: list[Any] = []
@@ -328,7 +335,7 @@ def _fast_windows(logic: Any, part: Partition, clean: np.ndarray, names: np.ndar
                 )
             ]
             before = state_before_batch(det, None, hi - lo)
-            logic._emit(sid, sensor, det, closed, sc.tolist(), out, before)  # noqa: SLF001
+            logic._emit(sid, sensor, det, closed, sc.tolist(), out, before, state)  # noqa: SLF001
     return out
 
 
