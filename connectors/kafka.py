@@ -177,13 +177,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[MessageBatch, tuple[int, str
         if self._stop_at is not None and not out and self._offset >= self._stop_at:
             raise StopIteration
         if not out:
-            # held records: come back when the oldest has waited the linger (one wake-up,
-            # not one per poll: every wake-up runs a step of the whole dataflow)
-            wait = (
-                _IDLE
-                if not self._held
-                else timedelta(seconds=max(0.001, self._held_at + self._linger - time.monotonic()))
-            )
+            wait = _IDLE if not self._held else timedelta(seconds=self._linger / 4)
             self._awake = datetime.now(UTC) + wait
         elif self._rate:  # throttled (backfills that must not flood the sinks)
             self._awake = datetime.now(UTC) + timedelta(seconds=len(out) / self._rate)
