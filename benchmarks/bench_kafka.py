@@ -257,8 +257,9 @@ def _paced(
         while chunk:
             try:
                 sent = p.produce_batch(topic, chunk)
-            except BufferError:
-                sent = 0
+            except BufferError:  # the queue is full: nothing was taken, try it all again
+                p.poll(0.01)
+                continue
             if sent == len(chunk):
                 break
             chunk = [m for m in chunk if "_error" in m]  # the ones the queue refused
