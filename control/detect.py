@@ -318,7 +318,6 @@ def _fast_windows(
             [ends[lo:hi] for _s, _x, lo, hi in group],
         )
         for (sid, sensor, lo, hi), state, sc in zip(group, new_states, scores, strict=True):
-            sensor.det = state
             threshold = thresholds.get(sensor.tenant, logic.threshold)
             if not emit_all and not (sc >= threshold).any():
                 continue  # nothing to emit: no window objects needed
