@@ -15,11 +15,11 @@ default 19092). Everything runs in one invocation so the ratios hold on a noisy 
              of ``--records`` (after the first only the ceiling, today's 1-worker
              default and the default deployment); CPU seconds per million records
 4. latency   the default deployment at fractions (``--latency-loads``) of its live
-             maximum (first measured: the rate it processes while the generator, on
-             the same cores, offers more), and at the middle fraction of its replay
-             throughput (section 3): produce time of the record that closes a window ->
-             its output visible read_committed; p50/p99 against load in a PNG next to
-             the JSON
+             maximum (found first, by bisection: the highest offered rate it keeps up
+             with while the generator runs on the same cores), and at the middle
+             fraction of its replay throughput (section 3): produce time of the record
+             that closes a window -> its output visible read_committed; p50/p99 against
+             load in a PNG next to the JSON
 5. recovery  the flow holding ``--recovery-keys`` keys is SIGKILLed and restarted: time
              from restart until it has caught up (output of a record produced at restart
              visible)
@@ -1098,14 +1098,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--latency-loads",
         default="0.25,0.5,0.75",
-        help="latency loads as fractions of the default deployment's throughput",
+        help="latency loads as fractions of the default deployment's live maximum "
+        "(or, with --latency-of replay, of its replay throughput)",
     )
     p.add_argument(
         "--latency-of",
         choices=("live", "replay"),
         default="live",
-        help="loads are fractions of the live maximum (measured first: the generator "
-        "offers --latency-probe of the replay rate) or of the replay throughput",
+        help="loads are fractions of the live maximum (found first by bisection, up to "
+        "--latency-probe of the replay rate) or of the replay throughput",
     )
     p.add_argument(
         "--latency-probe",
