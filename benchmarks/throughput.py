@@ -300,7 +300,7 @@ class Bench:
         dlq = self.topic("dlq", 1)
         settings = {
             "AD_SOURCE": f"kafka://{self.brokers}/{src}?tail={'true' if tail else 'false'}"
-            f"&batch={self.a.batch}",
+            f"&batch={self.a.batch}" + (f"&linger={self.a.linger}" if self.a.linger else ""),
             "AD_SINK": f"kafka://{self.brokers}/{alerts}",
             "AD_DLQ": f"kafka://{self.brokers}/{dlq}?partitions=1",
             "AD_FLOW_ID": flow_id,
@@ -1081,6 +1081,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="event-time step between a sensor's readings (default 1 s)",
     )
     p.add_argument("--batch", type=int, default=2000, help="source batch size (the flow's default)")
+    p.add_argument("--linger", default="", help="source linger, e.g. 50ms (default: the flow's)")
     p.add_argument(
         "--repeat",
         type=int,

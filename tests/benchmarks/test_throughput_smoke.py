@@ -40,12 +40,15 @@ def test_throughput_benchmark_runs_at_a_tiny_size(kafka_brokers: str, tmp_path: 
             "2000",
             "--state-keys",
             "1000",
+            "--linger",
+            "30ms",  # reaches every flow's source URL (a bad one exits 2 and fails the run)
             "--out",
             str(out),
         ]
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     assert res["machine"]["cpus"] >= 1 and res["command"].startswith("python -m benchmarks")
+    assert res["config"]["linger"] == "30ms"
 
     tp = res["throughput"]
     assert set(tp) == {
