@@ -1081,7 +1081,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="event-time step between a sensor's readings (default 1 s)",
     )
     p.add_argument("--batch", type=int, default=2000, help="source batch size (the flow's default)")
-    p.add_argument("--linger", default="", help="source linger, e.g. 50ms (default: the flow's)")
+    p.add_argument(
+        "--linger",
+        default="",
+        help="the product flows' source linger, e.g. 50ms (default: the flow's; "
+        "the baseline has none)",
+    )
     p.add_argument(
         "--repeat",
         type=int,

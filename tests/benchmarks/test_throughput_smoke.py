@@ -41,7 +41,7 @@ def test_throughput_benchmark_runs_at_a_tiny_size(kafka_brokers: str, tmp_path: 
             "--state-keys",
             "1000",
             "--linger",
-            "30ms",  # reaches every flow's source URL (a bad one exits 2 and fails the run)
+            "30ms",  # in the product flows' source URL (a bad one exits 2 and fails the run)
             "--out",
             str(out),
         ]
