@@ -21,6 +21,7 @@ Exactly-once sink, the argument in short (README, "Exactly-once"):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import zlib
@@ -403,11 +404,28 @@ class _TxnSinkPartition(StatefulSinkPartition[OutRecord, int]):
                 },
             )
         )
+        self._connect(topic)
         self._producer.init_transactions(60)  # fences zombies, aborts their open txn
         self._in_txn = False
         self._delivered = -1
         self._errors: list[str] = []
         self._skip, self._offset = self._read_back(brokers, extra, resume_state)
+
+    def _connect(self, topic: str) -> None:
+        """Have a broker connection up before ``init_transactions``. Its coordinator
+        lookup finds no broker while the client swaps its bootstrap connection for the
+        brokers it learned, and librdkafka retries it only after its 500 ms
+        coordinator-query interval. Two metadata requests: the first learns the brokers,
+        the second is answered over a learned broker's connection.
+
+        Why it matters: a stall in one process's sink start-up delays that worker's epoch
+        move, and Bytewax's per-worker epoch clocks then keep its epochs out of step with
+        the other processes' for the rest of the run; the early ones wait for it every
+        epoch. An unreachable cluster is reported by ``init_transactions``, not here.
+        """
+        with contextlib.suppress(KafkaException):
+            for _ in range(2):
+                self._producer.list_topics(topic, timeout=10)
 
     def _read_back(
         self, brokers: str, extra: dict[str, str], resume_state: int | None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -149,6 +150,32 @@ def test_sink_new_instance_fences_the_zombie_and_aborts_its_transaction(
     fresh.snapshot()
     ids = [r["alert_id"] for r in read_committed(kafka_brokers, topic)]
     assert ids == [f"id-{i}" for i in range(8)]  # the zombie's 5..9 were aborted
+
+
+def test_sinks_starting_together_find_their_coordinator_at_once(
+    kafka_brokers: str, kafka_topic: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """No sink partition looks up its transaction coordinator while it has no broker
+    connection up (librdkafka then retries only after 500 ms: one process's stalled
+    start put its epochs out of step with the others', ``_TxnSinkPartition._connect``).
+    Read from librdkafka's own ``eos`` debug log, not from timings.
+    """
+    topic = kafka_topic(8)
+    sink = ExactlyOnceKafkaSink(
+        kafka_brokers,
+        topic,
+        f"start-{uuid.uuid4().hex[:8]}",
+        partitions=8,
+        extra={"debug": "eos"},
+    )
+    names = sink.list_parts()
+    with ThreadPoolExecutor(len(names)) as pool:  # as the processes of a flow start theirs
+        parts = list(pool.map(lambda n: sink.build_part("out", n, None), names))
+    for part in parts:
+        part.close()
+    log = capfd.readouterr().err
+    assert log.count("Querying for transaction coordinator") >= len(names)  # the log is on
+    assert "Unable to query for transaction coordinator" not in log
 
 
 def test_security_settings_pass_through_to_the_clients(kafka_brokers: str) -> None:
